@@ -1,0 +1,1 @@
+"""Model code: data, training, evaluation, artifacts and inference. Never imports the web stack."""

@@ -1,0 +1,217 @@
+"""Versioned model artifacts: writing a version, choosing the default, loading with verification.
+
+A version directory holds the fitted pipeline (``model.joblib``), its numpy export
+(``model.npz``, what workers serve), ``args.json``, ``performance.json``, ``labels.json`` and
+``manifest.json`` with every file's sha256 and the library versions that wrote them. Nothing is
+unpickled before its checksum and the scikit-learn version have been checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from tagifai_api.ml.compiled import CompiledModel
+
+FORMAT = 1
+DEFAULT_POINTER = "DEFAULT"
+MANIFEST = "manifest.json"
+PIPELINE_FILE = "model.joblib"
+COMPILED_FILE = "model.npz"
+JSON_FILES = ("args.json", "performance.json", "labels.json")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ArtifactError(Exception):
+    """A model version is missing, damaged, or was written by an incompatible library."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A verified version: its metadata, and the compiled model when asked for."""
+
+    version: str
+    path: Path
+    manifest: dict
+    args: dict
+    performance: dict
+    labels: list[str]
+    compiled: CompiledModel | None = None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sklearn_version() -> str:
+    """The installed scikit-learn's version, read without importing it."""
+    return metadata.version("scikit-learn")
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def new_version_name(now: datetime | None = None) -> str:
+    """A sortable, unique name: UTC time to the microsecond."""
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("v%Y%m%dT%H%M%S%fZ")
+
+
+def save(root: Path, result, dataset_sha256: str, make_default: bool = True) -> ModelVersion:
+    """Write ``result`` (a :class:`~tagifai_api.ml.train.TrainResult`) as a new version under ``root``.
+
+    The version is written to a temporary directory and renamed into place, so a reader never
+    sees half a version.
+    """
+    import joblib
+    import numpy as np
+    import sklearn
+
+    root.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc)
+    version = new_version_name(now)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    joblib.dump(result.pipeline, tmp / PIPELINE_FILE, compress=3)
+    result.compiled.save(tmp / COMPILED_FILE)
+    _write_json(tmp / "args.json", result.args)
+    _write_json(tmp / "performance.json", result.performance)
+    _write_json(tmp / "labels.json", result.labels)
+    files = [PIPELINE_FILE, COMPILED_FILE, *JSON_FILES]
+    manifest = {
+        "format": FORMAT,
+        "version": version,
+        "created_at": now.isoformat(timespec="seconds"),
+        "sklearn_version": sklearn.__version__,
+        "numpy_version": np.__version__,
+        "dataset_sha256": dataset_sha256,
+        "files": {name: sha256_file(tmp / name) for name in files},
+    }
+    _write_json(tmp / MANIFEST, manifest)
+    final = root / version
+    tmp.rename(final)
+    if make_default:
+        set_default(root, version)
+    return load(root, version)
+
+
+def set_default(root: Path, version: str) -> None:
+    """Point ``root/DEFAULT`` at ``version``, atomically."""
+    check_name(version)
+    if not (root / version / MANIFEST).is_file():
+        raise ArtifactError(f"no model version {version!r} in {root}")
+    tmp = root / f".{DEFAULT_POINTER}.tmp"
+    tmp.write_text(version + "\n", encoding="utf-8")
+    os.replace(tmp, root / DEFAULT_POINTER)
+
+
+def default_version(root: Path) -> str:
+    """The version ``root/DEFAULT`` names."""
+    pointer = root / DEFAULT_POINTER
+    try:
+        version = pointer.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"no default model in {root}: train one with `python -m tagifai_api train`"
+        ) from None
+    return check_name(version)
+
+
+def check_name(version: str) -> str:
+    """Refuse names that could step outside the artifacts directory."""
+    if not _VERSION_RE.match(version):
+        raise ArtifactError(f"invalid model version name {version!r}")
+    return version
+
+
+def list_versions(root: Path) -> list[str]:
+    """Every version directory under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+
+
+def _verified_manifest(path: Path, files: tuple[str, ...]) -> dict:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: {MANIFEST} is missing; this is not a model version") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: artifact format {manifest.get('format')!r}, this code reads {FORMAT}")
+    made_with = str(manifest.get("sklearn_version", "unknown"))
+    installed = sklearn_version()
+    if _minor(made_with) != _minor(installed):
+        raise ArtifactError(
+            f"{path}: written by scikit-learn {made_with}, but {installed} is installed; "
+            "retrain with `python -m tagifai_api train` or install the matching version"
+        )
+    expected = manifest.get("files", {})
+    for name in files:
+        file = path / name
+        if name not in expected:
+            raise ArtifactError(f"{path}: {name} is not listed in {MANIFEST}")
+        if not file.is_file():
+            raise ArtifactError(f"{path}: {name} is missing")
+        if sha256_file(file) != expected[name]:
+            raise ArtifactError(f"{path}: {name} does not match its sha256 in {MANIFEST}; it was altered or damaged")
+    return manifest
+
+
+def load(root: Path, version: str = "default", *, compiled: bool = True) -> ModelVersion:
+    """Verify and load a version's metadata and, with ``compiled``, its numpy model.
+
+    Args:
+        root: the artifacts directory.
+        version: a version name, or ``"default"`` for the one ``DEFAULT`` names.
+        compiled: also load ``model.npz``.
+
+    Raises:
+        ArtifactError: with a sentence a person can act on.
+    """
+    root = Path(root)
+    name = default_version(root) if version == "default" else check_name(version)
+    path = root / name
+    if not path.is_dir():
+        raise ArtifactError(f"no model version {name!r} in {root}")
+    files = (*JSON_FILES, COMPILED_FILE) if compiled else JSON_FILES
+    manifest = _verified_manifest(path, files)
+    try:
+        meta = {n: json.loads((path / n).read_text(encoding="utf-8")) for n in JSON_FILES}
+        model = CompiledModel.load(path / COMPILED_FILE) if compiled else None
+    except (ValueError, KeyError, OSError) as exc:
+        raise ArtifactError(f"{path}: cannot read the model files ({exc})") from None
+    return ModelVersion(
+        version=name,
+        path=path,
+        manifest=manifest,
+        args=meta["args.json"],
+        performance=meta["performance.json"],
+        labels=meta["labels.json"],
+        compiled=model,
+    )
+
+
+def load_pipeline(version: ModelVersion):
+    """Unpickle the scikit-learn pipeline of a loaded version, after checking its sha256."""
+    import joblib
+
+    _verified_manifest(version.path, (PIPELINE_FILE,))
+    return joblib.load(version.path / PIPELINE_FILE)

@@ -1,0 +1,67 @@
+"""Turning texts into tags with a loaded model version."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tagifai_api.ml.artifacts import ModelVersion
+
+OTHER = "other"
+
+
+class Predictor:
+    """Tags texts with one model version, applying its low-confidence rule.
+
+    Args:
+        model: a loaded version with its compiled model.
+    """
+
+    def __init__(self, model: ModelVersion) -> None:
+        if model.compiled is None:
+            raise ValueError("the model version was loaded without its compiled model")
+        self.version = model.version
+        self.threshold = float(model.args.get("threshold", 0.0))
+        self._model = model.compiled
+        self._classes = model.compiled.classes
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The tags, in the order of the probability columns."""
+        return self._classes
+
+    def clean(self, text: str) -> str:
+        """The text as the model sees it."""
+        return self._model.clean(text)
+
+    def predict_clean(self, cleaned: Sequence[str]) -> list[dict]:
+        """Predictions for already-cleaned texts.
+
+        Returns:
+            One dict per text: ``predicted_tag``, ``confidence`` (the top probability),
+            ``probabilities`` (tag → probability) and ``low_confidence`` (the top tag fell
+            below the threshold and ``other`` was returned instead).
+        """
+        if not cleaned:
+            return []
+        proba = self._model.predict_proba(cleaned)
+        top = proba.argmax(axis=1)
+        confidence = proba[np.arange(len(top)), top]
+        classes = self._classes
+        out = []
+        for row, j, conf in zip(proba.tolist(), top.tolist(), confidence.tolist()):
+            low = conf < self.threshold
+            out.append(
+                {
+                    "predicted_tag": OTHER if low else classes[j],
+                    "confidence": conf,
+                    "probabilities": dict(zip(classes, row)),
+                    "low_confidence": low,
+                }
+            )
+        return out
+
+    def predict(self, texts: Sequence[str]) -> list[dict]:
+        """Predictions for raw texts, in order."""
+        return self.predict_clean([self.clean(t) for t in texts])

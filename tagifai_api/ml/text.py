@@ -1,0 +1,29 @@
+"""Text cleaning shared by training and serving (standard library only, so workers stay small)."""
+
+from __future__ import annotations
+
+import re
+
+_LINK = re.compile(r"https?://\S+|www\.\S+")
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def clean_text(text: str, stopwords: frozenset[str] = frozenset()) -> str:
+    """Normalise a title + description the way the model was trained on.
+
+    Links go first so that their pieces do not leak in as words. Replacing every run of
+    non-alphanumerics by one space both spaces out punctuation and drops it, in one pass.
+
+    Args:
+        text: raw text, any unicode.
+        stopwords: lower-case words to drop.
+
+    Returns:
+        Lower-case ASCII words separated by single spaces (possibly empty).
+    """
+    text = _LINK.sub(" ", text.lower())
+    text = _NON_ALNUM.sub(" ", text)
+    words = text.split()
+    if stopwords:
+        words = [w for w in words if w not in stopwords]
+    return " ".join(words)

@@ -1,0 +1,138 @@
+"""Fitting the TF-IDF + linear pipeline and choosing its low-confidence threshold."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+
+from tagifai_api.ml import data, evaluate
+from tagifai_api.ml.compiled import CompiledModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """Everything a training run produces, ready to be written as an artifact version."""
+
+    pipeline: Pipeline
+    compiled: CompiledModel
+    args: dict
+    labels: list[str]
+    performance: dict
+
+
+def build_pipeline(args: dict) -> Pipeline:
+    """The unfitted pipeline ``args`` describe."""
+    vectorizer = TfidfVectorizer(
+        analyzer=args["analyzer"],
+        ngram_range=(args["ngram_min"], args["ngram_max"]),
+        min_df=args["min_df"],
+        max_df=args["max_df"],
+        sublinear_tf=args["sublinear_tf"],
+        dtype=np.float64,
+    )
+    if args["classifier"] == "sgd":
+        clf = SGDClassifier(
+            loss="log_loss",
+            alpha=args["alpha"],
+            max_iter=args["max_iter"],
+            class_weight=args["class_weight"],
+            random_state=args["seed"],
+            tol=1e-4,
+        )
+    elif args["classifier"] == "logreg":
+        clf = LogisticRegression(
+            C=args["C"], max_iter=args["max_iter"], class_weight=args["class_weight"], random_state=args["seed"]
+        )
+    else:
+        raise ValueError(f"unknown classifier {args['classifier']!r}; expected 'sgd' or 'logreg'")
+    return Pipeline([("tfidf", vectorizer), ("clf", clf)])
+
+
+def apply_threshold(proba: np.ndarray, classes: Sequence[str], threshold: float) -> list[str]:
+    """Top tag per row, or ``other`` when the top probability is below ``threshold``."""
+    top = proba.argmax(axis=1)
+    return [data.OTHER if proba[i, j] < threshold else classes[j] for i, j in enumerate(top)]
+
+
+def choose_threshold(proba: np.ndarray, classes: Sequence[str], y_true: Sequence[str], grid: Sequence[float]) -> float:
+    """The highest threshold in ``grid`` whose weighted F1 is not below that of no threshold.
+
+    The fallback to ``other`` is a safety net for inputs the model knows little about; it is
+    worth keeping only as far as it costs nothing on held-out data.
+    """
+    def score(t: float) -> float:
+        return f1_score(y_true, apply_threshold(proba, classes, t), average="weighted", zero_division=0)
+
+    baseline = score(0.0)
+    best = 0.0
+    for t in sorted(grid):
+        if score(t) >= baseline - 1e-12:
+            best = float(t)
+    return best
+
+
+def stopwords_for(args: dict) -> frozenset[str]:
+    """The stopword set the args ask for."""
+    return data.STOPWORDS if args.get("stopwords") else frozenset()
+
+
+def cross_validate(df: pd.DataFrame, args: dict, folds: int = 5) -> tuple[float, float]:
+    """Mean and standard deviation of weighted F1 over stratified folds of ``df``."""
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=args["seed"])
+    scores = cross_val_score(build_pipeline(args), df["clean"], df["tag"], cv=cv, scoring="f1_weighted")
+    return float(scores.mean()), float(scores.std())
+
+
+def train(df: pd.DataFrame, args: dict) -> TrainResult:
+    """Split, fit, choose the threshold, refit on train + validation and evaluate on test.
+
+    The threshold is chosen on the validation split with a model that never saw it; the model
+    that ships is then refitted on train + validation, and the test split, untouched until now,
+    measures that shipped model.
+
+    Args:
+        df: the raw labelled projects.
+        args: training arguments (see ``config/args.json``).
+
+    Returns:
+        The fitted pipeline, its compiled copy, the full args (threshold included), the label
+        list and the test-split performance report.
+    """
+    t0 = time.perf_counter()
+    stopwords = stopwords_for(args)
+    df = data.prepare(df, args["accepted_tags"], args["min_tag_freq"], stopwords)
+    train_df, val_df, test_df = data.split(df, args["val_size"], args["test_size"], args["seed"])
+    log.info("split: %d train, %d validation, %d test", len(train_df), len(val_df), len(test_df))
+
+    pipeline = build_pipeline(args).fit(train_df["clean"], train_df["tag"])
+    classes = [str(c) for c in pipeline.classes_]
+    val_proba = pipeline.predict_proba(val_df["clean"])
+    threshold = choose_threshold(val_proba, classes, val_df["tag"], args["threshold_grid"])
+    val_f1 = f1_score(val_df["tag"], apply_threshold(val_proba, classes, threshold), average="weighted")
+    log.info("fitted on train in %.1fs; threshold %.2f (validation F1 %.4f)", time.perf_counter() - t0, threshold, val_f1)
+
+    fit_df = pd.concat([train_df, val_df], ignore_index=True)
+    pipeline = build_pipeline(args).fit(fit_df["clean"], fit_df["tag"])
+    vectorizer = pipeline.named_steps["tfidf"]
+    vectorizer.stop_words_ = None  # the pruned terms are not needed to predict and bloat the pickle
+    log.info("refitted on train + validation (%d rows, %d features)", len(fit_df), len(vectorizer.vocabulary_))
+
+    test_pred = apply_threshold(pipeline.predict_proba(test_df["clean"]), classes, threshold)
+    performance = evaluate.evaluate(list(test_df["clean"]), list(test_df["tag"]), test_pred, classes)
+    log.info("test F1 %.4f on %d rows; %.1fs in all", performance["overall"]["f1"], len(test_df), time.perf_counter() - t0)
+
+    full_args = {**args, "threshold": threshold}
+    compiled = CompiledModel.from_pipeline(pipeline, stopwords=stopwords)
+    return TrainResult(pipeline=pipeline, compiled=compiled, args=full_args, labels=classes, performance=performance)

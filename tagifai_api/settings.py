@@ -1,0 +1,80 @@
+"""Every setting of the service, with its default; ``TAGIFAI_<KEY>`` environment variables override.
+
+Standard library only, and no I/O at import: the CLI, the app factory and ``gunicorn.conf.py``
+all read from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS_FILE = ROOT / "config" / "args.json"
+DATA_FILE = ROOT / "data" / "dataset.csv"
+ENV_PREFIX = "TAGIFAI_"
+
+#: key -> (default, meaning); the README's configuration table is generated from this.
+SETTINGS: dict[str, tuple[object, str]] = {
+    "ARTIFACTS_DIR": (str(ROOT / "artifacts"), "Directory of model versions."),
+    "MODEL_VERSION": ("default", "Version to serve; `default` follows `artifacts/DEFAULT`."),
+    "MAX_TEXTS": (100, "Most texts in one /predict request."),
+    "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
+    "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),
+    "BATCHING": (True, "Coalesce concurrent /predict requests of a worker into one model call."),
+    "BATCH_MAX_TEXTS": (128, "Most texts in one micro-batch."),
+    "BATCH_MAX_WAIT_MS": (2.0, "Longest a batch waits for company, only while other requests are in flight."),
+    "BATCH_QUEUE_SIZE": (1024, "Most texts waiting in a worker's queue; beyond it /predict answers 503."),
+    "PREDICT_TIMEOUT_MS": (10_000, "A request still queued after this long is dropped with 504."),
+    "CACHE_SIZE": (4096, "Per-worker LRU cache of predictions, in texts (0 turns it off)."),
+    "PROXY_COUNT": (1, "Reverse-proxy hops whose X-Forwarded-* headers are trusted (0: none)."),
+    "LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
+    "LOG_TEXTS": (False, "Also log the input texts (they may be private)."),
+    "METRICS": (True, "Expose /metrics and record Prometheus metrics."),
+}
+
+DEFAULTS: dict[str, object] = {key: default for key, (default, _) in SETTINGS.items()}
+
+
+def _parse(raw: str, default: object) -> object:
+    """Read an environment value as the type of its default."""
+    if isinstance(default, bool):
+        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, str):
+        return raw
+    return json.loads(raw)
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Defaults overridden by ``TAGIFAI_*`` variables (unknown ones are refused, not ignored)."""
+    environ = os.environ if environ is None else environ
+    values = dict(DEFAULTS)
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):]
+        if key not in SETTINGS:
+            raise ValueError(f"unknown setting {name}; known: {', '.join(ENV_PREFIX + k for k in SETTINGS)}")
+        try:
+            values[key] = _parse(raw, DEFAULTS[key])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return values
+
+
+def resolve(overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> dict:
+    """Defaults < environment < explicit ``overrides`` (what a test passes to ``create_app``)."""
+    values = from_env(environ)
+    if overrides:
+        values.update(overrides)
+    return values
