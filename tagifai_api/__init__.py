@@ -1,0 +1,57 @@
+"""TagIfAI API: tags ML project descriptions over HTTP. :func:`create_app` is the only wiring point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def create_app(config: Mapping[str, object] | None = None):
+    """Build the Flask app.
+
+    Settings are the defaults in :mod:`tagifai_api.settings`, then ``TAGIFAI_*`` environment
+    variables, then ``config``. The model is loaded here, once per process (Gunicorn workers
+    each call this after forking).
+    """
+    from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from tagifai_api import errors, logs, metrics, openapi, schemas, settings
+    from tagifai_api.access import register_access_log
+    from tagifai_api.serving.context import EXTENSION
+    from tagifai_api.serving.service import ModelService
+    from tagifai_api.views import args, docs, health, index, performance, predict
+
+    app = Flask(__name__)
+    app.config.update(settings.resolve(config))
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # every failure answers in the envelope, tests included
+    logs.configure(str(app.config["LOG_LEVEL"]))
+
+    if app.config["PROXY_COUNT"]:
+        n = int(app.config["PROXY_COUNT"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+
+    model_metrics = metrics.init_metrics(app) if app.config["METRICS"] else None
+    service = ModelService(
+        app.config["ARTIFACTS_DIR"],
+        str(app.config["MODEL_VERSION"]),
+        batching=bool(app.config["BATCHING"]),
+        max_texts=int(app.config["BATCH_MAX_TEXTS"]),
+        max_wait_s=float(app.config["BATCH_MAX_WAIT_MS"]) / 1000.0,
+        queue_size=int(app.config["BATCH_QUEUE_SIZE"]),
+        cache_size=int(app.config["CACHE_SIZE"]),
+        observer=model_metrics,
+        predict_hook=app.config.get("PREDICT_HOOK"),
+    )
+    app.extensions[EXTENSION] = service
+    app.extensions["tagifai_metrics"] = model_metrics
+    app.extensions["tagifai_predict_schema"] = schemas.predict_request_schema(
+        int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"])
+    )
+    app.extensions["tagifai_openapi"] = openapi.build_spec(int(app.config["MAX_TEXTS"]),
+                                                           int(app.config["MAX_TEXT_LENGTH"]))
+
+    for module in (index, performance, args, predict, health, docs):
+        app.register_blueprint(module.bp)
+    errors.register_error_handlers(app)
+    register_access_log(app)
+    return app

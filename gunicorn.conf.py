@@ -1,0 +1,81 @@
+"""Gunicorn settings for TagIfAI (read automatically from the working directory).
+
+Precedence: this file < GUNICORN_CMD_ARGS < command-line flags. Only Gunicorn setting names are
+public globals here; helpers start with ``_``. The web app is never imported by the master.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tagifai_api.logs import gunicorn_logconfig  # noqa: E402 - standard library only
+from tagifai_api.metrics_files import archive_dead_worker  # noqa: E402 - standard library only
+
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _env_str(name, default):
+    return os.environ.get(name) or default
+
+
+# BLAS/OpenMP pools: one thread per worker, or W workers x N threads oversubscribe the cores
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+# socket
+wsgi_app = "wsgi:app"
+bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000)}")
+backlog = _env_int("GUNICORN_BACKLOG", 2048)
+
+# workers: inference is CPU-bound, so one process per core; threads let a worker batch concurrent requests
+workers = _env_int("WEB_CONCURRENCY", os.cpu_count() or 1)
+worker_class = "gthread"
+threads = _env_int("GUNICORN_THREADS", 16)
+worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
+# Each worker loads its own model after forking: a HUP then reloads the default model version with
+# no downtime (new workers start, old ones finish their requests), which preloading would prevent.
+preload_app = False
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 100_000)
+max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 10_000)
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# timeouts: a worker must outlive the longest queued prediction (TAGIFAI_PREDICT_TIMEOUT_MS, 10 s)
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = _env_int("GUNICORN_KEEPALIVE", 75)
+
+# logging: the app writes one JSON access line per request (with request id, latency, texts, model
+# version); Gunicorn's own log is JSON too. GUNICORN_ACCESSLOG=- adds Gunicorn's access line as well.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %({x-request-id}o)s %(M)sms'
+errorlog = "-"
+loglevel = _env_str("TAGIFAI_LOG_LEVEL", "info").lower()
+logconfig_dict = gunicorn_logconfig()
+proc_name = "tagifai-api"
+
+# Prometheus multiprocess mode: every worker writes samples to this directory, /metrics sums them
+# (one directory per port, so two services on one host do not mix their samples)
+_port = bind.rsplit(":", 1)[-1]
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"tagifai-metrics-{_port}"))
+
+
+def on_starting(server):
+    """Start from an empty metrics directory: files of a previous run would be counted again."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def post_fork(server, worker):
+    server.log.info("worker %s started", worker.pid)
+
+
+def child_exit(server, worker):
+    """Fold the dead worker's samples into one archive file, so recycling neither loses counts nor piles up files."""
+    archive_dead_worker(os.environ["PROMETHEUS_MULTIPROC_DIR"], worker.pid)

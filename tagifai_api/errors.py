@@ -1,0 +1,103 @@
+"""Errors as envelopes: every failure, Flask's own 404/405 included, answers in JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from tagifai_api.responses import construct_response
+
+log = logging.getLogger("tagifai_api.errors")
+
+#: clearer sentences than Werkzeug's default descriptions, which speak of browsers and servers
+MESSAGES = {
+    400: "The request body is not valid JSON.",
+    404: "No such route. See /docs for the API.",
+    405: "This route does not accept that method.",
+    413: "The request body is larger than this service accepts.",
+    415: "The request body must be JSON, sent with 'Content-Type: application/json'.",
+    500: "Internal server error. Quote the request id when reporting it.",
+}
+
+
+class TagifaiError(Exception):
+    """Base of the errors this service raises on purpose, each with its HTTP status."""
+
+    status = 500
+    message = "Internal server error."
+
+    def __init__(self, message: str | None = None, data: dict | None = None, headers: dict | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.data = data
+        self.headers = headers
+
+
+class NotFoundError(TagifaiError):
+    """A named resource (an arg, a performance filter) does not exist."""
+
+    status = 404
+    message = "Not found."
+
+
+class ModelNotReadyError(TagifaiError):
+    """No model is loaded in this worker yet."""
+
+    status = 503
+    message = "The model is not loaded yet; try again shortly."
+
+
+class OverloadedError(TagifaiError):
+    """The worker's queue is full: refused at once rather than queued without bound."""
+
+    status = 503
+    message = "The service is at capacity; retry after a moment."
+
+
+class DeadlineExceededError(TagifaiError):
+    """The request waited in the queue past its deadline and was not run."""
+
+    status = 504
+    message = "The prediction waited too long in the queue and was not run; retry later."
+
+
+class InferenceError(TagifaiError):
+    """The model failed on a batch this request was part of."""
+
+    status = 500
+    message = "Inference failed. Quote the request id when reporting it."
+
+
+def _on_tagifai_error(exc: TagifaiError):
+    g.error_type = type(exc).__name__
+    if exc.status >= 500:
+        log.warning("%s: %s", type(exc).__name__, exc.message, extra={"error_type": type(exc).__name__})
+    return construct_response(exc.status, data=exc.data, message=exc.message, headers=exc.headers)
+
+
+def _on_validation_error(exc: ValidationError):
+    g.error_type = "ValidationError"
+    return construct_response(422, data={"errors": exc.messages}, message="The request body is not valid.")
+
+
+def _on_http_exception(exc: HTTPException):
+    if isinstance(exc, InternalServerError):
+        original = getattr(exc, "original_exception", None) or exc
+        log.error(
+            "unhandled %s", type(original).__name__, exc_info=original,
+            extra={"error_type": type(original).__name__, "request_id": g.get("request_id")},
+        )
+    status = exc.code or 500
+    g.error_type = type(exc).__name__
+    headers = {k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}}
+    return construct_response(status, message=MESSAGES.get(status, exc.description), headers=headers or None)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Register at app level, so routing errors (which skip blueprint handlers) are caught too."""
+    app.register_error_handler(TagifaiError, _on_tagifai_error)
+    app.register_error_handler(ValidationError, _on_validation_error)
+    app.register_error_handler(HTTPException, _on_http_exception)

@@ -1,0 +1,121 @@
+"""Prometheus metrics: the exporter's HTTP metrics plus the model's own, right across workers.
+
+Under Gunicorn ``PROMETHEUS_MULTIPROC_DIR`` is set (by ``gunicorn.conf.py``) and every worker
+writes its samples there; ``/metrics`` on any worker aggregates all of them. Outside Gunicorn
+each app gets its own registry, so tests can build many apps in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import metadata
+
+from flask import Flask
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+from prometheus_flask_exporter.multiprocess import MultiprocessInternalPrometheusMetrics
+
+from tagifai_api.metrics_files import read_locked
+from tagifai_api.serving.batcher import BatchStats
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10_000)
+
+
+def multiprocess() -> bool:
+    """True under Gunicorn (or wherever the multiprocess directory is set)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ModelMetrics:
+    """The model's metrics; an instance is also the serving layer's observer."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        r = registry
+        self.predictions = Counter("tagifai_predictions", "Predictions served, by tag.",
+                                   ["model_version", "tag"], registry=r)
+        self.low_confidence = Counter("tagifai_low_confidence_predictions",
+                                      "Predictions whose top probability fell below the threshold and became 'other'.",
+                                      ["model_version"], registry=r)
+        self.inference = Histogram("tagifai_inference_seconds", "Time of one model call (one micro-batch).",
+                                   ["model_version"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.request_texts = Histogram("tagifai_request_texts", "Texts per /predict request.",
+                                       buckets=_COUNT_BUCKETS, registry=r)
+        self.batch_texts = Histogram("tagifai_batch_texts", "Texts per model call (micro-batch size).",
+                                     buckets=_COUNT_BUCKETS, registry=r)
+        self.batch_requests = Histogram("tagifai_batch_requests", "Requests coalesced into one model call.",
+                                        buckets=_COUNT_BUCKETS, registry=r)
+        self.queue_wait = Histogram("tagifai_batch_queue_wait_seconds", "Time a request's texts waited in the queue.",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.text_length = Histogram("tagifai_input_text_length_characters", "Length of each input text.",
+                                     buckets=_LENGTH_BUCKETS, registry=r)
+        self.errors = Counter("tagifai_errors", "Errors answered, by type.", ["type"], registry=r)
+        self.cache_hits = Counter("tagifai_cache_hits", "Prediction cache hits.", registry=r)
+        self.cache_misses = Counter("tagifai_cache_misses", "Prediction cache misses.", registry=r)
+        self.model_info = Gauge("tagifai_model_info", "The model each live worker serves (value 1).",
+                                ["model_version", "sklearn_version"], multiprocess_mode="livemax", registry=r)
+        self.model_loaded = Gauge("tagifai_model_load_timestamp_seconds", "When the worker loaded its model.",
+                                  ["model_version"], multiprocess_mode="livemax", registry=r)
+        self.start_time = Gauge("tagifai_process_start_time_seconds", "Start time of each live worker process.",
+                                multiprocess_mode="liveall", registry=r)
+        self.start_time.set(time.time())
+        self._version = "none"
+        self._by_tag: dict[str, Counter] = {}
+
+    def model_loaded_now(self, version: str, loaded_at: float) -> None:
+        """Record the model this worker serves."""
+        self._version = version
+        self._by_tag = {}
+        self.model_info.labels(version, metadata.version("scikit-learn")).set(1)
+        self.model_loaded.labels(version).set(loaded_at)
+
+    def batch(self, stats: BatchStats) -> None:
+        """One model call (batching or not)."""
+        self.inference.labels(self._version).observe(stats.seconds)
+        self.batch_texts.observe(stats.texts)
+        self.batch_requests.observe(stats.jobs)
+        for wait in stats.queue_wait:
+            self.queue_wait.observe(wait)
+
+    def cache(self, hits: int, misses: int) -> None:
+        """Cache look-ups of one request."""
+        if hits:
+            self.cache_hits.inc(hits)
+        if misses:
+            self.cache_misses.inc(misses)
+
+    def request(self, texts: list[str], results: list[dict]) -> None:
+        """A served /predict request."""
+        self.request_texts.observe(len(texts))
+        low = 0
+        for text, result in zip(texts, results):
+            self.text_length.observe(len(text))
+            tag = result["predicted_tag"]
+            counter = self._by_tag.get(tag)
+            if counter is None:
+                counter = self._by_tag[tag] = self.predictions.labels(self._version, tag)
+            counter.inc()
+            low += result["low_confidence"]
+        if low:
+            self.low_confidence.labels(self._version).inc(low)
+
+    def error(self, kind: str) -> None:
+        """An error answered to a client."""
+        self.errors.labels(kind).inc()
+
+
+def init_metrics(app: Flask) -> ModelMetrics:
+    """Attach the exporter (``/metrics``, HTTP metrics by endpoint) and the model metrics to ``app``."""
+    if multiprocess():
+        exporter = MultiprocessInternalPrometheusMetrics(app=None, group_by="endpoint", registry=None,
+                                                         defaults_prefix="tagifai", metrics_decorator=read_locked)
+        registry = None  # samples go to the multiprocess files; /metrics reads them all
+    else:
+        registry = CollectorRegistry(auto_describe=True)
+        exporter = PrometheusMetrics(app=None, group_by="endpoint", registry=registry,
+                                     defaults_prefix="tagifai")
+    exporter.init_app(app)
+    app.extensions["prometheus_exporter"] = exporter
+    return ModelMetrics(registry)

@@ -1,0 +1,69 @@
+"""The OpenAPI 3 document, generated from the marshmallow schemas the views validate with."""
+
+from __future__ import annotations
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from tagifai_api import schemas
+
+_EXAMPLE = {
+    "texts": [
+        {"text": "Transfer learning with transformers for text classification."},
+        {"text": "Generative adversarial networks for image generation."},
+    ]
+}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": "Envelope"}}}
+
+
+def build_spec(max_texts: int, max_text_length: int) -> dict:
+    """The document as a dict, with this app's limits in the request schema."""
+    spec = APISpec(
+        title="TagIfAI API",
+        version="1.0.0",
+        openapi_version="3.0.3",
+        info={"description": "Tags machine-learning project descriptions as computer-vision, mlops, "
+                             "natural-language-processing or other. Every response is the same JSON envelope."},
+        plugins=[MarshmallowPlugin()],
+    )
+    spec.components.schema("Envelope", schema=schemas.EnvelopeSchema)
+    spec.components.schema("PredictRequest", schema=schemas.predict_request_schema(max_texts, max_text_length))
+    spec.components.schema("PredictResponse", schema=schemas.PredictResponseSchema)
+    ok = {"description": "OK", "content": {"application/json": {"schema": "Envelope"}}}
+    spec.path(path="/", operations={"get": {"summary": "Health check", "tags": ["health"], "responses": {"200": ok}}})
+    spec.path(path="/health/live", operations={"get": {"summary": "Liveness probe", "tags": ["health"],
+                                                       "responses": {"200": ok}}})
+    spec.path(path="/health/ready", operations={"get": {
+        "summary": "Readiness probe: 200 only with a loaded, warmed-up model", "tags": ["health"],
+        "responses": {"200": ok, "503": _error("No model loaded")}}})
+    spec.path(path="/performance", operations={"get": {
+        "summary": "Test-split metrics of the served model", "tags": ["model"],
+        "parameters": [{"name": "filter", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "A part of the report: overall, class, slices, or deeper with dots "
+                                       "(class.mlops).", "example": "overall"}],
+        "responses": {"200": ok, "404": _error("Unknown filter; the valid ones are listed")}}})
+    spec.path(path="/args", operations={"get": {"summary": "All training arguments", "tags": ["model"],
+                                                "responses": {"200": ok}}})
+    spec.path(path="/args/{arg}", operations={"get": {
+        "summary": "One training argument", "tags": ["model"],
+        "parameters": [{"name": "arg", "in": "path", "required": True, "schema": {"type": "string"},
+                        "example": "threshold"}],
+        "responses": {"200": ok, "404": _error("Unknown argument")}}})
+    spec.path(path="/predict", operations={"post": {
+        "summary": "Tag texts", "tags": ["model"],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": "PredictRequest", "example": _EXAMPLE}}},
+        "responses": {
+            "200": {"description": "Predictions in input order",
+                    "content": {"application/json": {"schema": "PredictResponse"}}},
+            "400": _error("Malformed JSON"),
+            "413": _error("Body too large"),
+            "415": _error("Not JSON"),
+            "422": _error("Invalid body; data.errors gives each field path and message"),
+            "503": _error("No model loaded, or the worker's queue is full (see Retry-After)"),
+            "504": _error("Waited too long in the queue"),
+        }}})
+    return spec.to_dict()

@@ -1,0 +1,1 @@
+"""Serving machinery between the views and the model: batching, caching, model state."""

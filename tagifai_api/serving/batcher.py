@@ -1,0 +1,263 @@
+"""Per-worker micro-batching: concurrent requests' texts share one model call.
+
+Gunicorn's ``gthread`` workers handle requests in threads; each request thread puts its texts
+in a bounded queue and waits, and one batching thread runs the model on up to ``max_texts``
+texts at once. A lone request is run at once; the collection window is used only while other
+requests are known to be on their way (``arriving``), so batching never adds idle waiting.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """The queue holds ``queue_size`` texts already."""
+
+
+class DeadlineError(Exception):
+    """The job's deadline passed before the model could run it."""
+
+
+class BatchFailedError(Exception):
+    """The model raised on the batch this job was part of (the original is ``__cause__``)."""
+
+
+class ClosedError(Exception):
+    """The batcher was closed."""
+
+
+@dataclass
+class _Job:
+    items: Sequence
+    deadline: float
+    enqueued: float
+    done: threading.Event = field(default_factory=threading.Event)
+    taken: bool = False
+    cancelled: bool = False
+    result: list | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """What one model call served, for metrics."""
+
+    texts: int
+    jobs: int
+    queue_wait: list[float]
+    seconds: float
+    expired: int
+
+
+class MicroBatcher:
+    """Bounded queue plus one thread that runs ``predict_fn`` on batches of items.
+
+    Args:
+        predict_fn: maps a list of items to a list of results of the same length and order.
+        max_texts: most items in one call; a job larger than that is run alone, never split.
+        max_wait_s: longest a batch waits for requests that are on their way.
+        queue_size: most items waiting; beyond it :meth:`submit` raises :class:`QueueFullError`.
+        on_batch: called with :class:`BatchStats` after each model call (metrics).
+    """
+
+    def __init__(
+        self,
+        predict_fn: Callable[[list], list],
+        max_texts: int = 128,
+        max_wait_s: float = 0.002,
+        queue_size: int = 1024,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.predict_fn = predict_fn
+        self.max_texts = max_texts
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.on_batch = on_batch
+        self._pid: int | None = None
+        self._reset()
+        after_fork = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: (reset := after_fork()) is not None and reset())
+
+    def _reset(self) -> None:
+        """Fresh lock, queue and (lazily) thread: nothing is inherited across a fork."""
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Job] = deque()
+        self._queued_items = 0
+        self._arriving = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._pid = None
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # first use here; a fork resets through register_at_fork
+            self._pid = os.getpid()
+            self._thread = None
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tagifai-batcher", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)
+
+    @property
+    def pid(self) -> int | None:
+        """The process the batching thread runs in (``None`` before the first submit)."""
+        return self._pid
+
+    def arriving(self) -> _Arrival:
+        """Announce a request that will submit soon, so that a forming batch waits for it."""
+        return _Arrival(self)
+
+    def submit(self, items: Sequence, timeout_s: float, _announced: bool = False) -> list:
+        """Queue ``items``, wait, and return their results in order.
+
+        Raises:
+            QueueFullError: at once, when the queue cannot take them.
+            DeadlineError: when ``timeout_s`` passed before they were run.
+            BatchFailedError: when the model failed on their batch.
+        """
+        now = time.monotonic()
+        job = _Job(items=items, deadline=now + timeout_s, enqueued=now)
+        with self._cond:
+            self._ensure_thread()
+            if _announced:
+                self._arriving = max(self._arriving - 1, 0)
+            if self._closed:
+                raise ClosedError("the batcher is closed")
+            if self._queued_items + len(items) > self.queue_size and self._queue:
+                raise QueueFullError(f"{self._queued_items} texts queued, limit {self.queue_size}")
+            self._queue.append(job)
+            self._queued_items += len(items)
+            self._cond.notify_all()
+        if not job.done.wait(timeout_s):
+            with self._cond:
+                if not job.taken:  # still queued: withdraw it rather than run it late
+                    job.cancelled = True
+                    self._queue.remove(job)
+                    self._queued_items -= len(job.items)
+                    raise DeadlineError(f"not run within {timeout_s * 1000:.0f} ms")
+            job.done.wait()  # already running: it finishes in a moment
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _take(self) -> list[_Job] | None:
+        """Wait for work and take a batch, collecting late arrivals for up to ``max_wait_s``."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            batch: list[_Job] = []
+            count = 0
+            window_end = None
+            while True:
+                while self._queue and (not batch or count + len(self._queue[0].items) <= self.max_texts):
+                    job = self._queue.popleft()
+                    job.taken = True
+                    self._queued_items -= len(job.items)
+                    batch.append(job)
+                    count += len(job.items)
+                if count >= self.max_texts or self._queue or self._arriving <= 0 or self._closed:
+                    return batch
+                now = time.monotonic()
+                window_end = window_end or now + self.max_wait_s
+                if now >= window_end:
+                    return batch
+                self._cond.wait(window_end - now)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Job]) -> None:
+        start = time.monotonic()
+        live = []
+        for job in batch:
+            if job.deadline < start:
+                job.error = DeadlineError("deadline passed while queued")
+                job.done.set()
+            else:
+                live.append(job)
+        items = [item for job in live for item in job.items]
+        elapsed = 0.0
+        if items:
+            try:
+                results = self.predict_fn(items)
+                if len(results) != len(items):
+                    raise ValueError(f"predict_fn returned {len(results)} results for {len(items)} items")
+            except Exception as exc:  # noqa: BLE001 - the failure belongs to this batch's requests only
+                log.exception("batch of %d texts failed", len(items))
+                for job in live:
+                    job.error = BatchFailedError(str(exc))
+                    job.error.__cause__ = exc
+                    job.done.set()
+            else:
+                pos = 0
+                for job in live:
+                    job.result = results[pos : pos + len(job.items)]
+                    pos += len(job.items)
+                    job.done.set()
+            elapsed = time.monotonic() - start
+        if self.on_batch is not None and items:
+            try:
+                self.on_batch(
+                    BatchStats(
+                        texts=len(items),
+                        jobs=len(live),
+                        queue_wait=[start - job.enqueued for job in live],
+                        seconds=elapsed,
+                        expired=len(batch) - len(live),
+                    )
+                )
+            except Exception:  # noqa: BLE001 - metrics must never take the batcher down
+                log.exception("on_batch callback failed")
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop taking work, finish what is queued, and join the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+
+class _Arrival:
+    """Context manager for a request between arriving and submitting."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self._pending = False
+
+    def __enter__(self) -> _Arrival:
+        b = self._batcher
+        with b._cond:
+            b._arriving += 1
+        self._pending = True
+        return self
+
+    def submit(self, items: Sequence, timeout_s: float) -> list:
+        """Submit once; the request is no longer 'arriving' from here on."""
+        self._pending = False
+        return self._batcher.submit(items, timeout_s, _announced=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._pending:
+            b = self._batcher
+            with b._cond:
+                b._arriving = max(b._arriving - 1, 0)
+                b._cond.notify_all()
+            self._pending = False

@@ -1,0 +1,1 @@
+"""One blueprint per module; the factory registers each module's ``bp``."""

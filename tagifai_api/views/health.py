@@ -1,0 +1,37 @@
+"""``/health/live`` and ``/health/ready``: probes for load balancers and Kubernetes."""
+
+import os
+import time
+from http import HTTPStatus
+
+from flask import Blueprint
+
+from tagifai_api.responses import construct_response
+from tagifai_api.serving.context import get_service
+
+bp = Blueprint("health", __name__, url_prefix="/health")
+
+_STARTED = time.time()
+
+
+@bp.get("/live")
+def live():
+    """Answer 200 whenever the process can answer at all (no model needed)."""
+    return construct_response(HTTPStatus.OK, data={"pid": os.getpid()})
+
+
+@bp.get("/ready")
+def ready():
+    """Answer 200 only when this worker has a warmed-up model, else 503."""
+    service = get_service()
+    service.maybe_reload()
+    data = {
+        "ready": service.ready,
+        "model_version": service.model.version if service.ready else None,
+        "uptime_seconds": round(time.time() - _STARTED, 3),
+        "pid": os.getpid(),
+    }
+    if service.ready:
+        return construct_response(HTTPStatus.OK, data=data)
+    data["reason"] = service.load_error
+    return construct_response(HTTPStatus.SERVICE_UNAVAILABLE, data=data, message="The model is not loaded.")

@@ -1,0 +1,18 @@
+"""``GET /``: the lesson's health check."""
+
+from http import HTTPStatus
+
+from flask import Blueprint
+
+from tagifai_api.responses import construct_response
+from tagifai_api.serving.context import get_service
+
+bp = Blueprint("index", __name__)
+
+
+@bp.get("/")
+def index():
+    """Answer 200 while the process is up, with the model version when one is loaded."""
+    service = get_service()
+    data = {"model_version": service.model.version} if service.ready else {}
+    return construct_response(HTTPStatus.OK, data=data)

@@ -1,0 +1,44 @@
+"""``POST /predict``: tag texts."""
+
+from contextlib import nullcontext
+from http import HTTPStatus
+
+from flask import Blueprint, current_app, g, request
+
+from tagifai_api import errors
+from tagifai_api.responses import construct_response
+from tagifai_api.serving import batcher
+from tagifai_api.serving.context import get_service
+from tagifai_api.serving.service import ModelUnavailableError
+
+bp = Blueprint("predict", __name__)
+
+_RETRY_AFTER = {"Retry-After": "1"}
+
+
+@bp.post("/predict")
+def predict():
+    """Tag each of ``{"texts": [{"text": ...}, ...]}``, in order."""
+    service = get_service()
+    # announce the request before parsing it, so a batch being formed waits for its texts
+    with service.batcher.arriving() if service.batcher is not None else nullcontext() as arrival:
+        body = current_app.extensions["tagifai_predict_schema"].load(request.get_json())
+        texts = [item["text"] for item in body["texts"]]
+        g.texts = len(texts)
+        try:
+            results = service.predict(texts, current_app.config["PREDICT_TIMEOUT_MS"] / 1000.0, arrival)
+        except ModelUnavailableError as exc:
+            raise errors.ModelNotReadyError(f"The model is not loaded: {exc}") from None
+        except batcher.QueueFullError:
+            raise errors.OverloadedError(headers=_RETRY_AFTER) from None
+        except batcher.DeadlineError:
+            raise errors.DeadlineExceededError() from None
+        except (batcher.BatchFailedError, batcher.ClosedError) as exc:
+            raise errors.InferenceError() from exc
+    version = service.model.version
+    g.model_version = version
+    metrics = current_app.extensions.get("tagifai_metrics")
+    if metrics is not None:
+        metrics.request(texts, results)
+    predictions = [{"input_text": text, **result} for text, result in zip(texts, results)]
+    return construct_response(HTTPStatus.OK, data={"model_version": version, "predictions": predictions})
