@@ -55,6 +55,7 @@ def gunicorn_logconfig(level: str | None = None) -> dict:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "tagifai_api.logs.JsonFormatter"}},
         "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+        "root": {"level": level, "handlers": ["stdout"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["stdout"], "propagate": False},
             "gunicorn.access": {"level": level, "handlers": ["stdout"], "propagate": False},

@@ -1,0 +1,64 @@
+"""Shared fixtures: a model trained once per session into a temporary folder, apps and clients."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tagifai_api import create_app, settings
+from tagifai_api.ml import artifacts, data
+from tagifai_api.ml import train as training
+
+
+@pytest.fixture(scope="session")
+def train_args() -> dict:
+    """The project's training args (the same ones the default model uses)."""
+    return json.loads(settings.ARGS_FILE.read_text())
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    """The shipped labelled projects."""
+    return data.load_dataset(settings.DATA_FILE)
+
+
+@pytest.fixture(scope="session")
+def trained(dataset, train_args):
+    """One training run, shared by every test that only reads its result."""
+    return training.train(dataset, train_args)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory, trained) -> Path:
+    """An artifacts folder holding one default version of the trained model."""
+    root = tmp_path_factory.mktemp("artifacts")
+    artifacts.save(root, trained, artifacts.sha256_file(settings.DATA_FILE))
+    return root
+
+
+@pytest.fixture
+def make_app(artifacts_dir):
+    """Build apps with overrides; batchers are closed afterwards."""
+    apps = []
+
+    def factory(**overrides):
+        config = {"ARTIFACTS_DIR": str(artifacts_dir), "LOG_LEVEL": "WARNING", **overrides}
+        app = create_app(config)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["tagifai"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
