@@ -1,0 +1,123 @@
+"""Every failure answers in the envelope: never HTML, never a traceback, and the worker lives on."""
+
+import threading
+import time
+
+import pytest
+
+from tests.api.test_predict import LESSON
+from tests.api.test_routes import check_envelope
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("get", "/nope", {}, 404),
+        ("get", "/predict", {}, 405),
+        ("delete", "/", {}, 405),
+        ("post", "/predict", {"data": "texts=1", "content_type": "application/x-www-form-urlencoded"}, 415),
+        ("post", "/predict", {"data": "hello"}, 415),
+        ("post", "/predict", {"data": "{not json", "content_type": "application/json"}, 400),
+        ("post", "/predict", {"data": "", "content_type": "application/json"}, 400),
+        ("post", "/predict", {"json": {"texts": []}}, 422),
+    ],
+)
+def test_error_envelopes(client, method, path, kwargs, status):
+    response = getattr(client, method)(path, **kwargs)
+    body = check_envelope(response, status, method.upper())
+    assert "<" not in body["message"] and "Traceback" not in response.get_data(as_text=True)
+
+
+def test_405_lists_allowed_methods(client):
+    response = client.get("/predict")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_body_over_the_limit_is_413_unread(make_app):
+    client = make_app(MAX_CONTENT_LENGTH=1000).test_client()
+    body = check_envelope(client.post("/predict", data="x" * 2000, content_type="application/json"), 413, "POST")
+    assert "larger" in body["message"]
+
+
+def _failing_hook(predict, items):
+    if any("explode" in t for t in items):
+        raise RuntimeError("secret internal detail")
+    return predict(items)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_inference_exception_is_500_without_internals_and_the_app_keeps_serving(make_app, batching):
+    client = make_app(PREDICT_HOOK=_failing_hook, BATCHING=batching, CACHE_SIZE=0).test_client()
+    response = client.post("/predict", json={"texts": [{"text": "explode please"}]},
+                           headers={"X-Request-ID": "req-42"})
+    body = check_envelope(response, 500, "POST")
+    assert body["request-id"] == "req-42"
+    assert "secret" not in response.get_data(as_text=True)
+    assert "request id" in body["message"]
+    assert client.post("/predict", json=LESSON).status_code == 200
+
+
+def test_unexpected_exception_in_a_view_is_a_500_envelope(make_app):
+    app = make_app()
+
+    @app.get("/boom")
+    def boom():
+        raise KeyError("internal")
+
+    body = check_envelope(app.test_client().get("/boom"), 500)
+    assert "internal" not in body["message"]
+
+
+def test_no_model_is_503(make_app, tmp_path):
+    client = make_app(ARTIFACTS_DIR=str(tmp_path)).test_client()
+    for path in ("/performance", "/args", "/args/threshold"):
+        body = check_envelope(client.get(path), 503)
+        assert "not loaded" in body["message"]
+    body = check_envelope(client.post("/predict", json=LESSON), 503, "POST")
+    assert "no default model" in body["message"]
+    check_envelope(client.get("/"), 200)
+
+
+def _slow_hook(predict, items):
+    time.sleep(0.3)
+    return predict(items)
+
+
+def test_full_queue_is_503_with_retry_after(make_app):
+    client = make_app(PREDICT_HOOK=_slow_hook, BATCH_QUEUE_SIZE=1, CACHE_SIZE=0).test_client()
+    app = client.application
+    statuses = []
+
+    def call(i):
+        c = app.test_client()
+        r = c.post("/predict", json={"texts": [{"text": f"text number {i}"}]})
+        statuses.append((r.status_code, r.headers.get("Retry-After"), r.get_json()["status-code"]))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(10)
+    assert (503, "1", 503) in statuses
+    assert any(s[0] == 200 for s in statuses)
+
+
+def test_deadline_passed_in_queue_is_504(make_app):
+    client = make_app(PREDICT_HOOK=_slow_hook, PREDICT_TIMEOUT_MS=100, CACHE_SIZE=0).test_client()
+    app = client.application
+    results = []
+
+    def call(i):
+        r = app.test_client().post("/predict", json={"texts": [{"text": f"text number {i}"}]})
+        results.append(r.get_json())
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(10)
+    codes = sorted(b["status-code"] for b in results)
+    assert 504 in codes
+    assert codes[0] == 200

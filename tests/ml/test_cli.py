@@ -1,0 +1,45 @@
+import json
+
+from click.testing import CliRunner
+
+from tagifai_api.cli import cli
+
+
+def _run(*args):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+def test_predict_prints_json(artifacts_dir):
+    result = _run("--artifacts", str(artifacts_dir), "predict", "Generative adversarial networks for image generation.")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["predictions"][0]["predicted_tag"] == "computer-vision"
+    assert out["model_version"]
+
+
+def test_train_evaluate_versions(tmp_path):
+    root = tmp_path / "a"
+    trained = _run("--artifacts", str(root), "train")
+    assert trained.exit_code == 0, trained.output
+    version = json.loads(trained.output[trained.output.index("{"):])["version"]
+    listed = _run("--artifacts", str(root), "versions")
+    assert f"* {version}" in listed.output
+    evaluated = _run("--artifacts", str(root), "evaluate")
+    report = json.loads(evaluated.output)
+    stored = json.loads((root / version / "performance.json").read_text())
+    assert report == stored
+    again = _run("--artifacts", str(root), "ensure-model")
+    assert again.exit_code == 0
+    assert _run("--artifacts", str(root), "versions").output.count("v") == 1
+
+
+def test_artifact_errors_are_one_line_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tagifai_api", "--artifacts", str(tmp_path), "predict", "x"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: no default model")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,47 @@
+import pytest
+
+from tagifai_api.serving.service import ModelService, ModelUnavailableError
+
+
+class Recorder:
+    def __init__(self):
+        self.batches, self.caches, self.loaded = [], [], []
+
+    def batch(self, stats):
+        self.batches.append(stats)
+
+    def cache(self, hits, misses):
+        self.caches.append((hits, misses))
+
+    def model_loaded_now(self, version, loaded_at):
+        self.loaded.append(version)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_predict_uses_cache_and_keeps_order(artifacts_dir, batching):
+    obs = Recorder()
+    s = ModelService(artifacts_dir, batching=batching, cache_size=10, observer=obs)
+    try:
+        first = s.predict(["YOLO object detection", "BERT for question answering"], 5.0)
+        again = s.predict(["BERT for question answering!!", "YOLO object detection"], 5.0)  # same cleaned texts
+        assert [r["predicted_tag"] for r in first] == ["computer-vision", "natural-language-processing"]
+        assert again == first[::-1]
+        assert obs.caches == [(0, 2), (2, 0)]
+        assert sum(b.texts for b in obs.batches) == 2
+        assert obs.loaded == [s.model.version]
+    finally:
+        s.close()
+
+
+def test_missing_model_is_reported_and_retried(tmp_path, artifacts_dir, monkeypatch):
+    import shutil
+
+    from tagifai_api.serving import service as module
+
+    s = ModelService(tmp_path / "none", batching=False)
+    assert not s.ready
+    with pytest.raises(ModelUnavailableError, match="no default model"):
+        s.require_model()
+    shutil.copytree(artifacts_dir, tmp_path / "none")
+    monkeypatch.setattr(module, "_RETRY_LOAD_S", 0.0)
+    assert s.require_model() is s.predictor and s.ready
