@@ -9,6 +9,8 @@ import shutil
 import sys
 import tempfile
 
+from gunicorn.glogging import Logger as _GunicornLogger
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tagifai_api.logs import gunicorn_logconfig  # noqa: E402 - standard library only
@@ -53,6 +55,21 @@ keepalive = _env_int("GUNICORN_KEEPALIVE", 75)
 # logging: the app writes one JSON access line per request (with request id, latency, texts, model
 # version); Gunicorn's own log is JSON too. GUNICORN_ACCESSLOG=- adds Gunicorn's access line as well.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+
+
+class _Logger(_GunicornLogger):
+    """Gunicorn's logger, with its access line only when ``accesslog`` asks for it.
+
+    Gunicorn turns its access log on whenever ``logconfig_dict`` is set, which would double every
+    access line (and build one more per request) next to the app's own.
+    """
+
+    def access(self, resp, req, environ, request_time):
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = _Logger
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %({x-request-id}o)s %(M)sms'
 errorlog = "-"
 loglevel = _env_str("TAGIFAI_LOG_LEVEL", "info").lower()
@@ -63,6 +80,8 @@ proc_name = "tagifai-api"
 # (one directory per port, so two services on one host do not mix their samples)
 _port = bind.rsplit(":", 1)[-1]
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"tagifai-metrics-{_port}"))
+# the app refuses a missing directory, and `--check-config` imports the app without on_starting
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 def on_starting(server):
