@@ -70,6 +70,8 @@ class ModelMetrics:
         self._by_tag = {}
         self.model_info.labels(version, metadata.version("scikit-learn")).set(1)
         self.model_loaded.labels(version).set(loaded_at)
+        # start the fallback counter at 0, so its rate (and the fallback ratio) exists before the first one
+        self.low_confidence.labels(version)
 
     def batch(self, stats: BatchStats) -> None:
         """One model call (batching or not)."""
