@@ -1,0 +1,142 @@
+"""/metrics under real Gunicorn: counts are exact across workers, worker recycling and restarts.
+
+Multiprocess mode has three ways to go wrong that a single-process test cannot see: a scrape
+served by one worker missing the other's samples, a recycled worker's counts vanishing (or being
+counted twice while they are folded into the archive), and files of a previous run being added in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.servers import ROOT, VENV_BIN, free_port, gunicorn
+
+TEXTS = ["Transfer learning with transformers for text classification.", "GANs that generate faces."]
+PREDICT_COUNT = ("tagifai_http_request_duration_seconds_count",
+                 {"endpoint": "predict.predict", "method": "POST", "status": "200"})
+
+
+def predict_many(url: str, n: int, concurrency: int = 4) -> None:
+    """``n`` predictions, each on a new connection (no session), so the kernel spreads them over workers."""
+
+    def one(i: int) -> None:
+        r = requests.post(f"{url}/predict", json={"texts": [{"text": t} for t in TEXTS]},
+                          headers={"X-Request-ID": f"m-{i}", "Connection": "close"}, timeout=10)
+        assert r.status_code == 200, r.text
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+
+
+def scrape(url: str) -> list:
+    """Every sample of one /metrics scrape."""
+    r = requests.get(f"{url}/metrics", timeout=10)
+    assert r.status_code == 200
+    return [s for family in text_string_to_metric_families(r.text) for s in family.samples]
+
+
+def value(samples: list, name: str, labels: dict | None = None) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    labels = labels or {}
+    return sum(s.value for s in samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def access_pids(log_path: Path, path: str = "/predict") -> Counter:
+    """Requests per worker pid, from the app's JSON access lines."""
+    pids = Counter()
+    for line in log_path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("logger") == "tagifai_api.access" and entry.get("path") == path:
+            pids[entry["worker_pid"]] += 1
+    return pids
+
+
+def db_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.db"))
+
+
+def stale_counter(directory: Path) -> Path:
+    """A counter file as a worker of a previous run would have left it: 1000 predictions."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "counter_99999.db"
+    d = MmapedDict(str(path))
+    key = mmap_key("tagifai_predictions", "tagifai_predictions_total", ["model_version", "tag"],
+                   ["stale", "computer-vision"], "Predictions served, by tag.")
+    d.write_value(key, 1000.0, 0.0)
+    d.close()
+    return path
+
+
+@pytest.mark.integration
+def test_one_scrape_counts_every_request_of_both_workers(tmp_path):
+    mp_dir = tmp_path / "metrics"
+    stale = stale_counter(mp_dir)
+    log = tmp_path / "gunicorn.log"
+    n = 40
+    # Workers sharing one listening socket let the first one to wake take every idle-time connection;
+    # a socket per worker (SO_REUSEPORT) spreads fresh connections over both by their address hash.
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "GUNICORN_CMD_ARGS": "--reuse-port"}
+    with gunicorn(workers=2, env=env, log_path=log) as server:
+        assert not stale.exists(), "the previous run's files must be removed at start"
+        predict_many(server.url, n)
+        samples = scrape(server.url)
+
+    pids = access_pids(log)
+    assert sum(pids.values()) == n
+    assert len(pids) == 2, f"requests did not reach both workers: {pids}"
+    assert value(samples, *PREDICT_COUNT) == n
+    assert value(samples, "tagifai_predictions_total") == n * len(TEXTS)
+    assert value(samples, "tagifai_predictions_total", {"model_version": "stale"}) == 0
+    assert value(samples, "tagifai_request_texts_count") == n
+
+
+@pytest.mark.integration
+def test_worker_recycling_loses_and_repeats_nothing(tmp_path):
+    mp_dir = tmp_path / "metrics"
+    log = tmp_path / "gunicorn.log"
+    n = 150
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "GUNICORN_MAX_REQUESTS": "20",
+           "GUNICORN_MAX_REQUESTS_JITTER": "1"}
+    with gunicorn(workers=2, env=env, log_path=log) as server:
+        predict_many(server.url, n)
+        samples = scrape(server.url)
+        files = db_files(mp_dir)
+
+    pids = access_pids(log)
+    assert sum(pids.values()) == n
+    assert len(pids) >= n // 25, f"workers were not recycled: {pids}"  # each serves ~21 requests
+    assert value(samples, *PREDICT_COUNT) == n
+    assert value(samples, "tagifai_predictions_total") == n * len(TEXTS)
+    assert value(samples, "tagifai_cache_hits_total") + value(samples, "tagifai_cache_misses_total") == n * len(TEXTS)
+
+    # the dead workers' files were folded into the archives: at most the two live workers plus one
+    # being replaced right now have files of their own
+    archives = [f for f in files if f.endswith("_archive.db")]
+    assert set(archives) <= {"counter_archive.db", "histogram_archive.db"}
+    assert "counter_archive.db" in archives
+    owners = {f.rsplit("_", 1)[1][:-3] for f in files if f not in archives}
+    assert len(owners) <= 3, files
+    assert len(files) <= 3 * 5 + 2, files
+
+
+def test_gunicorn_check_config(tmp_path):
+    """The config file loads and the app imports, even before the metrics directory exists."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(PORT=str(free_port()), TMPDIR=str(tmp_path),
+               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.pop("GUNICORN_BIND", None)
+    result = subprocess.run([str(VENV_BIN / "gunicorn"), "--check-config", "-c", "gunicorn.conf.py", "wsgi:app"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
