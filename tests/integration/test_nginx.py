@@ -28,7 +28,7 @@ def render(tmp: Path, upstream: str, port: int, max_body: str | None = None) -> 
     file as shipped.
     """
     text = CONF.read_text()
-    text, n_up = re.subn(r"^(\s+)server api:8000\b", rf"\g<1>server {upstream}", text, flags=re.M)
+    text, n_up = re.subn(r"^(\s+)server tagifai:8000\b", rf"\g<1>server {upstream}", text, flags=re.M)
     text, n_listen = re.subn(r"^(\s+)listen 80;", rf"\g<1>listen 127.0.0.1:{port};", text, flags=re.M)
     assert n_up == 1 and n_listen == 1, "deploy/nginx/tagifai.conf lost its upstream or listen line"
     if max_body is not None:

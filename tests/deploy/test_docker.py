@@ -1,0 +1,192 @@
+"""The Dockerfile and compose file, checked against the repository (no Docker engine runs the build here)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tagifai_api import settings
+from tests.deploy.files import (
+    ROOT,
+    dockerfile_instructions,
+    dockerignore_patterns,
+    exec_form,
+    gunicorn_default,
+    is_dockerignored,
+)
+
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def instructions():
+    return dockerfile_instructions(DOCKERFILE)
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def stages(instructions):
+    """Instructions grouped by stage, keyed by stage name."""
+    grouped: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for keyword, args in instructions:
+        if keyword == "FROM":
+            current = args.split()[-1] if " AS " in args.upper() else f"stage{len(grouped)}"
+            grouped[current] = []
+        elif current is not None:
+            grouped[current].append((keyword, args))
+    return grouped
+
+
+def test_base_image_is_pinned_python_311_slim(instructions):
+    arg = dict(a.split("=", 1) for k, a in instructions if k == "ARG" and "=" in a)
+    froms = [a.split()[0] for k, a in instructions if k == "FROM"]
+    bases = {arg.get(f.strip("${}"), f) if f.startswith("$") else f for f in froms}
+    stage_names = set(stages(instructions))
+    external = bases - stage_names
+    assert len(froms) >= 2, "multi-stage: dependencies are built apart from the runtime image"
+    assert external, froms
+    for base in external:
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base), base
+
+
+def test_every_copy_source_is_in_the_build_context(instructions):
+    patterns = dockerignore_patterns()
+    for keyword, args in instructions:
+        if keyword != "COPY" or "--from=" in args:
+            continue
+        sources = [s for s in args.split() if not s.startswith("--")][:-1]
+        assert sources, args
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+            assert not is_dockerignored(source.rstrip("/"), patterns), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_copy_from_names_an_earlier_stage(instructions):
+    seen: list[str] = []
+    for keyword, args in instructions:
+        if keyword == "FROM" and " AS " in args.upper():
+            seen.append(args.split()[-1])
+        if keyword == "COPY" and "--from=" in args:
+            stage = re.search(r"--from=(\S+)", args)[1]
+            assert stage in seen, f"COPY --from={stage} before that stage exists"
+
+
+def test_dependencies_are_the_pinned_requirements(instructions):
+    runs = " ".join(a for k, a in instructions if k == "RUN")
+    assert re.search(r"pip install .*-r \S*requirements\.txt", runs)
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.]+", line), f"unpinned requirement: {line}"
+
+
+def test_model_is_trained_and_verified_at_build_time(instructions):
+    runs = [a for k, a in instructions if k == "RUN"]
+    assert sum("-m tagifai_api ensure-model" in r for r in runs) >= 1
+
+
+def test_runtime_runs_as_a_non_root_user(instructions):
+    runtime = list(stages(instructions).values())[-1]
+    users = [a for k, a in runtime if k == "USER"]
+    assert users and users[-1] not in {"root", "0", "0:0"}
+
+
+def test_thread_pools_are_one_per_worker(instructions):
+    runtime = list(stages(instructions).values())[-1]
+    env = " ".join(a for k, a in runtime if k == "ENV")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        assert re.search(rf"\b{var}=1\b", env), var
+
+
+def test_cmd_is_gunicorn_with_the_repository_config(instructions):
+    cmds = [a for k, a in instructions if k == "CMD"]
+    assert exec_form(cmds[-1]) == ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    assert not [a for k, a in instructions if k == "ENTRYPOINT"]
+
+
+def test_healthcheck_probes_a_real_readiness_route_with_python(instructions, app):
+    checks = [a for k, a in instructions if k == "HEALTHCHECK"]
+    assert len(checks) == 1
+    command = exec_form(checks[0].split("CMD", 1)[1].strip())
+    assert command and command[0] == "python", "slim images have no curl"
+    path = re.search(r"https?://[^/'\"]+(/[\w/]*)", " ".join(command))[1]
+    assert path == "/health/ready"
+    adapter = app.url_map.bind("localhost")
+    assert adapter.match(path, method="GET")[0] == "health.ready"
+
+
+def test_dockerignore_keeps_local_state_out():
+    patterns = dockerignore_patterns()
+    for path in (".venv", ".venv/bin/python", "artifacts", "artifacts/DEFAULT", ".git", "reports/locust",
+                 "node_modules", "tagifai_api/__pycache__/x.pyc"):
+        assert is_dockerignored(path, patterns), path
+    for path in ("tagifai_api/__init__.py", "requirements.txt", "gunicorn.conf.py", "wsgi.py", "data/dataset.csv"):
+        assert not is_dockerignored(path, patterns), path
+
+
+def test_compose_runs_the_service_behind_nginx_with_monitoring(compose):
+    services = compose["services"]
+    assert {"tagifai", "nginx", "prometheus", "grafana"} <= services.keys()
+    assert services["tagifai"]["build"]["context"] == "."
+    assert (ROOT / services["tagifai"]["build"].get("dockerfile", "Dockerfile")).is_file()
+    assert services["nginx"]["depends_on"]["tagifai"]["condition"] == "service_healthy"
+
+
+def test_compose_settings_are_known(compose):
+    env = compose["services"]["tagifai"].get("environment", {})
+    for name in env:
+        if name.startswith(settings.ENV_PREFIX):
+            assert name[len(settings.ENV_PREFIX):] in settings.SETTINGS, name
+
+
+def test_compose_bind_mounts_exist(compose):
+    missing = []
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith((".", "/")):
+                if not (ROOT / source).exists():
+                    missing.append(f"{name}: {source}")
+    assert not missing
+
+
+def test_compose_nginx_uses_the_shipped_config_and_reaches_the_api(compose):
+    mounts = [v.split(":") for v in compose["services"]["nginx"]["volumes"]]
+    assert ["./deploy/nginx/tagifai.conf", "/etc/nginx/conf.d/default.conf", "ro"] in mounts
+    conf = (ROOT / "deploy/nginx/tagifai.conf").read_text()
+    upstream = re.search(r"^\s+server (\S+?):(\d+)\b", conf, flags=re.M)
+    assert upstream[1] in compose["services"], "the nginx upstream is not a compose service"
+    assert upstream[2] in [str(p) for p in compose["services"][upstream[1]]["expose"]]
+
+
+def test_compose_stop_grace_outlasts_gunicorn(compose):
+    grace = compose["services"]["tagifai"]["stop_grace_period"]
+    assert int(grace.rstrip("s")) > gunicorn_default("graceful_timeout")
+
+
+def test_compose_images_are_pinned(compose):
+    for name, service in compose["services"].items():
+        image = service.get("image")
+        if image and "build" not in service:
+            tag = image.rsplit(":", 1)[-1] if ":" in image else ""
+            assert tag and tag != "latest", f"{name}: {image}"
+
+
+def test_prometheus_scrapes_the_compose_service(compose):
+    """The scrape config (deploy/prometheus) and the compose service names must agree."""
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = [t for job in config["scrape_configs"] if job.get("metrics_path", "/metrics") == "/metrics"
+               for static in job.get("static_configs", []) for t in static["targets"]
+               if not t.startswith("localhost")]
+    assert targets
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        assert host in compose["services"], target
+        assert port in [str(p) for p in compose["services"][host].get("expose", [])], target

@@ -1,0 +1,51 @@
+"""deploy/nginx/tagifai.conf agrees with the app and Gunicorn on limits (it runs for real in tests/integration)."""
+
+from __future__ import annotations
+
+import re
+
+from tagifai_api import settings
+from tests.deploy.files import ROOT, gunicorn_default, nginx_seconds, nginx_size
+
+CONF = (ROOT / "deploy" / "nginx" / "tagifai.conf").read_text()
+
+
+def directive(name: str) -> list[str]:
+    return re.findall(rf"^\s*{name}\s+([^;]+);", CONF, flags=re.M)
+
+
+def test_body_limit_matches_the_app():
+    (value,) = directive("client_max_body_size")
+    assert nginx_size(value) == settings.DEFAULTS["MAX_CONTENT_LENGTH"]
+
+
+def test_proxy_waits_longer_than_gunicorns_worker_timeout():
+    timeout = gunicorn_default("timeout")
+    for name in ("proxy_read_timeout", "proxy_send_timeout"):
+        (value,) = directive(name)
+        assert nginx_seconds(value) > timeout, name
+    assert timeout > settings.DEFAULTS["PREDICT_TIMEOUT_MS"] / 1000
+
+
+def test_upstream_connections_close_before_gunicorn_closes_them():
+    (value,) = directive("keepalive_timeout")
+    assert nginx_seconds(value) < gunicorn_default("keepalive")
+    assert directive("keepalive")
+    assert 'Connection ""' in CONF and directive("proxy_http_version") == ["1.1"]
+
+
+def test_forwarded_headers_match_the_trusted_proxy_hops():
+    headers = {v.split()[0] for v in directive("proxy_set_header")}
+    assert {"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Request-ID"} <= headers
+    assert settings.DEFAULTS["PROXY_COUNT"] == 1
+
+
+def test_own_errors_are_json_envelopes():
+    pages = {int(code) for value in directive("error_page") for code in value.split()[:-1]}
+    assert {413, 502, 503, 504} <= pages
+    for code in pages:
+        block = re.search(rf"location @error_{code} \{{(.*?)\n    \}}", CONF, flags=re.S)[1]
+        assert "default_type application/json" in block
+        for key in ("message", "method", "status-code", "timestamp", "url", "request-id"):
+            assert f'"{key}":' in block, (code, key)
+        assert f'"status-code":{code},' in block
