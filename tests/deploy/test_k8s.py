@@ -1,0 +1,104 @@
+"""deploy/k8s against the bundled Kubernetes schemas (offline) and against the app's own settings and routes."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tagifai_api import settings
+from tests.deploy.files import ROOT, gunicorn_default
+
+K8S = ROOT / "deploy" / "k8s"
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def load(name: str) -> dict:
+    (doc,) = [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    return load("deployment.yaml")
+
+
+@pytest.fixture(scope="module")
+def container(deployment):
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_is_valid_kubernetes(path):
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc:
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kustomization_lists_every_manifest():
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in MANIFESTS}
+
+
+def test_configmap_sets_only_known_settings():
+    data = load("configmap.yaml")["data"]
+    assert data
+    for name, value in data.items():
+        assert name.startswith(settings.ENV_PREFIX), name
+        assert name[len(settings.ENV_PREFIX):] in settings.SETTINGS, f"{name} is not in settings.SETTINGS"
+        assert isinstance(value, str), f"{name}: ConfigMap values must be strings"
+    # the app itself accepts every value as written
+    settings.from_env(data)
+
+
+def test_probes_hit_real_routes(container, app):
+    adapter = app.url_map.bind("localhost")
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert adapter.match(path, method="GET")[0].startswith("health."), path
+
+
+def test_config_comes_from_the_configmap(container):
+    names = [ref["configMapRef"]["name"] for ref in container["envFrom"]]
+    assert load("configmap.yaml")["metadata"]["name"] in names
+
+
+def test_shutdown_lets_in_flight_requests_finish(deployment, container):
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = int(command[1])
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    graceful = int(env.get("GUNICORN_GRACEFUL_TIMEOUT") or gunicorn_default("graceful_timeout"))
+    assert grace > pre_stop + graceful
+
+
+def test_resources_and_workers_agree(container):
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert int(env["WEB_CONCURRENCY"]) == int(resources["requests"]["cpu"])
+
+
+def test_runs_as_the_images_non_root_user(deployment, container):
+    pod = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
+    # Prometheus samples go to the temp dir, which must stay writable under a read-only root
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        assert "/tmp" in [m["mountPath"] for m in container["volumeMounts"]]
+
+
+def test_service_and_hpa_target_the_deployment(deployment, container):
+    service = load("service.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    port_names = {p["name"] for p in container["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    hpa = load("hpa.yaml")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["minReplicas"] >= 2
