@@ -94,6 +94,25 @@ def evaluate(obj: dict, version: str, data_path: Path) -> None:
     _echo_json(evaluation.evaluate(list(test_df["clean"]), list(test_df["tag"]), pred, model.labels))
 
 
+@cli.command("cv")
+@click.option("--args", "args_path", type=click.Path(exists=True, path_type=Path), default=settings.ARGS_FILE,
+              show_default=True, help="Training arguments.")
+@click.option("--folds", default=5, show_default=True, help="Stratified folds.")
+def cross_validate(args_path: Path, folds: int) -> None:
+    """Cross-validated weighted F1 of the args on train + validation (the test split stays unseen)."""
+    import pandas as pd
+
+    from tagifai_api.ml import data
+    from tagifai_api.ml import train as training
+
+    args = json.loads(args_path.read_text(encoding="utf-8"))
+    df = data.prepare(data.load_dataset(settings.DATA_FILE), args["accepted_tags"], args["min_tag_freq"],
+                      training.stopwords_for(args))
+    train_df, val_df, _ = data.split(df, args["val_size"], args["test_size"], args["seed"])
+    mean, std = training.cross_validate(pd.concat([train_df, val_df], ignore_index=True), args, folds)
+    _echo_json({"folds": folds, "f1_weighted_mean": round(mean, 4), "f1_weighted_std": round(std, 4)})
+
+
 @cli.command()
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--version", default="default", show_default=True, help="Model version to use.")

@@ -1,7 +1,7 @@
 """A numpy-only copy of the fitted pipeline: the same answers without scikit-learn's per-call cost.
 
 scikit-learn spends most of a one-text call on validation and sparse-matrix set-up, and importing
-it costs every worker tens of megabytes. The fitted TF-IDF vocabulary, idf weights and linear
+it costs every worker tens of megabytes. The fitted TF-IDF vocabularies, idf weights and linear
 coefficients are all a prediction needs, so they are exported once at training time and evaluated
 here with a handful of vectorised numpy operations per batch.
 """
@@ -18,40 +18,88 @@ from tagifai_api.ml.text import clean_text
 
 SOFTMAX = "softmax"  # multinomial models (LogisticRegression)
 OVR = "ovr"  # one-vs-rest sigmoids, renormalised (SGDClassifier with log_loss)
+CHAR_WB = "char_wb"
+WORD = "word"
+_DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 
-_WORD_CACHE_LIMIT = 200_000
+_WORD_CACHE_LIMIT = 20_000  # words; bounds memory under adversarial input
+
+
+@dataclass
+class Block:
+    """One TF-IDF vectorizer of the feature union; its features sit at ``offset`` in the global space."""
+
+    kind: str
+    ngram_range: tuple[int, int]
+    vocabulary: dict[str, int]
+    offset: int
+    sublinear_tf: bool
+
+
+def _block_from(vec, offset: int) -> Block:
+    if vec.norm != "l2" or not vec.use_idf or not vec.lowercase:
+        raise ValueError("only lower-casing TF-IDF with idf and l2 norm can be compiled")
+    if vec.preprocessor is not None or vec.strip_accents is not None or vec.stop_words is not None:
+        raise ValueError("custom preprocessing or vectorizer stop words cannot be compiled")
+    if vec.analyzer == WORD:
+        if vec.tokenizer is not None or vec.token_pattern != _DEFAULT_TOKEN_PATTERN or vec.ngram_range != (1, 1):
+            raise ValueError("word features must be unigrams with the default token pattern")
+    elif vec.analyzer != CHAR_WB:
+        raise ValueError(f"analyzer {vec.analyzer!r} cannot be compiled")
+    return Block(kind=vec.analyzer, ngram_range=tuple(vec.ngram_range), vocabulary=dict(vec.vocabulary_),
+                 offset=offset, sublinear_tf=bool(vec.sublinear_tf))
 
 
 @dataclass
 class CompiledModel:
-    """TF-IDF (``char_wb``) + linear classifier, as plain arrays."""
+    """TF-IDF blocks (``char_wb`` and/or ``word``) + a linear classifier, as plain arrays.
 
-    vocabulary: dict[str, int]
-    idf: np.ndarray  # (n_features,)
+    Cleaned texts contain only ``[a-z0-9]`` words separated by single spaces, so scikit-learn's
+    word tokens are exactly the words of two characters or more, and its ``char_wb`` n-grams are
+    those of each space-padded word: both depend on one word at a time, which lets the feature
+    ids of a word be computed once and cached.
+    """
+
+    blocks: list[Block]
+    idf: np.ndarray  # (n_features,) over all blocks
     coef: np.ndarray  # (n_features, n_classes), feature-major so that rows gather contiguously
     intercept: np.ndarray  # (n_classes,)
     classes: tuple[str, ...]
-    ngram_range: tuple[int, int]
-    sublinear_tf: bool
     link: str
     stopwords: frozenset[str] = frozenset()
     _word_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        n = len(self.idf)
+        self._block_of = np.zeros(n, dtype=np.int64)
+        self._sublinear = np.zeros(n, dtype=bool)
+        for i, b in enumerate(self.blocks):
+            end = b.offset + len(b.vocabulary)
+            self._block_of[b.offset:end] = i
+            self._sublinear[b.offset:end] = b.sublinear_tf
+        self._any_sublinear = bool(self._sublinear.any())
+        self._all_sublinear = bool(self._sublinear.all())
+
     @classmethod
     def from_pipeline(cls, pipeline, stopwords: frozenset[str] = frozenset()) -> CompiledModel:
-        """Export a fitted ``Pipeline([("tfidf", TfidfVectorizer), ("clf", linear)])``.
+        """Export a fitted ``Pipeline([("tfidf", TfidfVectorizer | FeatureUnion), ("clf", linear)])``.
 
         ``stopwords`` are those the texts were cleaned with, kept so that serving cleans alike.
         """
-        vec = pipeline.named_steps["tfidf"]
+        features = pipeline.named_steps["tfidf"]
         clf = pipeline.named_steps["clf"]
-        if vec.analyzer != "char_wb" or vec.norm != "l2" or not vec.use_idf:
-            raise ValueError("only char_wb TF-IDF with l2 norm and idf can be compiled")
-        if vec.preprocessor is not None or vec.strip_accents is not None:
-            raise ValueError("custom preprocessing cannot be compiled")
-        terms = sorted(vec.vocabulary_, key=vec.vocabulary_.__getitem__)
+        if hasattr(features, "transformer_list"):
+            if features.transformer_weights:
+                raise ValueError("weighted feature unions cannot be compiled")
+            vectorizers = [t for _, t in features.transformer_list]
+        else:
+            vectorizers = [features]
+        blocks, idfs, offset = [], [], 0
+        for vec in vectorizers:
+            blocks.append(_block_from(vec, offset))
+            idfs.append(np.asarray(vec.idf_, dtype=np.float64))
+            offset += len(vec.vocabulary_)
         coef = np.asarray(clf.coef_, dtype=np.float64)
-        intercept = np.asarray(clf.intercept_, dtype=np.float64)
         if coef.shape[0] == 1:
             raise ValueError("binary models are not supported; there are at least three tags")
         if type(clf).__name__ == "SGDClassifier":
@@ -63,47 +111,52 @@ class CompiledModel:
         else:
             raise ValueError(f"cannot compile {type(clf).__name__}")
         return cls(
-            vocabulary={t: i for i, t in enumerate(terms)},
-            idf=np.asarray(vec.idf_, dtype=np.float64),
+            blocks=blocks,
+            idf=np.concatenate(idfs),
             coef=np.ascontiguousarray(coef.T),
-            intercept=intercept,
+            intercept=np.asarray(clf.intercept_, dtype=np.float64),
             classes=tuple(str(c) for c in clf.classes_),
-            ngram_range=tuple(vec.ngram_range),
-            sublinear_tf=bool(vec.sublinear_tf),
             link=link,
             stopwords=frozenset(stopwords),
         )
 
     def save(self, path: Path) -> None:
         """Write as an ``.npz`` that loads without pickle."""
-        terms = np.array(sorted(self.vocabulary, key=self.vocabulary.__getitem__), dtype=str)
+        arrays = {
+            "n_blocks": np.array(len(self.blocks)),
+            "idf": self.idf,
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "classes": np.array(self.classes, dtype=str),
+            "link": np.array(self.link),
+            "stopwords": np.array(sorted(self.stopwords), dtype=str),
+        }
+        for i, b in enumerate(self.blocks):
+            arrays[f"b{i}_kind"] = np.array(b.kind)
+            arrays[f"b{i}_terms"] = np.array(sorted(b.vocabulary, key=b.vocabulary.__getitem__), dtype=str)
+            arrays[f"b{i}_ngram_range"] = np.array(b.ngram_range, dtype=np.int64)
+            arrays[f"b{i}_sublinear_tf"] = np.array(b.sublinear_tf)
         with open(path, "wb") as fh:
-            np.savez(
-                fh,
-                terms=terms,
-                idf=self.idf,
-                coef=self.coef,
-                intercept=self.intercept,
-                classes=np.array(self.classes, dtype=str),
-                ngram_range=np.array(self.ngram_range, dtype=np.int64),
-                sublinear_tf=np.array(self.sublinear_tf),
-                link=np.array(self.link),
-                stopwords=np.array(sorted(self.stopwords), dtype=str),
-            )
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> CompiledModel:
         """Read what :meth:`save` wrote (``allow_pickle`` stays off)."""
         with np.load(path, allow_pickle=False) as z:
-            terms = z["terms"].tolist()
+            blocks, offset = [], 0
+            for i in range(int(z["n_blocks"])):
+                terms = z[f"b{i}_terms"].tolist()
+                blocks.append(Block(kind=str(z[f"b{i}_kind"]),
+                                    ngram_range=tuple(int(n) for n in z[f"b{i}_ngram_range"]),
+                                    vocabulary={t: j for j, t in enumerate(terms)},
+                                    offset=offset, sublinear_tf=bool(z[f"b{i}_sublinear_tf"])))
+                offset += len(terms)
             return cls(
-                vocabulary={t: i for i, t in enumerate(terms)},
+                blocks=blocks,
                 idf=z["idf"],
                 coef=np.ascontiguousarray(z["coef"]),
                 intercept=z["intercept"],
                 classes=tuple(z["classes"].tolist()),
-                ngram_range=tuple(int(n) for n in z["ngram_range"]),
-                sublinear_tf=bool(z["sublinear_tf"]),
                 link=str(z["link"]),
                 stopwords=frozenset(z["stopwords"].tolist()),
             )
@@ -113,22 +166,28 @@ class CompiledModel:
         return clean_text(text, self.stopwords)
 
     def _ids_of_word(self, word: str) -> list[int]:
-        """Feature ids of one word's padded n-grams, as scikit-learn's ``char_wb`` analyzer makes them."""
+        """Global feature ids of one word in every block, as scikit-learn's analyzers make them."""
         ids = self._word_ids.get(word)
         if ids is not None:
             return ids
-        vocab = self.vocabulary
-        w = f" {word} "
-        w_len = len(w)
-        min_n, max_n = self.ngram_range
         ids = []
-        for n in range(min_n, max_n + 1):
-            for offset in range(max(w_len - n, 0) + 1):
-                i = vocab.get(w[offset : offset + n])
+        for block in self.blocks:
+            vocab, offset = block.vocabulary, block.offset
+            if block.kind == WORD:
+                i = vocab.get(word) if len(word) >= 2 else None
                 if i is not None:
-                    ids.append(i)
-            if w_len <= n:  # the whole padded word was just counted, once; longer n-grams repeat it
-                break
+                    ids.append(i + offset)
+                continue
+            w = f" {word} "
+            w_len = len(w)
+            min_n, max_n = block.ngram_range
+            for n in range(min_n, max_n + 1):
+                for start in range(max(w_len - n, 0) + 1):
+                    i = vocab.get(w[start : start + n])
+                    if i is not None:
+                        ids.append(i + offset)
+                if w_len <= n:  # the whole padded word was just counted, once; longer n-grams repeat it
+                    break
         if len(self._word_ids) >= _WORD_CACHE_LIMIT:
             self._word_ids.clear()
         self._word_ids[word] = ids
@@ -154,11 +213,16 @@ class CompiledModel:
         r = keys // n_features
         c = keys - r * n_features
         tf = counts.astype(np.float64)
-        if self.sublinear_tf:
+        if self._all_sublinear:
             tf = np.log(tf) + 1.0
+        elif self._any_sublinear:
+            tf = np.where(self._sublinear[c], np.log(tf) + 1.0, tf)
         w = tf * self.idf[c]
-        norms = np.sqrt(np.bincount(r, weights=w * w, minlength=n_docs))
-        w /= norms[r]
+        # each block of each document is l2-normalised on its own, as FeatureUnion does
+        n_blocks = len(self.blocks)
+        group = r * n_blocks + self._block_of[c] if n_blocks > 1 else r
+        norms = np.sqrt(np.bincount(group, weights=w * w, minlength=n_docs * n_blocks))
+        w /= norms[group]
         # rows come out of np.unique sorted, so each document is one contiguous run
         present, starts = np.unique(r, return_index=True)
         scores[present] += np.add.reduceat(self.coef[c] * w[:, None], starts, axis=0)

@@ -13,7 +13,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline
 
 from tagifai_api.ml import data, evaluate
 from tagifai_api.ml.compiled import CompiledModel
@@ -32,16 +32,28 @@ class TrainResult:
     performance: dict
 
 
+def build_features(specs: list[dict]):
+    """One TF-IDF vectorizer per spec; several are joined in a FeatureUnion (each l2-normalised)."""
+    vectorizers = [
+        (
+            f"{spec['analyzer']}_{i}",
+            TfidfVectorizer(
+                analyzer=spec["analyzer"],
+                ngram_range=(spec["ngram_min"], spec["ngram_max"]),
+                min_df=spec.get("min_df", 1),
+                max_df=spec.get("max_df", 1.0),
+                sublinear_tf=spec.get("sublinear_tf", False),
+                dtype=np.float64,
+            ),
+        )
+        for i, spec in enumerate(specs)
+    ]
+    return vectorizers[0][1] if len(vectorizers) == 1 else FeatureUnion(vectorizers)
+
+
 def build_pipeline(args: dict) -> Pipeline:
     """The unfitted pipeline ``args`` describe."""
-    vectorizer = TfidfVectorizer(
-        analyzer=args["analyzer"],
-        ngram_range=(args["ngram_min"], args["ngram_max"]),
-        min_df=args["min_df"],
-        max_df=args["max_df"],
-        sublinear_tf=args["sublinear_tf"],
-        dtype=np.float64,
-    )
+    vectorizer = build_features(args["features"])
     if args["classifier"] == "sgd":
         clf = SGDClassifier(
             loss="log_loss",
@@ -125,14 +137,12 @@ def train(df: pd.DataFrame, args: dict) -> TrainResult:
 
     fit_df = pd.concat([train_df, val_df], ignore_index=True)
     pipeline = build_pipeline(args).fit(fit_df["clean"], fit_df["tag"])
-    vectorizer = pipeline.named_steps["tfidf"]
-    vectorizer.stop_words_ = None  # the pruned terms are not needed to predict and bloat the pickle
-    log.info("refitted on train + validation (%d rows, %d features)", len(fit_df), len(vectorizer.vocabulary_))
+    compiled = CompiledModel.from_pipeline(pipeline, stopwords=stopwords)
+    log.info("refitted on train + validation (%d rows, %d features)", len(fit_df), len(compiled.idf))
 
     test_pred = apply_threshold(pipeline.predict_proba(test_df["clean"]), classes, threshold)
     performance = evaluate.evaluate(list(test_df["clean"]), list(test_df["tag"]), test_pred, classes)
     log.info("test F1 %.4f on %d rows; %.1fs in all", performance["overall"]["f1"], len(test_df), time.perf_counter() - t0)
 
     full_args = {**args, "threshold": threshold}
-    compiled = CompiledModel.from_pipeline(pipeline, stopwords=stopwords)
     return TrainResult(pipeline=pipeline, compiled=compiled, args=full_args, labels=classes, performance=performance)

@@ -1,0 +1,288 @@
+"""`make bench`: the fast path against scikit-learn in-process, then the service over HTTP with wrk.
+
+Everything is measured side by side in one run on this machine, so ratios are meaningful even
+when absolute numbers drift with the machine's load. Results: a table on stdout and
+``reports/bench/bench-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "benchmarks" / "predict.lua"
+REPORTS = ROOT / "reports" / "bench"
+
+sys.path.insert(0, str(ROOT))
+
+from tagifai_api import settings  # noqa: E402
+from tagifai_api.ml import artifacts, data  # noqa: E402
+
+HTTP_SCENARIOS = [  # name, connections, wrk threads, texts per request
+    ("1 text, 1 conn", 1, 1, 1),
+    ("1 text, 16 conns", 16, 2, 1),
+    ("1 text, 64 conns", 64, 2, 1),
+    ("100 texts, 4 conns", 4, 2, 100),
+]
+
+
+def dataset_texts() -> list[str]:
+    df = data.load_dataset(settings.DATA_FILE)
+    return [data.join_text(t, d) for t, d in zip(df["title"], df["description"])]
+
+
+# --- in-process -------------------------------------------------------------------------------
+
+def _rate(fn, batches: list[list[str]], seconds: float) -> float:
+    """Texts per second calling ``fn`` on rotating batches for about ``seconds``."""
+    for b in batches[:3]:
+        fn(b)  # warm-up
+    done = 0
+    i = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = batches[i % len(batches)]
+        fn(batch)
+        done += len(batch)
+        i += 1
+    return done / (time.perf_counter() - start)
+
+
+def _sklearn_fn(version):
+    pipeline = artifacts.load_pipeline(version)
+    clean = version.compiled.clean
+    return lambda batch: pipeline.predict_proba([clean(t) for t in batch])
+
+
+def _fast_fn(version):
+    model = version.compiled
+    return lambda batch: model.predict_proba([model.clean(t) for t in batch])
+
+
+def _batches(texts: list[str], size: int) -> list[list[str]]:
+    rng = random.Random(size)
+    return [rng.sample(texts, size) for _ in range(max(1, 2000 // size))]
+
+
+def _sklearn_worker(args) -> float:
+    root, size, seconds = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    version = artifacts.load(Path(root))
+    return _rate(_sklearn_fn(version), _batches(dataset_texts(), size), seconds)
+
+
+def in_process(root: Path, seconds: float) -> dict:
+    version = artifacts.load(root)
+    texts = dataset_texts()
+    sk, fast = _sklearn_fn(version), _fast_fn(version)
+    out = {}
+    for size in (1, 32, 100):
+        batches = _batches(texts, size)
+        a = _rate(sk, batches, seconds)
+        b = _rate(fast, batches, seconds)
+        out[f"batch_{size}"] = {"sklearn_texts_per_s": round(a), "fast_texts_per_s": round(b), "speedup": round(b / a, 2)}
+    with mp.get_context("spawn").Pool(2) as pool:
+        rates = pool.map(_sklearn_worker, [(str(root), 100, seconds)] * 2)
+    out["sklearn_batch_100_two_processes_texts_per_s"] = round(sum(rates))
+    return out
+
+
+# --- over HTTP --------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_bodies(path: Path, texts: list[str], per_request: int) -> None:
+    rng = random.Random(per_request)
+    with open(path, "w", encoding="utf-8") as fh:
+        if per_request == 1:
+            for t in texts:
+                fh.write(json.dumps({"texts": [{"text": t}]}) + "\n")
+        else:
+            for _ in range(200):
+                fh.write(json.dumps({"texts": [{"text": t} for t in rng.sample(texts, per_request)]}) + "\n")
+
+
+class RssSampler(threading.Thread):
+    """Peak of the summed RSS of the Gunicorn master and its workers."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.05):
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+
+
+def _wrk(wrk: str, port: int, conns: int, threads: int, seconds: float, bodies: Path) -> dict:
+    env = {**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)}
+    proc = subprocess.run(
+        [wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA),
+         f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, env=env, timeout=seconds + 60,
+    )
+    match = re.search(r"^JSON(\{.*\})$", proc.stdout, re.M)
+    if proc.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed: {proc.stdout}\n{proc.stderr}")
+    result = json.loads(match.group(1))
+    result["errors"] = sum(v for k, v in result.items() if k.startswith("errors_"))
+    result["req_per_s"] = result["requests"] / result["seconds"]
+    return result
+
+
+def http(root: Path, wrk: str, batching: bool, seconds: float, bodies: dict[int, Path]) -> dict:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PORT": str(port),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "2",
+        "TAGIFAI_ARTIFACTS_DIR": str(root),
+        "TAGIFAI_BATCHING": "true" if batching else "false",
+        "TAGIFAI_CACHE_SIZE": "0",  # rotating texts: measure the model, not a cache
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tempfile.NamedTemporaryFile(prefix="tagifai-bench-", suffix=".log", delete=False)
+    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    sampler = RssSampler(server.pid)
+    try:
+        _wait_ready(port, server)
+        sampler.start()
+        results = {}
+        for name, conns, threads, per_request in HTTP_SCENARIOS:
+            r = _wrk(wrk, port, conns, threads, seconds, bodies[per_request])
+            results[name] = {
+                "req_per_s": round(r["req_per_s"], 1),
+                "texts_per_s": round(r["req_per_s"] * per_request),
+                "p50_ms": round(r["p50_ms"], 2),
+                "p99_ms": round(r["p99_ms"], 2),
+                "errors": r["errors"],
+            }
+        sampler.stop.set()
+        sampler.join(1)
+        results["peak_rss_mb"] = round(sampler.peak / 2**20, 1)
+        return results
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        os.unlink(log.name)
+
+
+def _wait_ready(port: int, server: subprocess.Popen) -> None:
+    import requests
+
+    deadline = time.monotonic() + 60
+    ready = 0
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("gunicorn exited during start-up")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                ready += 1
+                if ready >= 4:  # both workers are very likely up by now
+                    time.sleep(0.5)
+                    return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("gunicorn did not become ready")
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def table(result: dict) -> str:
+    lines = ["In-process, texts/s (one process):",
+             f"  {'batch':>6} {'scikit-learn':>13} {'fast path':>10} {'speed-up':>9}"]
+    for size in (1, 32, 100):
+        r = result["in_process"][f"batch_{size}"]
+        lines.append(f"  {size:>6} {r['sklearn_texts_per_s']:>13,} {r['fast_texts_per_s']:>10,} {r['speedup']:>8}x")
+    lines.append(f"  scikit-learn, batch 100, 2 processes: "
+                 f"{result['in_process']['sklearn_batch_100_two_processes_texts_per_s']:,} texts/s")
+    lines.append("")
+    lines.append("Over HTTP, Gunicorn 2 workers, wrk on loopback:")
+    lines.append(f"  {'scenario':<20} {'batching':>8} {'req/s':>9} {'texts/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for mode in ("batching_on", "batching_off"):
+        for name, *_ in HTTP_SCENARIOS:
+            r = result["http"][mode][name]
+            lines.append(f"  {name:<20} {mode[9:]:>8} {r['req_per_s']:>9,.1f} {r['texts_per_s']:>9,} "
+                         f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6}")
+        lines.append(f"  peak RSS (master + workers), batching {mode[9:]}: {result['http'][mode]['peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each HTTP scenario")
+    parser.add_argument("--inproc-seconds", type=float, default=2.0, help="duration of each in-process measurement")
+    parser.add_argument("--artifacts", type=Path, default=Path(settings.DEFAULTS["ARTIFACTS_DIR"]))
+    opts = parser.parse_args()
+
+    wrk = shutil.which("wrk")
+    if not wrk:
+        sys.exit("wrk is not installed: `apt-get install wrk` (Debian) and run `make bench` again")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    started = time.time()
+    result = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},
+        "model_version": artifacts.default_version(opts.artifacts),
+    }
+    print("in-process ...", file=sys.stderr)
+    result["in_process"] = in_process(opts.artifacts, opts.inproc_seconds)
+    texts = dataset_texts()
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = {n: Path(tmp) / f"bodies-{n}.jsonl" for n in (1, 100)}
+        for n, path in bodies.items():
+            _write_bodies(path, texts, n)
+        result["http"] = {}
+        for batching in (True, False):
+            print(f"over HTTP, batching {'on' if batching else 'off'} ...", file=sys.stderr)
+            result["http"]["batching_on" if batching else "batching_off"] = http(
+                opts.artifacts, wrk, batching, opts.seconds, bodies)
+    result["seconds"] = round(time.time() - started, 1)
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    out = REPORTS / f"bench-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"\n{result['seconds']} s; written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
