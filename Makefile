@@ -56,3 +56,9 @@ loadtest: model ## Locust, headless and bounded, against a live server (reports 
 clean: ## Remove the virtualenv, caches and reports (model versions stay)
 	rm -rf $(VENV) .pytest_cache reports node_modules
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+BASE_URL ?= http://localhost:$(PORT)
+newman: ## Run the Postman collection against BASE_URL (default http://localhost:PORT; `make serve` first)
+	test -x node_modules/.bin/newman || npm ci --no-audit --no-fund
+	node_modules/.bin/newman run clients/postman/tagifai_api.postman_collection.json \
+	  -e clients/postman/local.postman_environment.json --env-var baseUrl=$(BASE_URL)

@@ -1,0 +1,74 @@
+"""The Postman collection, run by newman (from package-lock.json) against a live Gunicorn."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from tests.integration import servers
+
+POSTMAN = servers.ROOT / "clients" / "postman"
+COLLECTION = POSTMAN / "tagifai_api.postman_collection.json"
+ENVIRONMENT = POSTMAN / "local.postman_environment.json"
+NEWMAN = servers.ROOT / "node_modules" / ".bin" / "newman"
+
+pytestmark = pytest.mark.integration
+
+
+def requests_in(items: list[dict]) -> list[dict]:
+    out = []
+    for item in items:
+        out.extend(requests_in(item["item"]) if "item" in item else [item])
+    return out
+
+
+def test_lockfile_fetches_only_from_the_registry():
+    lock = json.loads((servers.ROOT / "package-lock.json").read_text())
+    declared = json.loads((servers.ROOT / "package.json").read_text())["devDependencies"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", declared["newman"]), "newman is pinned to an exact version"
+    assert lock["packages"]["node_modules/newman"]["version"] == declared["newman"]
+    for name, package in lock["packages"].items():
+        resolved = package.get("resolved")
+        assert resolved is None or resolved.startswith("https://registry.npmjs.org/"), (name, resolved)
+        assert name == "" or package.get("integrity"), f"{name} has no integrity hash"
+
+
+def test_collection_covers_every_route_and_the_main_errors(app):
+    items = requests_in(json.loads(COLLECTION.read_text())["item"])
+    seen = {(i["request"]["method"], "/" + "/".join(i["request"]["url"]["path"])) for i in items}
+    adapter = app.url_map.bind("localhost")
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in {"static", "docs.static"}:
+            continue
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert any(m == method and adapter.test(p, method=m) and adapter.match(p, method=m)[0] == rule.endpoint
+                       for m, p in seen), f"no request for {method} {rule.rule}"
+    statuses = {int(code) for i in items for line in i["event"][0]["script"]["exec"]
+                for code in re.findall(r"to\.have\.status\((\d+)\)", line)}
+    assert {200, 400, 404, 405, 415, 422} <= statuses
+    env = json.loads(ENVIRONMENT.read_text())
+    assert [v["key"] for v in env["values"]] == ["baseUrl"]
+
+
+def test_newman_runs_the_collection_clean(artifacts_dir, tmp_path):
+    servers.require_binary("node", "nodejs")
+    if not NEWMAN.exists():
+        npm = servers.require_binary("npm")
+        install = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=servers.ROOT,
+                                 capture_output=True, text=True, timeout=300)
+        assert install.returncode == 0, install.stderr[-4000:]
+    report = tmp_path / "newman.json"
+    with servers.gunicorn(artifacts_dir, workers=1) as api:
+        run = subprocess.run(
+            [str(NEWMAN), "run", str(COLLECTION), "-e", str(ENVIRONMENT), "--env-var", f"baseUrl={api.url}",
+             "--reporters", "cli,json", "--reporter-json-export", str(report), "--color", "off",
+             "--timeout-request", "10000", "--bail"],
+            cwd=servers.ROOT, capture_output=True, text=True, timeout=120,
+        )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    stats = json.loads(report.read_text())["run"]["stats"]
+    assert stats["requests"]["failed"] == 0 and stats["assertions"]["failed"] == 0
+    assert stats["assertions"]["total"] >= 50
