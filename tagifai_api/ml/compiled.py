@@ -195,37 +195,54 @@ class CompiledModel:
 
     def decision_function(self, docs: Sequence[str]) -> np.ndarray:
         """Linear scores ``(len(docs), n_classes)`` for cleaned texts."""
+        # One pass of Python over the words (feature ids are cached per word), then a fixed set of
+        # numpy calls for the whole batch: a batch costs little more than a single text.
         n_docs = len(docs)
         n_features = len(self.idf)
-        rows: list[int] = []
         cols: list[int] = []
+        lengths: list[int] = []
         ids_of_word = self._ids_of_word
-        for r, doc in enumerate(docs):
-            start = len(cols)
+        for doc in docs:
+            before = len(cols)
             for word in doc.split():
                 cols.extend(ids_of_word(word))
-            rows.extend([r] * (len(cols) - start))
+            lengths.append(len(cols) - before)
         scores = np.tile(self.intercept, (n_docs, 1))
         if not cols:
             return scores
-        keys = np.array(rows, dtype=np.int64) * n_features + np.array(cols, dtype=np.int64)
-        keys, counts = np.unique(keys, return_counts=True)
-        r = keys // n_features
-        c = keys - r * n_features
-        tf = counts.astype(np.float64)
+        keys = np.array(cols, dtype=np.intp)
+        if n_docs > 1:
+            keys += np.repeat(np.arange(n_docs, dtype=np.intp) * n_features, lengths)
+        keys.sort()
+        # unique keys and their counts (np.unique's work, without its per-call overhead)
+        first = np.empty(len(keys), dtype=bool)
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        first = np.flatnonzero(first)
+        keys = keys[first]
+        tf = np.diff(first, append=len(cols)).astype(np.float64)
+        if n_docs > 1:
+            r = keys // n_features
+            c = keys - r * n_features
+        else:
+            r = np.zeros(len(keys), dtype=np.intp)
+            c = keys
         if self._all_sublinear:
-            tf = np.log(tf) + 1.0
+            np.log(tf, out=tf)
+            tf += 1.0
         elif self._any_sublinear:
             tf = np.where(self._sublinear[c], np.log(tf) + 1.0, tf)
         w = tf * self.idf[c]
         # each block of each document is l2-normalised on its own, as FeatureUnion does
         n_blocks = len(self.blocks)
         group = r * n_blocks + self._block_of[c] if n_blocks > 1 else r
-        norms = np.sqrt(np.bincount(group, weights=w * w, minlength=n_docs * n_blocks))
-        w /= norms[group]
-        # rows come out of np.unique sorted, so each document is one contiguous run
-        present, starts = np.unique(r, return_index=True)
-        scores[present] += np.add.reduceat(self.coef[c] * w[:, None], starts, axis=0)
+        w /= np.sqrt(np.bincount(group, weights=w * w))[group]
+        if n_docs == 1:
+            scores[0] += w @ self.coef[c]
+            return scores
+        # keys are sorted, so each document's features are one contiguous run
+        starts = np.flatnonzero(np.diff(r, prepend=-1))
+        scores[r[starts]] += np.add.reduceat(self.coef[c] * w[:, None], starts, axis=0)
         return scores
 
     def predict_proba(self, docs: Sequence[str]) -> np.ndarray:
