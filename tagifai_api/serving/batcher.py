@@ -1,9 +1,10 @@
 """Per-worker micro-batching: concurrent requests' texts share one model call.
 
-Gunicorn's ``gthread`` workers handle requests in threads; each request thread puts its texts
-in a bounded queue and waits, and one batching thread runs the model on up to ``max_texts``
-texts at once. A lone request is run at once; the collection window is used only while other
-requests are known to be on their way (``arriving``), so batching never adds idle waiting.
+Gunicorn's ``gthread`` workers handle requests in threads. One model call runs at a time per
+worker: a request that finds the model idle, with nobody queued or on the way, runs at once in its
+own thread; otherwise its texts join a bounded queue and one batching thread runs the model on up
+to ``max_texts`` queued texts at once. The collection window is used only while other requests
+are known to be on their way (``arriving``), so batching never adds idle waiting.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class MicroBatcher:
         self._queued_items = 0
         self._arriving = 0
         self._closed = False
+        self._busy = False  # a model call is running (or a batch is being collected): one at a time
         self._thread: threading.Thread | None = None
         self._pid = None
 
@@ -133,12 +135,22 @@ class MicroBatcher:
                 self._arriving = max(self._arriving - 1, 0)
             if self._closed:
                 raise ClosedError("the batcher is closed")
-            if self._queued_items + len(items) > self.queue_size and self._queue:
-                raise QueueFullError(f"{self._queued_items} texts queued, limit {self.queue_size}")
-            self._queue.append(job)
-            self._queued_items += len(items)
-            self._cond.notify_all()
-        if not job.done.wait(timeout_s):
+            inline = not self._busy and not self._queue and self._arriving == 0
+            if inline:  # nothing to wait for: run in this thread, sparing two thread switches
+                self._busy = True
+            else:
+                if self._queued_items + len(items) > self.queue_size and self._queue:
+                    raise QueueFullError(f"{self._queued_items} texts queued, limit {self.queue_size}")
+                self._queue.append(job)
+                self._queued_items += len(items)
+                self._cond.notify_all()
+        if inline:
+            job.taken = True
+            try:
+                self._execute([job])
+            finally:
+                self._release()
+        elif not job.done.wait(timeout_s):
             with self._cond:
                 if not job.taken:  # still queued: withdraw it rather than run it late
                     job.cancelled = True
@@ -153,10 +165,11 @@ class MicroBatcher:
     def _take(self) -> list[_Job] | None:
         """Wait for work and take a batch, collecting late arrivals for up to ``max_wait_s``."""
         with self._cond:
-            while not self._queue:
-                if self._closed:
+            while not self._queue or self._busy:
+                if self._closed and not self._queue:
                     return None
                 self._cond.wait()
+            self._busy = True
             batch: list[_Job] = []
             count = 0
             window_end = None
@@ -180,7 +193,15 @@ class MicroBatcher:
             batch = self._take()
             if batch is None:
                 return
-            self._execute(batch)
+            try:
+                self._execute(batch)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     def _execute(self, batch: list[_Job]) -> None:
         start = time.monotonic()
