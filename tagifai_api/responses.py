@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from http import HTTPStatus
 
+import orjson
 from flask import Response, g, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -33,7 +33,7 @@ def construct_response(
     if data is not None:
         body["data"] = data
     return Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),  # marshmallow keys list errors by index
         status=status,
         headers=headers,
         mimetype="application/json",
