@@ -147,7 +147,7 @@ class RssSampler(threading.Thread):
 def _wrk(wrk: str, port: int, conns: int, threads: int, seconds: float, bodies: Path) -> dict:
     env = {**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)}
     proc = subprocess.run(
-        [wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA),
+        [wrk, f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA),
          f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, env=env, timeout=seconds + 60,
     )

@@ -201,7 +201,8 @@ class MicroBatcher:
     def _release(self) -> None:
         with self._cond:
             self._busy = False
-            self._cond.notify_all()
+            if self._queue:  # only the batching thread waits on the condition, and only for work
+                self._cond.notify_all()
 
     def _execute(self, batch: list[_Job]) -> None:
         start = time.monotonic()
