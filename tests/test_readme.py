@@ -1,0 +1,102 @@
+"""The README is part of the interface: its tables match the code, and its curl examples really work."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from tagifai_api import settings
+from tests.integration import servers
+
+README = (servers.ROOT / "README.md").read_text(encoding="utf-8")
+GUNICORN_CONF = (servers.ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
+
+
+def section(name: str) -> str:
+    match = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", README, re.S)
+    assert match, f"README has no {name} section"
+    return match.group(1)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_readme_opens_with_the_two_commands():
+    first_block = README.split("```sh", 1)[1].split("```", 1)[0]
+    assert "make serve" in first_block and "make test" in first_block
+
+
+def test_settings_table_lists_every_setting_with_its_default_and_meaning():
+    rows = table_rows(section("settings"))
+    assert set(rows) == {settings.ENV_PREFIX + key for key in settings.SETTINGS}
+    for key, (default, meaning) in settings.SETTINGS.items():
+        shown, described = rows[settings.ENV_PREFIX + key]
+        if key != "ARTIFACTS_DIR":  # an absolute path on each machine
+            expected = str(default).lower() if isinstance(default, bool) else str(default)
+            assert shown == f"`{expected}`", key
+        assert described == meaning, key
+
+
+def test_gunicorn_table_lists_every_variable_gunicorn_conf_reads():
+    read = set(re.findall(r"""_env_(?:int|str)\(\s*["'](\w+)["']""", GUNICORN_CONF))
+    read |= set(re.findall(r"""os\.environ(?:\.get|\.setdefault)?[\[(]\s*["'](\w+)["']""", GUNICORN_CONF))
+    read -= {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TAGIFAI_LOG_LEVEL"}
+    assert "GUNICORN_THREADS" in read and "WEB_CONCURRENCY" in read
+    assert set(table_rows(section("gunicorn-settings"))) == read
+
+
+def curl_examples() -> list[tuple[str, int]]:
+    """(command, expected status) for each curl in the examples, continuation lines joined."""
+    block = section("curl-examples").split("```sh", 1)[1].split("```", 1)[0]
+    examples, expected, command = [], None, ""
+    for line in block.splitlines():
+        status = re.match(r"#\s*->\s*(\d{3})", line)
+        if status:
+            expected = int(status.group(1))
+        elif line.startswith("curl ") or command:
+            command += line + "\n"
+            if not line.endswith("\\") and command.count("'") % 2 == 0:  # the command is complete
+                examples.append((command, expected))
+                command = ""
+    return examples
+
+
+def test_every_route_has_a_curl_example():
+    paths = {p for c, _ in curl_examples() for p in re.findall(r"localhost:8000(/[\w/.-]*)", c)}
+    routes = {"/", "/performance", "/args", "/args/threshold", "/predict", "/health/live", "/health/ready",
+              "/openapi.json"}
+    assert routes <= paths, routes - paths
+
+
+@pytest.mark.integration
+def test_curl_examples_work_verbatim_against_gunicorn(artifacts_dir):
+    servers.require_binary("curl")
+    examples = curl_examples()
+    assert len(examples) >= 10
+    with servers.gunicorn(artifacts_dir) as server:
+        for command, expected in examples:
+            # the only change: the address of this test's server
+            run = command.replace("http://localhost:8000", server.url)
+            out = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, (command, out.stderr)
+            body = json.loads(out.stdout)
+            if "/openapi.json" in command:
+                assert body["openapi"].startswith("3.")
+                continue
+            assert body["status-code"] == expected, (command, body)
+            assert body["url"].startswith(server.url)
+            if "/predict" in command and expected == 200:
+                tags = [p["predicted_tag"] for p in body["data"]["predictions"]]
+                assert tags == ["natural-language-processing", "computer-vision"]
+                assert body["request-id"] == "readme-example-1"
+            if expected == 422:
+                assert body["data"]["errors"]["texts"]["0"]["text"], body
