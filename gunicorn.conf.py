@@ -95,6 +95,13 @@ def post_fork(server, worker):
     server.log.info("worker %s started", worker.pid)
 
 
+def worker_exit(server, worker):
+    """Write out the worker's buffered access lines before it goes."""
+    from tagifai_api import access
+
+    access.flush()
+
+
 def child_exit(server, worker):
     """Fold the dead worker's samples into one archive file, so recycling neither loses counts nor piles up files."""
     archive_dead_worker(os.environ["PROMETHEUS_MULTIPROC_DIR"], worker.pid)

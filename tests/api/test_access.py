@@ -1,0 +1,75 @@
+"""The access-line writer: whole lines, in order, in pipe-atomic chunks, never held for long."""
+
+import os
+import select
+import time
+
+from tagifai_api.access import LineWriter
+
+
+def read_all(fd: int) -> list[bytes]:
+    chunks = []
+    while select.select([fd], [], [], 0)[0]:
+        data = os.read(fd, 1 << 20)
+        if not data:
+            break
+        chunks.append(data)
+    return chunks
+
+
+class RecordingWriter(LineWriter):
+    """Keeps each write's bytes: a pipe's reader cannot tell where one write ended."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.writes: list[bytes] = []
+
+    def _write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super()._write(data)
+
+
+def test_lines_come_out_whole_in_order_and_in_atomic_chunks():
+    r, w = os.pipe()
+    try:
+        writer = RecordingWriter(w, interval_s=3600)
+        # 30 kB in all: several PIPE_BUF chunks, less than the pipe holds unread
+        lines = [f'{{"n":{i},"pad":"{"x" * (i % 200)}"}}\n'.encode() for i in range(250)]
+        for line in lines:
+            writer.write(line)
+        writer.flush()
+        assert b"".join(read_all(r)) == b"".join(lines)
+        assert len(writer.writes) > 1
+        assert all(chunk.endswith(b"\n") and len(chunk) <= select.PIPE_BUF for chunk in writer.writes)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_full_buffer_is_written_at_once():
+    r, w = os.pipe()
+    try:
+        writer = LineWriter(w, interval_s=3600, max_bytes=100)
+        writer.write(b"a" * 60 + b"\n")
+        assert read_all(r) == []
+        writer.write(b"b" * 60 + b"\n")
+        assert b"".join(read_all(r)) == b"a" * 60 + b"\n" + b"b" * 60 + b"\n"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_lines_are_flushed_by_the_background_thread():
+    r, w = os.pipe()
+    try:
+        writer = LineWriter(w, interval_s=0.01)
+        writer.write(b"late line\n")
+        deadline = time.monotonic() + 10
+        got = b""
+        while not got and time.monotonic() < deadline:
+            got = b"".join(read_all(r))
+            time.sleep(0.01)
+        assert got == b"late line\n"
+    finally:
+        os.close(r)
+        os.close(w)
