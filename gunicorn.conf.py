@@ -4,6 +4,7 @@ Precedence: this file < GUNICORN_CMD_ARGS < command-line flags. Only Gunicorn se
 public globals here; helpers start with ``_``. The web app is never imported by the master.
 """
 
+import ctypes
 import os
 import shutil
 import sys
@@ -91,7 +92,25 @@ def on_starting(server):
     os.makedirs(path, exist_ok=True)
 
 
+def _tune_malloc():
+    """Keep the model's large per-batch arrays on the heap (glibc only; explicit MALLOC_* env wins).
+
+    glibc serves blocks over its mmap threshold with a fresh mmap and trims the heap top after
+    frees, so each 100-text batch paid for page faults on new memory: about 2 ms of system time
+    per request, measured. A fixed 16 MiB threshold and a 32 MiB trim threshold reuse that memory.
+    """
+    if any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 16 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 32 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
 def post_fork(server, worker):
+    _tune_malloc()
     server.log.info("worker %s started", worker.pid)
 
 
