@@ -15,6 +15,7 @@ import platform
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,30 +167,50 @@ def _wrk(wrk: str, port: int, conns: int, threads: int, seconds: float, bodies: 
     return result
 
 
-def http(root: Path, wrk: str, batching: bool, seconds: float, bodies: dict[int, Path]) -> dict:
+TARGETS = {  # name -> how to serve it; each has 2 Gunicorn workers
+    "tagifai, batching on": {"app": "wsgi:app", "conf": "gunicorn.conf.py", "env": {"TAGIFAI_BATCHING": "true"}},
+    "tagifai, batching off": {"app": "wsgi:app", "conf": "gunicorn.conf.py", "env": {"TAGIFAI_BATCHING": "false"}},
+    # what a user would write first: scikit-learn per request, Gunicorn's default (sync) workers
+    "minimal Flask + sklearn": {"app": "benchmarks.peers.flask_minimal:app", "conf": None, "args": []},
+    # the framework's ceiling: a JSON echo on the same worker type as the service
+    "bare Flask echo": {"app": "benchmarks.peers.flask_echo:app", "conf": None,
+                        "args": ["-k", "gthread", "--threads", "16"]},
+}
+
+
+def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path], tmp: Path) -> dict:
+    """Serve one target under Gunicorn on loopback and run every scenario against it."""
+    target = TARGETS[name]
     port = _free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TAGIFAI_", "PROMETHEUS_MULTIPROC_DIR"))},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PORT": str(port),
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "2",
         "TAGIFAI_ARTIFACTS_DIR": str(root),
-        "TAGIFAI_BATCHING": "true" if batching else "false",
         "TAGIFAI_CACHE_SIZE": "0",  # rotating texts: measure the model, not a cache
+        "BENCH_ARTIFACTS_DIR": str(root),
+        **target.get("env", {}),
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if target["conf"]:
+        cmd = ["-c", target["conf"], target["app"]]
+    else:
+        env = {k: v for k, v in env.items() if not k.startswith("TAGIFAI_")}
+        empty = tmp / "empty.conf.py"  # not the service's gunicorn.conf.py
+        empty.write_text("")
+        cmd = ["-c", str(empty), "-w", "2", "-b", f"127.0.0.1:{port}", *target["args"], target["app"]]
     log = tempfile.NamedTemporaryFile(prefix="tagifai-bench-", suffix=".log", delete=False)
-    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), *cmd],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     sampler = RssSampler(server.pid)
     try:
         _wait_ready(port, server)
         sampler.start()
         results = {}
-        for name, conns, threads, per_request in HTTP_SCENARIOS:
+        for scenario, conns, threads, per_request in HTTP_SCENARIOS:
             r = _wrk(wrk, port, conns, threads, seconds, bodies[per_request])
-            results[name] = {
+            results[scenario] = {
                 "req_per_s": round(r["req_per_s"], 1),
                 "texts_per_s": round(r["req_per_s"] * per_request),
                 "p50_ms": round(r["p50_ms"], 2),
@@ -208,6 +229,17 @@ def http(root: Path, wrk: str, batching: bool, seconds: float, bodies: dict[int,
             server.kill()
         log.close()
         os.unlink(log.name)
+
+
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """Per scenario and figure, the median over rounds (errors are summed, peak RSS is the max)."""
+    out = {}
+    for scenario, *_ in HTTP_SCENARIOS:
+        runs = [r[scenario] for r in rounds]
+        out[scenario] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0] if k != "errors"}
+        out[scenario]["errors"] = sum(run["errors"] for run in runs)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    return out
 
 
 def _wait_ready(port: int, server: subprocess.Popen) -> None:
@@ -233,7 +265,7 @@ def _wait_ready(port: int, server: subprocess.Popen) -> None:
 # --- report -----------------------------------------------------------------------------------
 
 def table(result: dict) -> str:
-    lines = ["In-process, texts/s (one process):",
+    lines = ["In-process, texts/s (one process each):",
              f"  {'batch':>6} {'scikit-learn':>13} {'fast path':>10} {'speed-up':>9}"]
     for size in (1, 32, 100):
         r = result["in_process"][f"batch_{size}"]
@@ -241,20 +273,43 @@ def table(result: dict) -> str:
     lines.append(f"  scikit-learn, batch 100, 2 processes: "
                  f"{result['in_process']['sklearn_batch_100_two_processes_texts_per_s']:,} texts/s")
     lines.append("")
-    lines.append("Over HTTP, Gunicorn 2 workers, wrk on loopback:")
-    lines.append(f"  {'scenario':<20} {'batching':>8} {'req/s':>9} {'texts/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for mode in ("batching_on", "batching_off"):
-        for name, *_ in HTTP_SCENARIOS:
-            r = result["http"][mode][name]
-            lines.append(f"  {name:<20} {mode[9:]:>8} {r['req_per_s']:>9,.1f} {r['texts_per_s']:>9,} "
-                         f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6}")
-        lines.append(f"  peak RSS (master + workers), batching {mode[9:]}: {result['http'][mode]['peak_rss_mb']} MB")
+    lines.append(f"Over HTTP, Gunicorn 2 workers each, wrk on loopback, median of {result['rounds']} interleaved rounds:")
+    lines.append(f"  {'scenario':<19} {'service':<24} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    for scenario, *_ in HTTP_SCENARIOS:
+        for name in TARGETS:
+            r = result["http"][name][scenario]
+            lines.append(f"  {scenario:<19} {name:<24} {r['req_per_s']:>8,.0f} {r['texts_per_s']:>8,.0f} "
+                         f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['errors']:>6}")
+    lines.append("  peak RSS, master + workers: " + ", ".join(
+        f"{name} {result['http'][name]['peak_rss_mb']:.0f} MB" for name in TARGETS))
+    lines.append("")
+    lines.append("Ratios (batching on):")
+    for label, value in ratios(result).items():
+        lines.append(f"  {label:<58} {value}")
     return "\n".join(lines)
+
+
+def ratios(result: dict) -> dict[str, str]:
+    on = result["http"]["tagifai, batching on"]
+    off = result["http"]["tagifai, batching off"]
+    minimal = result["http"]["minimal Flask + sklearn"]
+    echo = result["http"]["bare Flask echo"]
+    c64, c1, big = "1 text, 64 conns", "1 text, 1 conn", "100 texts, 4 conns"
+    sk2 = result["in_process"]["sklearn_batch_100_two_processes_texts_per_s"]
+    return {
+        "1 text, 64 conns, req/s vs minimal Flask + sklearn": f"{on[c64]['req_per_s'] / minimal[c64]['req_per_s']:.2f}x",
+        "1 text, 64 conns, req/s vs bare Flask echo": f"{on[c64]['req_per_s'] / echo[c64]['req_per_s']:.2f}x",
+        "1 text, 64 conns, req/s batching on vs off": f"{on[c64]['req_per_s'] / off[c64]['req_per_s']:.2f}x",
+        "1 text, 1 conn, p50 vs minimal Flask + sklearn": f"{on[c1]['p50_ms'] / minimal[c1]['p50_ms']:.2f}x",
+        "100 texts, 4 conns, texts/s vs scikit-learn in 2 processes": f"{on[big]['texts_per_s'] / sk2:.2f}x",
+        "peak RSS vs minimal Flask + sklearn": f"{on['peak_rss_mb'] / minimal['peak_rss_mb']:.2f}x",
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each HTTP scenario")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each HTTP scenario")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all services")
     parser.add_argument("--inproc-seconds", type=float, default=2.0, help="duration of each in-process measurement")
     parser.add_argument("--artifacts", type=Path, default=Path(settings.DEFAULTS["ARTIFACTS_DIR"]))
     opts = parser.parse_args()
@@ -269,6 +324,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
         "model_version": artifacts.default_version(opts.artifacts),
+        "rounds": opts.rounds,
     }
     print("in-process ...", file=sys.stderr)
     result["in_process"] = in_process(opts.artifacts, opts.inproc_seconds)
@@ -277,11 +333,14 @@ def main() -> None:
         bodies = {n: Path(tmp) / f"bodies-{n}.jsonl" for n in (1, 100)}
         for n, path in bodies.items():
             _write_bodies(path, texts, n)
-        result["http"] = {}
-        for batching in (True, False):
-            print(f"over HTTP, batching {'on' if batching else 'off'} ...", file=sys.stderr)
-            result["http"]["batching_on" if batching else "batching_off"] = http(
-                opts.artifacts, wrk, batching, opts.seconds, bodies)
+        rounds: dict[str, list[dict]] = {name: [] for name in TARGETS}
+        for i in range(opts.rounds):
+            for name in TARGETS:
+                print(f"over HTTP, round {i + 1}: {name} ...", file=sys.stderr)
+                rounds[name].append(http(name, opts.artifacts, wrk, opts.seconds, bodies, Path(tmp)))
+        result["http_rounds"] = rounds
+        result["http"] = {name: median_of_rounds(r) for name, r in rounds.items()}
+    result["ratios"] = ratios(result)
     result["seconds"] = round(time.time() - started, 1)
     REPORTS.mkdir(parents=True, exist_ok=True)
     out = REPORTS / f"bench-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -1,0 +1,37 @@
+"""`make bench` end to end, briefly: every service answers every scenario without an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import run as bench
+from tests.integration import servers
+
+pytestmark = pytest.mark.integration
+
+
+def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
+    servers.require_binary("wrk")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--seconds", "1", "--rounds", "1", "--inproc-seconds", "0.2",
+         "--artifacts", str(artifacts_dir)],
+        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    written = re.search(r"written to (\S+)", out.stdout).group(1)
+    result = json.loads((servers.ROOT / written).read_text())
+    assert set(result["http"]) == set(bench.TARGETS)
+    for name, scenarios in result["http"].items():
+        for scenario, *_ in bench.HTTP_SCENARIOS:
+            assert scenarios[scenario]["errors"] == 0, (name, scenario)
+            assert scenarios[scenario]["req_per_s"] > 0, (name, scenario)
+        assert scenarios["peak_rss_mb"] > 0
+    assert set(result["ratios"]) == set(bench.ratios(result))
+    assert "Ratios (batching on):" in out.stdout
