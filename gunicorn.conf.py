@@ -97,8 +97,9 @@ def _tune_malloc():
 
     glibc serves blocks over its mmap threshold with a fresh mmap and trims the heap top after
     frees, so each 100-text batch paid for page faults on new memory: about 2 ms of system time
-    per request, measured. Fixed 4 MiB mmap and 8 MiB trim thresholds reuse that memory while
-    keeping what a worker holds on to small.
+    per request, measured. Fixed 4 MiB mmap and 8 MiB trim thresholds reuse that memory; two
+    arenas at most keep it from being held once per thread (the GIL serialises allocations
+    anyway): without that cap the service's peak RSS grew from about 160 to 250 MB.
     """
     if any(k.startswith("MALLOC_") for k in os.environ):
         return
@@ -106,6 +107,7 @@ def _tune_malloc():
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 8 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass  # not glibc
 
