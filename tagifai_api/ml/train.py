@@ -107,6 +107,18 @@ def cross_validate(df: pd.DataFrame, args: dict, folds: int = 5) -> tuple[float,
     return float(scores.mean()), float(scores.std())
 
 
+def time_ordered_score(df: pd.DataFrame, args: dict, newest: float = 0.2) -> dict:
+    """Weighted F1 on the newest ``newest`` share of ``df`` after fitting on the older projects."""
+    older, newer = data.time_split(df, newest)
+    pipeline = build_pipeline(args).fit(older["clean"], older["tag"])
+    return {
+        "f1_weighted": float(f1_score(newer["tag"], pipeline.predict(newer["clean"]), average="weighted")),
+        "train_projects": len(older),
+        "test_projects": len(newer),
+        "test_from": str(newer["created_on"].min()),
+    }
+
+
 def train(df: pd.DataFrame, args: dict) -> TrainResult:
     """Split, fit, choose the threshold, refit on train + validation and evaluate on test.
 

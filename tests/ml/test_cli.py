@@ -43,3 +43,13 @@ def test_artifact_errors_are_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no default model")
     assert "Traceback" not in proc.stderr
+
+
+def test_cv_reports_cross_validation_and_the_time_ordered_score():
+    result = _run("cv", "--folds", "3")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["folds"] == 3 and 0.5 < out["f1_weighted_mean"] <= 1.0
+    held_out = out["time_ordered"]
+    assert 0.5 < held_out["f1_weighted"] <= 1.0
+    assert held_out["test_projects"] == round(0.2 * (held_out["train_projects"] + held_out["test_projects"]))

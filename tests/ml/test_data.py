@@ -42,3 +42,12 @@ def test_slices():
     tags = ["natural-language-processing", "natural-language-processing"]
     assert data.nlp_cnn(texts, tags).tolist() == [False, True]
     assert data.nlp_cnn(texts, ["computer-vision"] * 2).tolist() == [False, False]
+
+
+def test_time_split_holds_out_the_newest_projects():
+    df = pd.DataFrame({"created_on": ["2020-03-01", "2020-01-01", "2020-05-01", "2020-02-01", "2020-04-01"],
+                       "id": [3, 1, 5, 2, 4]})
+    older, newer = data.time_split(df, newest=0.4)
+    assert list(older["id"]) == [1, 2, 3]
+    assert list(newer["id"]) == [4, 5]
+    assert pd.to_datetime(older["created_on"]).max() <= pd.to_datetime(newer["created_on"]).min()
