@@ -104,6 +104,9 @@ def save(root: Path, result, dataset_sha256: str, make_default: bool = True) -> 
         "files": {name: sha256_file(tmp / name) for name in files},
     }
     _write_json(tmp / MANIFEST, manifest)
+    # mkdtemp makes the directory private (0700): a service running as another user, such as the
+    # Docker image's, must be able to read the version
+    tmp.chmod(0o755)
     final = root / version
     tmp.rename(final)
     if make_default:
@@ -130,6 +133,8 @@ def default_version(root: Path) -> str:
         raise ArtifactError(
             f"no default model in {root}: train one with `python -m tagifai_api train`"
         ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"cannot read {pointer} ({exc})") from None
     return check_name(version)
 
 
@@ -154,6 +159,10 @@ def _verified_manifest(path: Path, files: tuple[str, ...]) -> dict:
         raise ArtifactError(f"{path}: {MANIFEST} is missing; this is not a model version") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read {MANIFEST} ({exc.strerror or exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{path}: {MANIFEST} does not describe a model version (no file list)")
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: artifact format {manifest.get('format')!r}, this code reads {FORMAT}")
     made_with = str(manifest.get("sklearn_version", "unknown"))
@@ -170,7 +179,11 @@ def _verified_manifest(path: Path, files: tuple[str, ...]) -> dict:
             raise ArtifactError(f"{path}: {name} is not listed in {MANIFEST}")
         if not file.is_file():
             raise ArtifactError(f"{path}: {name} is missing")
-        if sha256_file(file) != expected[name]:
+        try:
+            digest = sha256_file(file)
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read {name} ({exc.strerror or exc})") from None
+        if digest != expected[name]:
             raise ArtifactError(f"{path}: {name} does not match its sha256 in {MANIFEST}; it was altered or damaged")
     return manifest
 
@@ -196,7 +209,7 @@ def load(root: Path, version: str = "default", *, compiled: bool = True) -> Mode
     try:
         meta = {n: json.loads((path / n).read_text(encoding="utf-8")) for n in JSON_FILES}
         model = CompiledModel.load(path / COMPILED_FILE) if compiled else None
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, TypeError, IndexError) as exc:
         raise ArtifactError(f"{path}: cannot read the model files ({exc})") from None
     return ModelVersion(
         version=name,

@@ -95,6 +95,10 @@ class ModelService:
                 self.load_error = str(exc)
                 log.error("model not loaded: %s", exc)
                 return False
+            except Exception as exc:  # noqa: BLE001 - a broken model must leave the worker up, answering 503
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.exception("model not loaded")
+                return False
             self.model, self.predictor = model, predictor
             self.loaded_at = time.time()
             self.load_error = None

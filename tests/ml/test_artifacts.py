@@ -90,6 +90,20 @@ def test_missing_or_broken_manifest(root):
         artifacts.load(root)
 
 
+@pytest.mark.parametrize("content", ["[]", '{"format": 1, "files": null}', '"just a string"'])
+def test_manifest_of_the_wrong_shape_is_a_clear_error(root, content):
+    (_version_dir(root) / "manifest.json").write_text(content)
+    with pytest.raises(ArtifactError, match="does not describe a model version"):
+        artifacts.load(root)
+
+
+def test_versions_are_readable_by_other_users(artifacts_dir):
+    """The Docker image serves as a non-root user the versions it trained as root."""
+    version = artifacts.load(artifacts_dir)
+    assert version.path.stat().st_mode & 0o777 == 0o755
+    assert all(f.stat().st_mode & 0o044 == 0o044 for f in version.path.iterdir())
+
+
 def test_no_default_and_unknown_version(tmp_path, root):
     with pytest.raises(ArtifactError, match="no default model"):
         artifacts.load(tmp_path)

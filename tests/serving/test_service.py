@@ -45,3 +45,18 @@ def test_missing_model_is_reported_and_retried(tmp_path, artifacts_dir, monkeypa
     shutil.copytree(artifacts_dir, tmp_path / "none")
     monkeypatch.setattr(module, "_RETRY_LOAD_S", 0.0)
     assert s.require_model() is s.predictor and s.ready
+
+
+def test_any_load_failure_leaves_the_service_up_and_unready(artifacts_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tagifai_api.serving.service.artifacts.load", broken)
+    s = ModelService(artifacts_dir, batching=False)
+    try:
+        assert not s.ready
+        assert "PermissionError" in s.load_error
+        with pytest.raises(ModelUnavailableError):
+            s.predict(["anything"], 1.0)
+    finally:
+        s.close()
