@@ -15,13 +15,15 @@ def create_app(config: Mapping[str, object] | None = None):
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from tagifai_api import errors, logs, metrics, openapi, schemas, settings
+    from tagifai_api import errors, logs, metrics, openapi, responses, schemas, settings
     from tagifai_api.access import register_access_log
     from tagifai_api.serving.context import EXTENSION
     from tagifai_api.serving.service import ModelService
     from tagifai_api.views import args, docs, health, index, performance, predict
 
     app = Flask(__name__)
+    app.json = responses.OrjsonProvider(app)
+    app.make_default_options_response = responses.options_response
     app.config.update(settings.resolve(config))
     app.config["PROPAGATE_EXCEPTIONS"] = False  # every failure answers in the envelope, tests included
     logs.configure(str(app.config["LOG_LEVEL"]))

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from http import HTTPStatus
 
 import orjson
 from flask import Response, g, request
+from flask.globals import request_ctx
+from flask.json.provider import DefaultJSONProvider
 
 REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """Request bodies parsed by orjson: faster, and strict where ``json`` is lax. Nesting deeper
+    than 1024 levels or a lone surrogate is a ``ValueError`` (so a 400), not a ``RecursionError``
+    or a string no encoder can write back."""
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+
+def _dumps(body: dict) -> bytes:
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)  # marshmallow keys list errors by index
+    except TypeError:  # e.g. a lone surrogate that a URL or header smuggled in: escape it instead
+        return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
 def construct_response(
@@ -33,8 +52,14 @@ def construct_response(
     if data is not None:
         body["data"] = data
     return Response(
-        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),  # marshmallow keys list errors by index
+        _dumps(body),
         status=status,
         headers=headers,
         mimetype="application/json",
     )
+
+
+def options_response() -> Response:
+    """``OPTIONS`` answers in the envelope too (Flask's default is an empty HTML body)."""
+    methods = sorted(request_ctx.url_adapter.allowed_methods())
+    return construct_response(HTTPStatus.OK, data={"allow": methods}, headers={"Allow": ", ".join(methods)})

@@ -4,6 +4,7 @@ from contextlib import nullcontext
 from http import HTTPStatus
 
 from flask import Blueprint, current_app, g, request
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from tagifai_api import errors
 from tagifai_api.responses import construct_response
@@ -16,11 +17,24 @@ bp = Blueprint("predict", __name__)
 _RETRY_AFTER = {"Retry-After": "1"}
 
 
+def _read_body() -> None:
+    """Read the whole body now; a body the server cannot read (bad chunking, a broken
+    connection) is the client's error, answered 400, not a crash."""
+    try:
+        request.get_data(cache=True)
+    except HTTPException:
+        raise  # 413 and the like, already the right answer
+    except Exception as exc:  # noqa: BLE001 - the WSGI server's own parse errors vary by server
+        raise BadRequest("The request body could not be read.") from exc
+
+
 @bp.post("/predict")
 def predict():
     """Tag each of ``{"texts": [{"text": ...}, ...]}``, in order."""
     service = get_service()
-    # announce the request before parsing it, so a batch being formed waits for its texts
+    _read_body()
+    # announce the request once its body is here, before parsing it, so that a batch being formed
+    # waits for its texts (but never for a client that is still sending)
     with service.batcher.arriving() if service.batcher is not None else nullcontext() as arrival:
         body = current_app.extensions["tagifai_predict_schema"].load(request.get_json())
         texts = [item["text"] for item in body["texts"]]

@@ -121,3 +121,11 @@ def test_deadline_passed_in_queue_is_504(make_app):
     codes = sorted(b["status-code"] for b in results)
     assert 504 in codes
     assert codes[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/predict", "/args/threshold"])
+def test_options_is_an_envelope_listing_the_methods(client, path):
+    response = client.options(path)
+    body = check_envelope(response, 200, "OPTIONS")
+    assert "OPTIONS" in body["data"]["allow"]
+    assert set(body["data"]["allow"]) == {m.strip() for m in response.headers["Allow"].split(",")}

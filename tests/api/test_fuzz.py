@@ -61,3 +61,34 @@ def test_any_bytes_get_a_deliberate_answer(fuzz_client, raw, content_type):
 def test_still_serving_after_the_fuzzing(fuzz_client):
     response = fuzz_client.post("/predict", json={"texts": [{"text": "Object detection in images."}]})
     assert check_envelope(response, 200, "POST")["data"]["predictions"][0]["predicted_tag"] == "computer-vision"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 5000 + b"]" * 5000,  # deeper than any parser should follow
+        b'{"texts": [{"text": "\\ud800 lone surrogate"}]}',
+        b'{"texts": [{"text": "ok", "\\udc00": 1}]}',
+        b'{"texts": [{"text": "\xed\xa0\x80"}]}',  # a surrogate in raw UTF-8
+        b'{"texts": [{"text": "\xff\xfe"}]}',  # not UTF-8 at all
+    ],
+)
+def test_malformed_json_is_400_not_a_crash(fuzz_client, raw):
+    response = fuzz_client.post("/predict", data=raw, content_type="application/json")
+    check_envelope(response, 400, "POST")
+
+
+class BrokenStream:
+    """A request body that fails while it is read, as a bad chunked body does in the server."""
+
+    def read(self, *args):
+        raise ValueError("Invalid chunk size")
+
+    readline = read
+
+
+def test_a_body_the_server_cannot_read_is_400(fuzz_client):
+    response = fuzz_client.post("/predict", data=b'{"texts": []}', content_type="application/json",
+                                environ_overrides={"wsgi.input": BrokenStream()})
+    check_envelope(response, 400, "POST")
+    test_still_serving_after_the_fuzzing(fuzz_client)
