@@ -6,7 +6,6 @@ public globals here; helpers start with ``_``. The web app is never imported by 
 
 import ctypes
 import os
-import shutil
 import sys
 import tempfile
 
@@ -86,10 +85,15 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 def on_starting(server):
-    """Start from an empty metrics directory: files of a previous run would be counted again."""
+    """Start without the samples of a previous run, which would be counted again.
+
+    Only the sample files go: the directory may be one an operator chose, with other files in it.
+    """
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db") or name == ".lock":
+            os.remove(os.path.join(path, name))
 
 
 def _tune_malloc():

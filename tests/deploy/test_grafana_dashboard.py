@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration import servers
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
@@ -124,9 +125,7 @@ def test_prometheus_config_scrapes_the_service():
 
 def test_promtool_accepts_the_config_and_the_queries(tmp_path):
     """``promtool check config``, and every dashboard query parsed as PromQL (through a rules file)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed")
+    promtool = servers.require_binary("promtool")  # Debian's prometheus package ships it
     result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -83,6 +83,8 @@ def stale_counter(directory: Path) -> Path:
 def test_one_scrape_counts_every_request_of_both_workers(tmp_path):
     mp_dir = tmp_path / "metrics"
     stale = stale_counter(mp_dir)
+    other = mp_dir / "operator-notes.txt"  # not a sample file: left alone
+    other.write_text("kept")
     log = tmp_path / "gunicorn.log"
     n = 40
     # Workers sharing one listening socket let the first one to wake take every idle-time connection;
@@ -90,6 +92,7 @@ def test_one_scrape_counts_every_request_of_both_workers(tmp_path):
     env = {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "GUNICORN_CMD_ARGS": "--reuse-port"}
     with gunicorn(workers=2, env=env, log_path=log) as server:
         assert not stale.exists(), "the previous run's files must be removed at start"
+        assert other.read_text() == "kept"
         predict_many(server.url, n)
         samples = scrape(server.url)
 

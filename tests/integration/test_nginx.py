@@ -111,6 +111,12 @@ def test_predict_through_nginx_reports_the_clients_url(stack):
     assert body["data"]["predictions"][0]["predicted_tag"] == "natural-language-processing"
 
 
+def test_clients_cannot_forge_the_forwarded_headers(stack):
+    forged = {"X-Forwarded-Prefix": "/evil", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+    body = assert_envelope(requests.get(f"{stack}/", headers=forged, timeout=10), 200)
+    assert body["url"] == f"{stack}/"
+
+
 def test_query_string_survives_the_proxy(stack):
     body = assert_envelope(requests.get(f"{stack}/performance?filter=overall", timeout=10), 200)
     assert body["url"] == f"{stack}/performance?filter=overall"
