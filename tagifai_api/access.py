@@ -35,16 +35,17 @@ class RequestIds:
     """Unique ids without a system call per request: a random per-process prefix and a counter."""
 
     def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
-        self._counter = itertools.count()
+        self._state = (-1, "", itertools.count())  # pid, prefix, counter: replaced together
+        self._lock = threading.Lock()
 
     def next(self) -> str:
-        if self._pid != os.getpid():  # a forked worker must not repeat its parent's ids
-            self._pid = os.getpid()
-            self._prefix = uuid.uuid4().hex[:16]
-            self._counter = itertools.count()
-        return f"{self._prefix}{next(self._counter):016x}"
+        pid, prefix, counter = self._state
+        if pid != os.getpid():  # a forked worker must not repeat its parent's ids
+            with self._lock:
+                if self._state[0] != os.getpid():
+                    self._state = (os.getpid(), uuid.uuid4().hex[:16], itertools.count())
+            pid, prefix, counter = self._state
+        return f"{prefix}{next(counter):016x}"
 
 
 class LineWriter:

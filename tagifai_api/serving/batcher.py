@@ -99,16 +99,19 @@ class MicroBatcher:
         self._closed = False
         self._busy = False  # a model call is running (or a batch is being collected): one at a time
         self._thread: threading.Thread | None = None
+        self._atexit = False
         self._pid = None
 
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():  # first use here; a fork resets through register_at_fork
             self._pid = os.getpid()
             self._thread = None
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():  # never started, or died
             self._thread = threading.Thread(target=self._run, name="tagifai-batcher", daemon=True)
             self._thread.start()
-            atexit.register(self.close)
+            if not self._atexit:
+                atexit.register(self.close)
+                self._atexit = True
 
     @property
     def pid(self) -> int | None:
@@ -220,7 +223,7 @@ class MicroBatcher:
                 results = self.predict_fn(items)
                 if len(results) != len(items):
                     raise ValueError(f"predict_fn returned {len(results)} results for {len(items)} items")
-            except Exception as exc:  # noqa: BLE001 - the failure belongs to this batch's requests only
+            except BaseException as exc:  # noqa: BLE001 - the failure belongs to this batch's requests only
                 log.exception("batch of %d texts failed", len(items))
                 for job in live:
                     job.error = BatchFailedError(str(exc))

@@ -73,3 +73,32 @@ def test_lines_are_flushed_by_the_background_thread():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_request_ids_are_unique_across_threads_and_a_fork():
+    import threading
+
+    from tagifai_api.access import RequestIds
+
+    ids = RequestIds()
+    seen: list[str] = []
+
+    def take():
+        seen.extend(ids.next() for _ in range(2000))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == len(seen) == 16000
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's ids must differ from the parent's
+        os.write(w, ids.next().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 100).decode()
+    os.close(r)
+    os.close(w)
+    assert child not in seen and child[:16] != seen[0][:16]

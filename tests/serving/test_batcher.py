@@ -24,6 +24,8 @@ class FakeModel:
             self.gate.wait(10)
         if "boom" in items:
             raise RuntimeError("model failure")
+        if "exit" in items:
+            raise SystemExit("a library calling exit()")
         return [f"r:{x}" for x in items]
 
 
@@ -182,6 +184,27 @@ def test_a_failing_batch_fails_only_its_requests(make_batcher):
         b.submit(["boom"], 5.0)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert b.submit(["fine"], 5.0) == ["r:fine"]  # the batcher keeps serving
+
+
+@pytest.mark.parametrize("poison", ["boom", "exit"])
+def test_failing_batches_on_the_batching_thread_fail_alone(make_batcher, poison):
+    gate = threading.Event()
+    model = FakeModel(gate)
+    b = make_batcher(model, max_texts=1, max_wait_s=0.0)
+    threads, results, errors = _submit_in_threads(b, {"first": ["first"]})
+    assert model.entered.wait(5)  # "first" holds the model: the next ones queue for the batching thread
+    more, results2, errors2 = _submit_in_threads(b, {"bad": [poison], "good": ["good"]})
+    deadline = time.monotonic() + 5
+    while b._queued_items < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for t in threads + more:
+        t.join(10)
+    assert results == {"first": ["r:first"]}
+    assert results2 == {"good": ["r:good"]}
+    assert isinstance(errors2["bad"], BatchFailedError)
+    assert b._thread.is_alive()  # and it keeps serving
+    assert b.submit(["after"], 5.0) == ["r:after"]
 
 
 def test_wrong_result_count_is_a_batch_failure(make_batcher):
