@@ -15,6 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tagifai_api.logs import gunicorn_logconfig  # noqa: E402 - standard library only
 from tagifai_api.metrics_files import archive_dead_worker  # noqa: E402 - standard library only
+from tagifai_api.server_errors import write_error as _json_write_error  # noqa: E402 - standard library only
+import gunicorn.util as _gunicorn_util  # noqa: E402
+
+# Requests Gunicorn cannot parse (a bad Content-Length, oversized headers) are answered by
+# Gunicorn itself, in HTML; answer them in the service's JSON envelope instead.
+_gunicorn_util.write_error = _json_write_error
 
 
 def _env_int(name, default):

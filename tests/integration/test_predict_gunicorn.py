@@ -3,6 +3,7 @@ request gets exactly its own answers, in order, equal to the model's in-process 
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -73,3 +74,41 @@ def test_concurrent_clients_get_their_own_answers_in_order(artifacts_dir, datase
     coalesced = metric_sum(metrics, "tagifai_batch_requests_sum")
     assert coalesced == total  # every request was run exactly once
     assert batches < total, "concurrent requests never shared a model call"
+
+
+def raw_request(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library would send these) and read the whole answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 400),
+        (b"NOT-HTTP\r\n\r\n", 400),
+    ],
+)
+def test_requests_gunicorn_cannot_parse_get_the_json_envelope(artifacts_dir, data, status):
+    with gunicorn(artifacts_dir, workers=1) as server:
+        got, headers, body = raw_request(server.port, data)
+        envelope = json.loads(body)
+        assert got == envelope["status-code"] >= status
+        assert headers["Content-Type"] == "application/json"
+        assert envelope["request-id"] == headers["X-Request-ID"]
+        assert {"message", "method", "timestamp", "url"} <= set(envelope)
+        # and the worker is still there
+        assert requests.get(f"{server.url}/health/live", timeout=5).status_code == 200

@@ -1,0 +1,40 @@
+"""Gunicorn's own error answers (a request it cannot parse never reaches the app) in the envelope.
+
+Gunicorn writes those as HTML; clients of this service expect the same JSON everywhere. Standard
+library only: ``gunicorn.conf.py`` installs :func:`write_error` in place of Gunicorn's.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+
+
+def envelope(status: int, reason: str, detail: str, request_id: str) -> bytes:
+    """The envelope for a request that could not be read: its method and URL are unknown."""
+    body = {
+        "message": f"{reason}: {detail}" if detail else reason,
+        "method": None,
+        "status-code": status,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "url": None,
+        "request-id": request_id,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def write_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """Drop-in for ``gunicorn.util.write_error``: the same status line, a JSON body."""
+    from gunicorn.util import write_nonblock
+
+    request_id = uuid.uuid4().hex
+    body = envelope(int(status_int), reason, mesg, request_id)
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"X-Request-ID: {request_id}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    write_nonblock(sock, head.encode("latin-1") + body)
