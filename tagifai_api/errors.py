@@ -101,3 +101,6 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(TagifaiError, _on_tagifai_error)
     app.register_error_handler(ValidationError, _on_validation_error)
     app.register_error_handler(HTTPException, _on_http_exception)
+    # Flask logs an unhandled exception before the 500 handler runs, which logs it again with the
+    # request id: keep only the second
+    app.log_exception = lambda exc_info: None

@@ -57,15 +57,19 @@ def test_inference_exception_is_500_without_internals_and_the_app_keeps_serving(
     assert client.post("/predict", json=LESSON).status_code == 200
 
 
-def test_unexpected_exception_in_a_view_is_a_500_envelope(make_app):
+def test_unexpected_exception_in_a_view_is_a_500_envelope_logged_once(make_app, caplog):
     app = make_app()
 
     @app.get("/boom")
     def boom():
         raise KeyError("internal")
 
-    body = check_envelope(app.test_client().get("/boom"), 500)
+    with caplog.at_level("ERROR"):
+        body = check_envelope(app.test_client().get("/boom"), 500)
     assert "internal" not in body["message"]
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is KeyError]
+    assert len(logged) == 1
+    assert logged[0].request_id == body["request-id"]
 
 
 def test_no_model_is_503(make_app, tmp_path):
