@@ -36,6 +36,26 @@ def test_fast_path_matches_pipeline(trained, texts):
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
+def test_served_tags_are_the_pipelines_with_the_threshold(trained, texts, tmp_path):
+    """The tags as served (low-confidence rule included) equal the pipeline's, text for text."""
+    from tagifai_api.ml import artifacts
+    from tagifai_api.ml import train as training
+    from tagifai_api.ml.predict import Predictor
+
+    predictor = Predictor(artifacts.load(_saved(tmp_path, trained)))
+    cleaned = [predictor.clean(t) for t in texts]
+    expected = training.apply_threshold(trained.pipeline.predict_proba(cleaned), list(trained.pipeline.classes_),
+                                        trained.args["threshold"])
+    assert [p["predicted_tag"] for p in predictor.predict(texts)] == expected
+
+
+def _saved(tmp_path, trained):
+    from tagifai_api.ml import artifacts
+
+    artifacts.save(tmp_path, trained, "0" * 64)
+    return tmp_path
+
+
 def test_one_text_at_a_time_matches_batch(trained, texts):
     compiled = trained.compiled
     cleaned = [compiled.clean(t) for t in texts[:50] + ODD]

@@ -97,10 +97,11 @@ def test_batch_limit_counts_texts_and_never_splits_a_request(make_batcher):
     blocker.start()
     assert model.entered.wait(5)
     jobs = {"a": [f"a{i}" for i in range(6)], "b": [f"b{i}" for i in range(6)], "big": [f"g{i}" for i in range(25)]}
-    threads = []
+    threads, results, errors = [], {}, {}
     for key in ("a", "b", "big"):  # enqueue in a known order
-        t, results, errors = _submit_in_threads(b, {key: jobs[key]})
+        t, got, failed = _submit_in_threads(b, {key: jobs[key]})
         threads += t
+        results[key], errors[key] = got, failed
         deadline = time.monotonic() + 5
         while sum(len(j.items) for j in b._queue) < sum(len(jobs[k]) for k in jobs if k <= key and k != "big") and \
                 time.monotonic() < deadline and key != "big":
@@ -114,6 +115,9 @@ def test_batch_limit_counts_texts_and_never_splits_a_request(make_batcher):
     for call in model.calls[1:]:
         prefixes = {x[0] for x in call}
         assert len(prefixes) == 1  # no request was split or mixed beyond the limit
+    for key, items in jobs.items():  # and each request got exactly its own results, in order
+        assert errors[key] == {}
+        assert results[key] == {key: [f"r:{x}" for x in items]}
 
 
 def test_window_waits_for_announced_requests(make_batcher):
