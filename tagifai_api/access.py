@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
 import os
 import re
@@ -51,42 +52,62 @@ class RequestIds:
 class LineWriter:
     """Whole lines to a file descriptor, written together at most ``interval_s`` after they come.
 
-    A daemon thread (started on first use in each process, so never in a Gunicorn master)
-    flushes on time; :meth:`flush` is also called at exit and from Gunicorn's ``worker_exit``.
+    Only a daemon thread (started on first use in each process, so never in a Gunicorn master)
+    writes, so a request never waits for stdout: if the reader of stdout stalls, lines pile up to
+    ``max_pending`` bytes, and beyond that they are dropped and counted, and a line saying how many
+    is written once stdout moves again. :meth:`flush` is also called at exit and from Gunicorn's
+    ``worker_exit``.
     """
 
-    def __init__(self, fd: int, interval_s: float, max_bytes: int = 64 * 1024) -> None:
+    def __init__(self, fd: int, interval_s: float, batch_bytes: int = 64 * 1024,
+                 max_pending: int = 16 * 1024 * 1024) -> None:
         self.fd = fd
         self.interval_s = interval_s
-        self.max_bytes = max_bytes
-        self._lines: list[bytes] = []
-        self._size = 0
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()  # flushes one at a time, so lines keep their order
-        self._pid = -1
+        self.batch_bytes = batch_bytes
+        self.max_pending = max_pending
+        self._after_fork()
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         """A child starts empty, with fresh locks (another thread may have held them at the fork)."""
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._lines, self._size, self._pid = [], 0, -1
+        self._flush_lock = threading.Lock()  # flushes one at a time, so lines keep their order
+        self._wake = threading.Event()
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._dropped = 0
+        self._pid = -1
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped since the last report, because stdout was not keeping up."""
+        return self._dropped
 
     def write(self, line: bytes) -> None:
         with self._lock:
             if self._pid != os.getpid():  # first line in this process: the inherited buffer is the parent's
                 self._start()
+            if self._size + len(line) > self.max_pending:
+                self._dropped += 1
+                return
             self._lines.append(line)
             self._size += len(line)
-            full = self._size >= self.max_bytes
+            full = self._size >= self.batch_bytes
         if full:
-            self.flush()
+            self._wake.set()
 
     def flush(self) -> None:
         with self._flush_lock:
             with self._lock:
                 lines, self._lines, self._size = self._lines, [], 0
+                dropped, self._dropped = self._dropped, 0
             self._write_lines(lines)
+            if dropped:
+                self._write_lines([json.dumps({
+                    "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    "level": "WARNING", "logger": "tagifai_api.access", "pid": os.getpid(),
+                    "message": f"{dropped} access lines dropped: stdout was not keeping up",
+                }).encode() + b"\n"])
 
     def _write_lines(self, lines: list[bytes]) -> None:
         # chunks of at most PIPE_BUF bytes of whole lines: such a write to a pipe is atomic, so
@@ -121,7 +142,8 @@ class LineWriter:
 
     def _run(self) -> None:
         while True:
-            time.sleep(self.interval_s)
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
             self.flush()
 
 

@@ -1,10 +1,22 @@
 """The access-line writer: whole lines, in order, in pipe-atomic chunks, never held for long."""
 
+import json
 import os
 import select
+import threading
 import time
 
+import pytest
+
 from tagifai_api.access import LineWriter
+
+
+@pytest.fixture
+def pipe():
+    r, w = os.pipe()
+    yield r, w
+    os.close(r)
+    os.close(w)
 
 
 def read_all(fd: int) -> list[bytes]:
@@ -29,50 +41,79 @@ class RecordingWriter(LineWriter):
         super()._write(data)
 
 
-def test_lines_come_out_whole_in_order_and_in_atomic_chunks():
-    r, w = os.pipe()
+def test_lines_come_out_whole_in_order_and_in_atomic_chunks(pipe):
+    r, w = pipe
+    writer = RecordingWriter(w, interval_s=3600)
+    # 30 kB in all: several PIPE_BUF chunks, less than the pipe holds unread
+    lines = [f'{{"n":{i},"pad":"{"x" * (i % 200)}"}}\n'.encode() for i in range(250)]
+    for line in lines:
+        writer.write(line)
+    writer.flush()
+    assert b"".join(read_all(r)) == b"".join(lines)
+    assert len(writer.writes) > 1
+    assert all(chunk.endswith(b"\n") and len(chunk) <= select.PIPE_BUF for chunk in writer.writes)
+
+
+def wait_for_bytes(fd: int, expected: int, timeout_s: float = 10.0) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        got += b"".join(read_all(fd))
+        time.sleep(0.01)
+    return got
+
+
+def test_a_full_batch_wakes_the_writer_at_once(pipe):
+    r, w = pipe
+    writer = LineWriter(w, interval_s=3600, batch_bytes=100)
+    writer.write(b"a" * 60 + b"\n")
+    time.sleep(0.1)
+    assert read_all(r) == []  # not a full batch yet, and the interval is long
+    writer.write(b"b" * 60 + b"\n")
+    assert wait_for_bytes(r, 122) == b"a" * 60 + b"\n" + b"b" * 60 + b"\n"
+
+
+def test_a_stalled_stdout_never_blocks_a_request_and_drops_are_reported(pipe):
+    r, w = pipe
+    os.set_blocking(w, False)
+    filler = 0
     try:
-        writer = RecordingWriter(w, interval_s=3600)
-        # 30 kB in all: several PIPE_BUF chunks, less than the pipe holds unread
-        lines = [f'{{"n":{i},"pad":"{"x" * (i % 200)}"}}\n'.encode() for i in range(250)]
-        for line in lines:
-            writer.write(line)
-        writer.flush()
-        assert b"".join(read_all(r)) == b"".join(lines)
-        assert len(writer.writes) > 1
-        assert all(chunk.endswith(b"\n") and len(chunk) <= select.PIPE_BUF for chunk in writer.writes)
-    finally:
-        os.close(r)
-        os.close(w)
+        while True:  # fill the pipe: its reader has stalled
+            filler += os.write(w, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    writer = LineWriter(w, interval_s=0.01, max_pending=2_000)
+    done = threading.Event()
+
+    def requests_logging():
+        for i in range(1000):
+            writer.write(f'{{"n":{i}}}\n'.encode())
+        done.set()
+
+    threading.Thread(target=requests_logging, daemon=True).start()
+    assert done.wait(10), "a request blocked on a stalled stdout"
+    assert writer.dropped > 0
+    got = b""
+    deadline = time.monotonic() + 10
+    while b"access lines dropped" not in got and time.monotonic() < deadline:  # the reader resumes
+        got += b"".join(read_all(r))
+        time.sleep(0.01)
+    lines = got[filler:].splitlines()
+    assert lines[0] == b'{"n":0}'
+    assert json.loads(lines[-1])["level"] == "WARNING"
 
 
-def test_a_full_buffer_is_written_at_once():
-    r, w = os.pipe()
-    try:
-        writer = LineWriter(w, interval_s=3600, max_bytes=100)
-        writer.write(b"a" * 60 + b"\n")
-        assert read_all(r) == []
-        writer.write(b"b" * 60 + b"\n")
-        assert b"".join(read_all(r)) == b"a" * 60 + b"\n" + b"b" * 60 + b"\n"
-    finally:
-        os.close(r)
-        os.close(w)
-
-
-def test_lines_are_flushed_by_the_background_thread():
-    r, w = os.pipe()
-    try:
-        writer = LineWriter(w, interval_s=0.01)
-        writer.write(b"late line\n")
-        deadline = time.monotonic() + 10
-        got = b""
-        while not got and time.monotonic() < deadline:
-            got = b"".join(read_all(r))
-            time.sleep(0.01)
-        assert got == b"late line\n"
-    finally:
-        os.close(r)
-        os.close(w)
+def test_lines_are_flushed_by_the_background_thread(pipe):
+    r, w = pipe
+    writer = LineWriter(w, interval_s=0.01)
+    writer.write(b"late line\n")
+    deadline = time.monotonic() + 10
+    got = b""
+    while not got and time.monotonic() < deadline:
+        got = b"".join(read_all(r))
+        time.sleep(0.01)
+    assert got == b"late line\n"
 
 
 def test_request_ids_are_unique_across_threads_and_a_fork():
