@@ -188,15 +188,14 @@ def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path
         "PORT": str(port),
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "2",
-        "TAGIFAI_ARTIFACTS_DIR": str(root),
-        "TAGIFAI_CACHE_SIZE": "0",  # rotating texts: measure the model, not a cache
         "BENCH_ARTIFACTS_DIR": str(root),
-        **target.get("env", {}),
     }
     if target["conf"]:
+        env.update({"TAGIFAI_ARTIFACTS_DIR": str(root),
+                    "TAGIFAI_CACHE_SIZE": "0",  # rotating texts: measure the model, not a cache
+                    **target["env"]})
         cmd = ["-c", target["conf"], target["app"]]
     else:
-        env = {k: v for k, v in env.items() if not k.startswith("TAGIFAI_")}
         empty = tmp / "empty.conf.py"  # not the service's gunicorn.conf.py
         empty.write_text("")
         cmd = ["-c", str(empty), "-w", "2", "-b", f"127.0.0.1:{port}", *target["args"], target["app"]]

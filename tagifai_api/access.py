@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import json
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from datetime import datetime, timezone
 import orjson
 from flask import Flask, Response, current_app, g, request
 
+from tagifai_api.logs import JsonFormatter
 from tagifai_api.responses import REQUEST_ID_HEADER
 
 log = logging.getLogger("tagifai_api.access")
@@ -36,17 +36,15 @@ class RequestIds:
     """Unique ids without a system call per request: a random per-process prefix and a counter."""
 
     def __init__(self) -> None:
-        self._state = (-1, "", itertools.count())  # pid, prefix, counter: replaced together
-        self._lock = threading.Lock()
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked worker must not repeat its parent's ids
+
+    def _reset(self) -> None:
+        self._prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count()
 
     def next(self) -> str:
-        pid, prefix, counter = self._state
-        if pid != os.getpid():  # a forked worker must not repeat its parent's ids
-            with self._lock:
-                if self._state[0] != os.getpid():
-                    self._state = (os.getpid(), uuid.uuid4().hex[:16], itertools.count())
-            pid, prefix, counter = self._state
-        return f"{prefix}{next(counter):016x}"
+        return f"{self._prefix}{next(self._counter):016x}"
 
 
 class LineWriter:
@@ -76,7 +74,7 @@ class LineWriter:
         self._lines: list[bytes] = []
         self._size = 0
         self._dropped = 0
-        self._pid = -1
+        self._started = False
 
     @property
     def dropped(self) -> int:
@@ -85,7 +83,7 @@ class LineWriter:
 
     def write(self, line: bytes) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # first line in this process: the inherited buffer is the parent's
+            if not self._started:  # first line in this process
                 self._start()
             if self._size + len(line) > self.max_pending:
                 self._dropped += 1
@@ -101,13 +99,11 @@ class LineWriter:
             with self._lock:
                 lines, self._lines, self._size = self._lines, [], 0
                 dropped, self._dropped = self._dropped, 0
+            if dropped:  # said on the same descriptor, in the same JSON as every other log line
+                record = log.makeRecord(log.name, logging.WARNING, __file__, 0,
+                                        "%d access lines dropped: stdout was not keeping up", (dropped,), None)
+                lines.append(JsonFormatter().format(record).encode() + b"\n")
             self._write_lines(lines)
-            if dropped:
-                self._write_lines([json.dumps({
-                    "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                    "level": "WARNING", "logger": "tagifai_api.access", "pid": os.getpid(),
-                    "message": f"{dropped} access lines dropped: stdout was not keeping up",
-                }).encode() + b"\n"])
 
     def _write_lines(self, lines: list[bytes]) -> None:
         # chunks of at most PIPE_BUF bytes of whole lines: such a write to a pipe is atomic, so
@@ -134,9 +130,7 @@ class LineWriter:
                 return  # stdout is gone (closed pipe): nothing sensible to do with a log line
 
     def _start(self) -> None:
-        self._pid = os.getpid()
-        self._lines.clear()
-        self._size = 0
+        self._started = True
         threading.Thread(target=self._run, name="tagifai-access-log", daemon=True).start()
         atexit.register(self.flush)
 
@@ -173,18 +167,19 @@ def _finish(response: Response) -> Response:
             metrics.error(g.get("error_type") or str(status))
     if log.isEnabledFor(logging.INFO):
         now = time.perf_counter()
+        pid = os.getpid()
         entry = {
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "level": "INFO",
             "logger": "tagifai_api.access",
             "message": f"{request.method} {request.path} {status}",
-            "pid": os.getpid(),
+            "pid": pid,
             "request_id": request_id,
             "method": request.method,
             "path": request.path,
             "status": status,
             "latency_ms": round((now - g.get("start", now)) * 1000.0, 3),
-            "worker_pid": os.getpid(),
+            "worker_pid": pid,
             "texts": g.get("texts"),
             "model_version": g.get("model_version"),
         }

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from http import HTTPStatus
 
 import orjson
 from flask import Response, g, request
 from flask.globals import request_ctx
 from flask.json.provider import DefaultJSONProvider
+
+from tagifai_api import envelope
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -41,16 +42,8 @@ def construct_response(
     ``status-code`` is always the HTTP status of the response itself; ``message`` defaults to
     the HTTP phrase; ``data`` is left out when there is none.
     """
-    body = {
-        "message": message or HTTPStatus(status).phrase,
-        "method": request.method,
-        "status-code": status,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "url": request.url,
-        "request-id": g.get("request_id"),
-    }
-    if data is not None:
-        body["data"] = data
+    body = envelope.body(status, message or HTTPStatus(status).phrase, request.method, request.url,
+                         g.get("request_id"), data)
     return Response(
         _dumps(body),
         status=status,

@@ -8,20 +8,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
 
-
-def envelope(status: int, reason: str, detail: str, request_id: str) -> bytes:
-    """The envelope for a request that could not be read: its method and URL are unknown."""
-    body = {
-        "message": f"{reason}: {detail}" if detail else reason,
-        "method": None,
-        "status-code": status,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "url": None,
-        "request-id": request_id,
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
+from tagifai_api import envelope
 
 
 def write_error(sock, status_int: int, reason: str, mesg: str) -> None:
@@ -29,7 +17,9 @@ def write_error(sock, status_int: int, reason: str, mesg: str) -> None:
     from gunicorn.util import write_nonblock
 
     request_id = uuid.uuid4().hex
-    body = envelope(int(status_int), reason, mesg, request_id)
+    message = f"{reason}: {mesg}" if mesg else reason
+    # the request could not be read: its method and URL are unknown
+    body = json.dumps(envelope.body(int(status_int), message, None, None, request_id), separators=(",", ":")).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"

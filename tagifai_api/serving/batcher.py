@@ -99,8 +99,8 @@ class MicroBatcher:
         self._closed = False
         self._busy = False  # a model call is running (or a batch is being collected): one at a time
         self._thread: threading.Thread | None = None
-        self._atexit = False
         self._pid = None
+        atexit.register(self.close)  # a worker that exits finishes what it holds
 
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():  # first use here; a fork resets through register_at_fork
@@ -109,9 +109,6 @@ class MicroBatcher:
         if self._thread is None or not self._thread.is_alive():  # never started, or died
             self._thread = threading.Thread(target=self._run, name="tagifai-batcher", daemon=True)
             self._thread.start()
-            if not self._atexit:
-                atexit.register(self.close)
-                self._atexit = True
 
     @property
     def pid(self) -> int | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -15,15 +14,12 @@ import requests
 from tagifai_api.ml import artifacts, data
 from tagifai_api.ml.predict import Predictor
 from tests.integration.servers import gunicorn
+from tests.integration.test_metrics_gunicorn import scrape, value
 
 pytestmark = pytest.mark.integration
 
 CLIENTS = 24
 REQUESTS_PER_CLIENT = 15
-
-
-def metric_sum(text: str, name: str) -> float:
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def test_concurrent_clients_get_their_own_answers_in_order(artifacts_dir, dataset, tmp_path):
@@ -63,15 +59,15 @@ def test_concurrent_clients_get_their_own_answers_in_order(artifacts_dir, datase
         bad = requests.post(f"{server.url}/predict", data=b'{"texts": [', headers={"Content-Type": "application/json"},
                             timeout=10)
         assert bad.status_code == 400 and bad.json()["status-code"] == 400
-        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        samples = scrape(server.url)
         # the same two workers: none died or was replaced
         assert {p.pid for p in psutil.Process(server.proc.pid).children()} == workers
 
     assert [f for r in results for f in r] == []
     total = CLIENTS * REQUESTS_PER_CLIENT
-    assert metric_sum(metrics, "tagifai_request_texts_count") == total
-    batches = metric_sum(metrics, "tagifai_batch_requests_count")
-    coalesced = metric_sum(metrics, "tagifai_batch_requests_sum")
+    assert value(samples, "tagifai_request_texts_count") == total
+    batches = value(samples, "tagifai_batch_requests_count")
+    coalesced = value(samples, "tagifai_batch_requests_sum")
     assert coalesced == total  # every request was run exactly once
     assert batches < total, "concurrent requests never shared a model call"
 
