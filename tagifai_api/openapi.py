@@ -19,16 +19,25 @@ def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": "Envelope"}}}
 
 
+def _implied_min_length(self, field, ret: dict, **kwargs) -> dict:
+    """``minLength`` for fields whose validators need at least some characters (:class:`schemas.NotBlank`),
+    so the document states the bound the service enforces, not only the pattern that implies it."""
+    least = max((getattr(v, "min_length", 0) for v in field.validators), default=0)
+    return {"minLength": least} if least > ret.get("minLength", 0) else {}
+
+
 def build_spec(max_texts: int, max_text_length: int) -> dict:
     """The document as a dict, with this app's limits in the request schema."""
+    marshmallow_plugin = MarshmallowPlugin()
     spec = APISpec(
         title="TagIfAI API",
         version="1.0.0",
         openapi_version="3.0.3",
         info={"description": "Tags machine-learning project descriptions as computer-vision, mlops, "
                              "natural-language-processing or other. Every response is the same JSON envelope."},
-        plugins=[MarshmallowPlugin()],
+        plugins=[marshmallow_plugin],
     )
+    marshmallow_plugin.converter.add_attribute_function(_implied_min_length)
     spec.components.schema("Envelope", schema=schemas.EnvelopeSchema)
     spec.components.schema("PredictRequest", schema=schemas.predict_request_schema(max_texts, max_text_length))
     spec.components.schema("PredictResponse", schema=schemas.PredictResponseSchema)

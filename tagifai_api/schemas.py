@@ -5,9 +5,26 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate
 
 
-def _not_blank(value: str) -> None:
-    if not value.strip():
-        raise ValidationError("Text must not be empty or only whitespace.")
+class NotBlank(validate.Regexp):
+    """At least one character that is not whitespace.
+
+    A pattern *found* in the value (``re.search``), as JSON Schema's ``pattern`` means it; marshmallow's
+    ``Regexp`` anchors at the start. apispec writes the pattern into the document, and
+    :mod:`tagifai_api.openapi` adds the ``minLength: 1`` it implies. Python's ``\\s`` and JavaScript's
+    (which JSON Schema uses) disagree on a few characters (U+001C-U+001F, U+0085, U+FEFF): naming them
+    too makes the pattern mean the same in both, so a text the document allows is never refused.
+    """
+
+    PATTERN = r"[^\s\x1c-\x1f\x85\ufeff]"
+    min_length = 1
+
+    def __init__(self, error: str = "Text must not be empty or only whitespace.") -> None:
+        super().__init__(self.PATTERN, error=error)
+
+    def __call__(self, value: str) -> str:
+        if self.regex.search(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 class TextSchema(Schema):
@@ -28,7 +45,7 @@ def predict_request_schema(max_texts: int, max_text_length: int) -> PredictReque
     class LimitedText(TextSchema):
         text = fields.String(
             required=True,
-            validate=[_not_blank, validate.Length(max=max_text_length)],
+            validate=[NotBlank(), validate.Length(max=max_text_length)],
             metadata=TextSchema._declared_fields["text"].metadata,
         )
 

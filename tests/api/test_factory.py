@@ -46,3 +46,18 @@ def test_docs_page_and_its_assets_are_served_locally(client):
         r = client.get(f"/docs/static/{asset}")
         assert r.status_code == 200 and len(r.data) > 10_000
         r.close()
+
+
+def test_openapi_text_constraints_match_what_the_service_refuses(client):
+    """The document's ``minLength``/``pattern`` for a text come from the validators and agree with them."""
+    import re
+    import sys
+
+    text = client.get("/openapi.json").get_json()["components"]["schemas"]["LimitedText"]["properties"]["text"]
+    assert text["minLength"] == 1 and text["maxLength"] == settings.DEFAULTS["MAX_TEXT_LENGTH"]
+    pattern = re.compile(text["pattern"])
+    blank = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()] + ["\ufeff"]
+    for candidate in ["", *blank, "a", " a ", "\x1fé"]:
+        allowed = len(candidate) >= text["minLength"] and pattern.search(candidate) is not None
+        status = client.post("/predict", json={"texts": [{"text": candidate}]}).status_code
+        assert status == (200 if allowed else 422), repr(candidate)
