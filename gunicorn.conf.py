@@ -8,6 +8,7 @@ import ctypes
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from gunicorn.glogging import Logger as _GunicornLogger
 
@@ -90,11 +91,25 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempd
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
+def _refuse_bad_settings():
+    """A bad ``TAGIFAI_*`` setting or keys file: one line on stderr and exit 2, before any worker
+    starts (each worker would otherwise fail to boot with a traceback)."""
+    from tagifai_api import settings
+    from tagifai_api.auth.keys import read_keys  # standard library only
+
+    try:
+        read_keys(Path(str(settings.from_env()["API_KEYS_FILE"])))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def on_starting(server):
-    """Start without the samples of a previous run, which would be counted again.
+    """Refuse bad settings; start without the samples of a previous run, which would be counted again.
 
     Only the sample files go: the directory may be one an operator chose, with other files in it.
     """
+    _refuse_bad_settings()
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):

@@ -17,6 +17,7 @@ def create_app(config: Mapping[str, object] | None = None):
 
     from tagifai_api import errors, logs, metrics, openapi, responses, schemas, settings
     from tagifai_api.access import register_access_log
+    from tagifai_api.auth import guard
     from tagifai_api.serving.context import EXTENSION
     from tagifai_api.serving.service import ModelService
     from tagifai_api.views import args, docs, health, index, performance, predict
@@ -49,11 +50,12 @@ def create_app(config: Mapping[str, object] | None = None):
     app.extensions["tagifai_predict_schema"] = schemas.predict_request_schema(
         int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"])
     )
-    app.extensions["tagifai_openapi"] = openapi.build_spec(int(app.config["MAX_TEXTS"]),
-                                                           int(app.config["MAX_TEXT_LENGTH"]))
 
     for module in (index, performance, args, predict, health, docs):
         app.register_blueprint(module.bp)
     errors.register_error_handlers(app)
     register_access_log(app)
+    guard.init_app(app)  # after the access log: a refused request still gets its id and access line
+    spec = openapi.build_spec(int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]))
+    app.extensions["tagifai_openapi"] = openapi.secure(spec, guard.key_requirements(app))
     return app

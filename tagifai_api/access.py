@@ -182,6 +182,7 @@ def _finish(response: Response) -> Response:
             "worker_pid": pid,
             "texts": g.get("texts"),
             "model_version": g.get("model_version"),
+            "key_name": g.get("api_key_name"),  # the key's name, never the key
         }
         if current_app.config["LOG_TEXTS"] and request.path == "/predict":
             entry["body"] = request.get_data(as_text=True)[:2000]

@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from tagifai_api import settings
+from tagifai_api.auth.cli import keys
+from tagifai_api.auth.keys import KeyFileError, KeyStoreError
 from tagifai_api.ml import artifacts
 
 log = logging.getLogger("tagifai_api.cli")
@@ -155,10 +157,13 @@ def set_default(obj: dict, version: str) -> None:
     click.echo(version)
 
 
+cli.add_command(keys)
+
+
 def main() -> None:
-    """Entry point that turns artifact errors into one clear line and exit code 2."""
+    """Entry point that turns artifact and key errors into one clear line and exit code 2."""
     try:
         cli(standalone_mode=True)
-    except artifacts.ArtifactError as exc:
+    except (artifacts.ArtifactError, KeyFileError, KeyStoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

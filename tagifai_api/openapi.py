@@ -75,4 +75,21 @@ def build_spec(max_texts: int, max_text_length: int) -> dict:
             "503": _error("No model loaded, or the worker's queue is full (see Retry-After)"),
             "504": _error("Waited too long in the queue"),
         }}})
+    spec.components.security_scheme("bearerAuth", {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key from `python -m tagifai_api keys create` (also accepted as `X-API-Key`)."})
     return spec.to_dict()
+
+
+def secure(spec: dict, requirements: dict[tuple[str, str], str]) -> dict:
+    """Mark the operations that need a key (``{(path, method): role}``) with the bearer scheme and
+    their 401/403 answers, so Swagger UI's "Authorize" sends the key where it is needed."""
+    for (path, method), role in requirements.items():
+        operation = spec["paths"].get(path, {}).get(method)
+        if operation is None:
+            continue
+        operation["security"] = [{"bearerAuth": []}]
+        operation["responses"]["401"] = _error("No API key, or an unknown one (see WWW-Authenticate)")
+        if role != "predict":
+            operation["responses"]["403"] = _error(f"The key is not a {role} key, or no {role} key exists")
+    return spec

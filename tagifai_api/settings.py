@@ -33,7 +33,14 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
     "LOG_TEXTS": (False, "Also log the input texts (they may be private)."),
     "METRICS": (True, "Expose /metrics and record Prometheus metrics."),
+    "AUTH": ("admin", "What needs an API key: `admin` (routes that change what is served), `all` (every route "
+                      "but /, /health/*, /metrics and the docs) or `off`."),
+    "API_KEYS_FILE": (str(ROOT / "config" / "api_keys.json"),
+                      "JSON file of API keys (names, roles, hashes only); `python -m tagifai_api keys` edits it."),
 }
+
+#: settings that take one of a few words
+CHOICES: dict[str, tuple[str, ...]] = {"AUTH": ("admin", "all", "off")}
 
 DEFAULTS: dict[str, object] = {key: default for key, (default, _) in SETTINGS.items()}
 
@@ -69,7 +76,14 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
             values[key] = _parse(raw, DEFAULTS[key])
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
+    _check_choices(values)
     return values
+
+
+def _check_choices(values: Mapping[str, object]) -> None:
+    for key, allowed in CHOICES.items():
+        if values[key] not in allowed:
+            raise ValueError(f"{ENV_PREFIX}{key}: expected one of {', '.join(allowed)}, got {values[key]!r}")
 
 
 def resolve(overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> dict:
@@ -77,4 +91,5 @@ def resolve(overrides: Mapping[str, object] | None = None, environ: Mapping[str,
     values = from_env(environ)
     if overrides:
         values.update(overrides)
+        _check_choices(values)
     return values

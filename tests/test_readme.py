@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 
@@ -40,7 +41,7 @@ def test_settings_table_lists_every_setting_with_its_default_and_meaning():
     assert set(rows) == {settings.ENV_PREFIX + key for key in settings.SETTINGS}
     for key, (default, meaning) in settings.SETTINGS.items():
         shown, described = rows[settings.ENV_PREFIX + key]
-        if key != "ARTIFACTS_DIR":  # an absolute path on each machine
+        if key not in {"ARTIFACTS_DIR", "API_KEYS_FILE"}:  # absolute paths on each machine
             expected = str(default).lower() if isinstance(default, bool) else str(default)
             assert shown == f"`{expected}`", key
         assert described == meaning, key
@@ -54,10 +55,11 @@ def test_gunicorn_table_lists_every_variable_gunicorn_conf_reads():
     assert set(table_rows(section("gunicorn-settings"))) == read
 
 
-def curl_examples() -> list[tuple[str, int | str]]:
-    """(command, expected status, or "text" for a route outside the envelope) for each curl."""
-    block = section("curl-examples").split("```sh", 1)[1].split("```", 1)[0]
-    examples, expected, command = [], None, ""
+def examples(name: str = "curl-examples") -> list[tuple[str, int | str | None]]:
+    """(command, expected status, or "text" for a route outside the envelope, or None for a shell
+    step such as creating a key) for each command of a section's sh block."""
+    block = section(name).split("```sh", 1)[1].split("```", 1)[0]
+    out, expected, command = [], None, ""
     for line in block.splitlines():
         status = re.match(r"#\s*->\s*(\d{3})( text)?", line)
         if status:
@@ -65,9 +67,15 @@ def curl_examples() -> list[tuple[str, int | str]]:
         elif line.startswith("curl ") or command:
             command += line + "\n"
             if not line.endswith("\\") and command.count("'") % 2 == 0:  # the command is complete
-                examples.append((command, expected))
+                out.append((command, expected))
                 command = ""
-    return examples
+        elif line.strip() and not line.startswith("#"):
+            out.append((line + "\n", None))
+    return out
+
+
+def curl_examples() -> list[tuple[str, int | str]]:
+    return [(c, e) for c, e in examples() if c.startswith("curl ")]
 
 
 def test_every_route_has_a_curl_example():
@@ -103,3 +111,29 @@ def test_curl_examples_work_verbatim_against_gunicorn(artifacts_dir):
                 assert body["request-id"] == "readme-example-1"
             if expected == 422:
                 assert body["data"]["errors"]["texts"]["0"]["text"], body
+
+
+@pytest.mark.integration
+def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_path):
+    """The block runs as one shell script (it sets $KEY), each curl's output kept for checking."""
+    servers.require_binary("curl")
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(tmp_path / "api_keys.json")}
+    steps = examples("auth-examples")
+    assert sum(expected is not None for _, expected in steps) >= 6
+    with servers.gunicorn(artifacts_dir, env=env) as server:
+        script, checks = ["set -euo pipefail"], []
+        for i, (command, expected) in enumerate(steps):
+            run = command.replace("http://localhost:8000", server.url)
+            if expected is None:
+                script.append(run)
+            else:
+                script.append(f"{{ {run}}} > {tmp_path / f'out{i}.json'}")
+                checks.append((i, command, expected))
+        out = subprocess.run(["bash", "-c", "".join(line if line.endswith("\n") else line + "\n" for line in script)],
+                             cwd=servers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    assert "reader" in out.stdout  # keys list
+    for i, command, expected in checks:
+        body = json.loads((tmp_path / f"out{i}.json").read_text())
+        assert body["status-code"] == expected, (command, body)
+        assert body["url"].startswith(server.url)

@@ -1,0 +1,37 @@
+"""API keys and the request check.
+
+Keys: ``python -m tagifai_api keys create --name NAME --role predict|admin`` prints a new key once;
+the keys file (``TAGIFAI_API_KEYS_FILE``) keeps only its SHA-256, with its name, role and creation
+time (:mod:`tagifai_api.auth.keys`). Every worker re-reads the file within about a second of a
+change, so new keys and revocations need no restart.
+
+Clients send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. ``TAGIFAI_AUTH`` says what
+needs one:
+
+- ``admin`` (default): only views decorated with ``require_role("admin")``; everything else is open.
+- ``all``: every route except ``/``, ``/health/*``, ``/metrics`` and the docs (``/docs``,
+  ``/openapi.json``) needs a key of any role; ``require_role("admin")`` views need an admin key.
+- ``off``: nothing needs a key, admin routes included (an explicit choice, e.g. behind a gateway
+  that authenticates; logged as a warning at start).
+
+Failures answer in the envelope: no key or an unknown one is 401 with ``WWW-Authenticate: Bearer``;
+a key whose role is too low is 403; an admin route while no admin key exists is 403 saying so.
+The access line records the key's name (``key_name``), never the key.
+
+Interface for views (:mod:`tagifai_api.auth.guard`)::
+
+    from tagifai_api.auth.guard import require_role, public
+
+    @bp.put("/models/default")
+    @require_role("admin")          # below the route decorator; OpenAPI marks it secured by itself
+    def set_default(): ...
+
+    @bp.get("/demo")
+    @public                         # open in mode ``all`` too (a page a browser loads)
+    def demo(): ...
+
+``check_role("admin")`` does the same check inside a view (for a route whose methods differ), and
+``g.api_key`` is the :class:`~tagifai_api.auth.keys.ApiKey` that passed (None where no key was
+needed). ``create_app`` calls :func:`~tagifai_api.auth.guard.init_app`; tests build apps with
+``AUTH`` and ``API_KEYS_FILE`` in the config mapping.
+"""

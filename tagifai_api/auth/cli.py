@@ -1,0 +1,53 @@
+"""``python -m tagifai_api keys ...``: create, list and revoke API keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tagifai_api import settings
+from tagifai_api.auth.keys import ROLES, KeyStore
+
+
+@click.group()
+@click.option("--file", "keys_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keys file (default: TAGIFAI_API_KEYS_FILE or config/api_keys.json).")
+@click.pass_context
+def keys(ctx: click.Context, keys_file: Path | None) -> None:
+    """Manage API keys (running workers pick changes up within a second or so)."""
+    ctx.obj = KeyStore(keys_file or Path(str(settings.from_env()["API_KEYS_FILE"])))
+
+
+@keys.command()
+@click.option("--name", required=True, help="A unique name for the key's holder (shown in access lines).")
+@click.option("--role", required=True, type=click.Choice(ROLES), help="predict: read and predict; admin: everything.")
+@click.pass_obj
+def create(store: KeyStore, name: str, role: str) -> None:
+    """Create a key and print it: the only time it is shown (only its hash is stored)."""
+    key = store.create(name, role)
+    click.echo(key)
+    click.echo(f"created {role} key {name!r} in {store.path}; it is not shown again", err=True)
+
+
+@keys.command("list")
+@click.pass_obj
+def list_keys(store: KeyStore) -> None:
+    """List keys: name, role and creation time (never the key or its hash)."""
+    entries = store.list()
+    if not entries:
+        click.echo(f"no keys in {store.path}", err=True)
+        return
+    width = max(len("NAME"), *(len(k.name) for k in entries))
+    click.echo(f"{'NAME':<{width}}  {'ROLE':<7}  CREATED")
+    for k in entries:
+        click.echo(f"{k.name:<{width}}  {k.role:<7}  {k.created_at}")
+
+
+@keys.command()
+@click.argument("name")
+@click.pass_obj
+def revoke(store: KeyStore, name: str) -> None:
+    """Remove the key called NAME."""
+    removed = store.revoke(name)
+    click.echo(f"revoked {removed.role} key {removed.name!r}", err=True)

@@ -1,0 +1,227 @@
+"""API keys through the test client: every mode x role x missing/unknown/low key, both headers."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from flask import Blueprint
+
+from tagifai_api import access
+from tagifai_api.auth.guard import public, require_role
+from tagifai_api.auth.keys import KeyStore
+from tagifai_api.responses import construct_response
+
+ENVELOPE_KEYS = {"message", "method", "status-code", "timestamp", "url", "request-id"}
+PREDICT_BODY = {"texts": [{"text": "Transformers for text classification."}]}
+UNKNOWN = "tagifai_" + "A" * 43
+
+# a tiny blueprint standing in for the routes that change what is served
+admin_bp = Blueprint("admin_test", __name__)
+
+
+@admin_bp.put("/test/admin")
+@require_role("admin")
+def admin_route():
+    return construct_response(200, data={"changed": True})
+
+
+@admin_bp.get("/test/page")
+@public
+def page_route():
+    return construct_response(200)
+
+
+@pytest.fixture
+def keys_file(tmp_path):
+    return tmp_path / "api_keys.json"
+
+
+@pytest.fixture
+def keyset(keys_file) -> dict[str, str]:
+    """A predict and an admin key in a fresh keys file."""
+    store = KeyStore(keys_file)
+    return {"predict": store.create("reader", "predict"), "admin": store.create("ops", "admin")}
+
+
+@pytest.fixture
+def auth_app(make_app, keys_file):
+    def factory(mode: str):
+        app = make_app(AUTH=mode, API_KEYS_FILE=str(keys_file), METRICS=False)
+        app.register_blueprint(admin_bp)
+        return app
+
+    return factory
+
+
+def call(client, route: str, headers: dict):
+    if route == "predict":
+        return client.post("/predict", json=PREDICT_BODY, headers=headers)
+    if route == "admin":
+        return client.put("/test/admin", headers=headers)
+    return client.get(route, headers=headers)
+
+
+def credentials(keyset: dict, who: str, header: str) -> dict:
+    key = {"none": None, "unknown": UNKNOWN, "predict": keyset["predict"], "admin": keyset["admin"]}[who]
+    if key is None:
+        return {}
+    return {"Authorization": f"Bearer {key}"} if header == "bearer" else {"X-API-Key": key}
+
+
+OPEN = ["/", "/health/live", "/health/ready", "/docs", "/openapi.json", "/test/page"]
+READ = ["/args", "/args/threshold", "/performance", "predict"]
+WHO = ["none", "unknown", "predict", "admin"]
+
+# expected status per (mode, route kind, who)
+EXPECTED = {
+    "off": {"open": [200] * 4, "read": [200] * 4, "admin": [200] * 4},
+    "admin": {"open": [200] * 4, "read": [200] * 4, "admin": [401, 401, 403, 200]},
+    "all": {"open": [200] * 4, "read": [401, 401, 200, 200], "admin": [401, 401, 403, 200]},
+}
+
+
+def cases():
+    for mode, kinds in EXPECTED.items():
+        for kind, statuses in kinds.items():
+            routes = {"open": OPEN, "read": READ, "admin": ["admin"]}[kind]
+            for route in routes:
+                for who, status in zip(WHO, statuses):
+                    for header in ("bearer", "x-api-key"):
+                        if who == "none" and header == "x-api-key":
+                            continue
+                        yield mode, route, who, header, status
+
+
+@pytest.mark.parametrize(("mode", "route", "who", "header", "status"), list(cases()))
+def test_mode_role_and_key_decide_the_answer(auth_app, keyset, mode, route, who, header, status):
+    client = auth_app(mode).test_client()
+    r = call(client, route, credentials(keyset, who, header))
+    assert r.status_code == status, r.get_data(as_text=True)
+    if route in {"/docs"}:
+        return  # an HTML page
+    body = r.get_json()
+    if route != "/openapi.json":
+        assert ENVELOPE_KEYS <= body.keys() and body["status-code"] == status
+    if status == 401:
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert ("invalid_token" in r.headers["WWW-Authenticate"]) == (who == "unknown")
+        assert "Authorization: Bearer" in body["message"] or "not valid" in body["message"]
+    else:
+        assert "WWW-Authenticate" not in r.headers
+    if status == 403:
+        assert body["message"] == ("This route needs a key with the admin role; the key 'reader' has the "
+                                   "predict role.")
+
+
+@pytest.mark.parametrize("mode", ["admin", "all"])
+def test_admin_routes_are_closed_while_no_admin_key_exists(auth_app, keys_file, mode):
+    reader = KeyStore(keys_file).create("reader", "predict")
+    client = auth_app(mode).test_client()
+    r = client.put("/test/admin", headers={"Authorization": f"Bearer {reader}"})
+    assert r.status_code == 403
+    assert r.get_json()["message"].startswith("No admin API key is configured")
+    assert client.put("/test/admin").status_code == (401 if mode == "all" else 403)
+
+
+def test_admin_routes_are_closed_with_no_keys_file_at_all(auth_app):
+    r = auth_app("admin").test_client().put("/test/admin")
+    assert r.status_code == 403 and "No admin API key" in r.get_json()["message"]
+
+
+def test_off_leaves_even_admin_routes_open_and_says_so(auth_app, caplog):
+    assert auth_app("off").test_client().put("/test/admin").status_code == 200
+    assert any("TAGIFAI_AUTH=off" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_unknown_route_needs_a_key_in_mode_all(auth_app, keyset):
+    client = auth_app("all").test_client()
+    assert client.get("/nope").status_code == 401
+    assert client.get("/nope", headers={"X-API-Key": keyset["predict"]}).status_code == 404
+
+
+@pytest.mark.parametrize("header", ["Bearer", "bearer", "BEARER"])
+def test_bearer_scheme_is_case_insensitive(auth_app, keyset, header):
+    r = auth_app("all").test_client().get("/args", headers={"Authorization": f"{header} {keyset['predict']}"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("value", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "tagifai_x"])
+def test_other_authorization_values_are_no_key(auth_app, value):
+    r = auth_app("all").test_client().get("/args", headers={"Authorization": value})
+    assert r.status_code == 401 and "invalid_token" not in r.headers["WWW-Authenticate"]
+
+
+def test_refusals_are_counted_as_errors_by_type(make_app, keys_file, keyset, monkeypatch):
+    app = make_app(AUTH="all", API_KEYS_FILE=str(keys_file), METRICS=False)
+    seen = []
+
+    class Recorder:
+        def error(self, kind):
+            seen.append(kind)
+
+    app.extensions["tagifai_metrics"] = Recorder()
+    app.test_client().get("/args")
+    assert seen == ["UnauthorizedError"]
+
+
+def test_keys_are_never_logged_and_the_access_line_names_the_key(auth_app, keyset, monkeypatch, capfd):
+    lines: list[bytes] = []
+    monkeypatch.setattr(access._writer, "write", lines.append)
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(logging.Formatter().format(record))
+    logger = logging.getLogger("tagifai_api")
+    logger.addHandler(handler)
+    try:
+        app = auth_app("all")
+        app.logger.setLevel(logging.DEBUG)
+        logging.getLogger("tagifai_api").setLevel(logging.DEBUG)
+        client = app.test_client()
+        client.post("/predict", json=PREDICT_BODY, headers={"Authorization": f"Bearer {keyset['predict']}"})
+        client.put("/test/admin", headers={"X-API-Key": keyset["admin"]})
+        client.put("/test/admin", headers={"X-API-Key": keyset["predict"]})
+        client.get("/args", headers={"X-API-Key": UNKNOWN})
+    finally:
+        logger.removeHandler(handler)
+    access_lines = [line.decode() for line in lines]
+    everything = "\n".join(access_lines + records) + capfd.readouterr().out
+    for secret in (*keyset.values(), UNKNOWN):
+        assert secret not in everything
+    parsed = [json.loads(line) for line in access_lines]
+    assert [(p["status"], p["key_name"]) for p in parsed] == [
+        (200, "reader"), (200, "ops"), (403, "reader"), (401, None)]
+
+
+def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
+    def secured(mode):
+        spec = auth_app(mode).test_client().get("/openapi.json").get_json()
+        assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+            "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]
+            ["bearerAuth"]["description"]}
+        out = set()
+        for path, operations in spec["paths"].items():
+            for method, op in operations.items():
+                if "security" in op:
+                    assert op["security"] == [{"bearerAuth": []}]
+                    assert "401" in op["responses"]
+                    out.add((method, path))
+                else:
+                    assert "401" not in op["responses"]
+        return out
+
+    assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
+                              ("post", "/predict")}
+    assert secured("admin") == set()
+    assert secured("off") == set()
+
+
+def test_invalid_mode_is_refused(make_app):
+    with pytest.raises(ValueError, match="TAGIFAI_AUTH: expected one of admin, all, off, got 'some'"):
+        make_app(AUTH="some")
+
+
+def test_require_role_refuses_an_unknown_role():
+    with pytest.raises(ValueError, match="unknown role 'root'"):
+        require_role("root")
