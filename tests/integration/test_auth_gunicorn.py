@@ -1,0 +1,99 @@
+"""API keys under real Gunicorn with 2 workers: keys made and revoked by the CLI reach every worker
+within 5 seconds with no restart; a bad keys file or mode stops the start in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration import servers
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 5.0
+
+
+def keys_cli(keys_file: Path, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "tagifai_api", "keys", "--file", str(keys_file), *args],
+                         cwd=servers.ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def probe(url: str, key: str, label: str, seconds: float) -> list[tuple[str, float, int]]:
+    """(request id, seconds since start, status) of requests sent on fresh connections for ``seconds``."""
+    start = time.monotonic()
+    sent = []
+    n = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        rid = f"{label}-{n}"
+        r = requests.get(f"{url}/args/threshold", headers={"Authorization": f"Bearer {key}", "X-Request-ID": rid,
+                                                           "Connection": "close"}, timeout=10)
+        sent.append((rid, elapsed, r.status_code))
+        n += 1
+        time.sleep(0.03)
+    return sent
+
+
+def by_worker(log: Path, sent: list[tuple[str, float, int]]) -> dict[int, list[tuple[float, int]]]:
+    pids = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("logger") == "tagifai_api.access":
+            pids[entry["request_id"]] = entry["worker_pid"]
+    out: dict[int, list[tuple[float, int]]] = {}
+    for rid, elapsed, status in sent:
+        out.setdefault(pids[rid], []).append((elapsed, status))
+    return out
+
+
+def settled_after(answers: list[tuple[float, int]], status: int) -> float:
+    """Seconds after which every answer had ``status`` (the time of the last other answer)."""
+    return max((t for t, s in answers if s != status), default=0.0)
+
+
+def test_created_and_revoked_keys_reach_both_workers_within_5s(artifacts_dir, tmp_path):
+    keys_file = tmp_path / "api_keys.json"
+    log = tmp_path / "gunicorn.log"
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file), "TAGIFAI_LOG_LEVEL": "INFO"}
+    with servers.gunicorn(artifacts_dir, workers=2, env=env, log_path=log) as server:
+        r = requests.get(f"{server.url}/args/threshold", headers={"Authorization": "Bearer tagifai_x"}, timeout=10)
+        assert r.status_code == 401
+        key = keys_cli(keys_file, "create", "--name", "probe", "--role", "predict")
+        created = probe(server.url, key, "created", DEADLINE_S + 1.5)
+        keys_cli(keys_file, "revoke", "probe")
+        revoked = probe(server.url, key, "revoked", DEADLINE_S + 1.5)
+    for sent, status in ((created, 200), (revoked, 401)):
+        workers = by_worker(log, sent)
+        assert len(workers) == 2, f"one worker answered every request: {workers.keys()}"
+        for pid, answers in workers.items():
+            late = [a for a in answers if a[0] > DEADLINE_S]
+            assert late, f"worker {pid} answered nothing after {DEADLINE_S}s"
+            took = settled_after(answers, status)
+            assert took <= DEADLINE_S, f"worker {pid} still answered otherwise {took:.2f}s after the change"
+            print(f"worker {pid}: every answer {status} from {took:.2f}s after the change")
+    assert not any(key in line for line in log.read_text().splitlines())
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TAGIFAI_AUTH": "sometimes"}, "error: TAGIFAI_AUTH: expected one of admin, all, off, got 'sometimes'"),
+    ({"TAGIFAI_API_KEYS_FILE": "{tmp}/bad.json"}, "error: keys file {tmp}/bad.json is not valid JSON"),
+])
+def test_bad_mode_or_keys_file_stops_the_start_in_one_line(tmp_path, env, message):
+    (tmp_path / "bad.json").write_text("{not json")
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    port = servers.free_port()
+    environ = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **env}
+    out = subprocess.run([str(servers.VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                         cwd=servers.ROOT, env=environ, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith(message.format(tmp=tmp_path)) and out.stderr.count("\n") == 1, out.stderr
+    assert "Booting worker" not in out.stdout
