@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from sklearn.model_selection import train_test_split
 
-from tagifai_api.ml.text import clean_text
+from tagifai_api.ml.text import clean_text, join_text  # noqa: F401 - join_text is part of this module's API
 
 OTHER = "other"
 STOPWORDS = frozenset(ENGLISH_STOP_WORDS)
@@ -23,11 +23,6 @@ def load_dataset(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)}")
     return df
-
-
-def join_text(title: str, description: str) -> str:
-    """The text a project is tagged by: its title, a space, its description."""
-    return f"{title or ''} {description or ''}".strip()
 
 
 def map_labels(

@@ -8,6 +8,11 @@ _LINK = re.compile(r"https?://\S+|www\.\S+")
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
+def join_text(title: str | None, description: str | None) -> str:
+    """The text a project is tagged by: its title, a space, its description."""
+    return f"{title or ''} {description or ''}".strip()
+
+
 def clean_text(text: str, stopwords: frozenset[str] = frozenset()) -> str:
     """Normalise a title + description the way the model was trained on.
 
