@@ -12,7 +12,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest newman clean
+.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest newman clean score
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ train: $(STAMP) ## Train a new model version from config/args.json and make it t
 
 evaluate: $(STAMP) ## Re-evaluate the default version on its test split
 	$(BIN)/python -m tagifai_api evaluate
+
+IN ?=
+OUT ?=
+score: model ## Tag every row of IN (CSV or JSON Lines, maybe .gz) into OUT; SCORE_ARGS=... for more options
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make score IN=projects.csv OUT=tags.csv [SCORE_ARGS='--id-column id --resume']"; exit 2; }
+	$(BIN)/python -m tagifai_api score "$(IN)" --output "$(OUT)" $(SCORE_ARGS)
 
 serve: model ## Set up and run the service under Gunicorn on PORT (default 8000)
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app

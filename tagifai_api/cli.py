@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -160,10 +161,91 @@ def set_default(obj: dict, version: str) -> None:
 cli.add_command(keys)
 
 
-def main() -> None:
-    """Entry point that turns artifact and key errors into one clear line and exit code 2."""
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file: .csv or .jsonl (or .ndjson), plus .gz to compress.")
+@click.option("--format", "input_format", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Input format (default: from INPUT's extension; needed for standard input).")
+@click.option("--text-column", default=None, help="Column holding the whole text.")
+@click.option("--title-column", default=None,
+              help="Column of the title, joined with the description as in training  [default: title]")
+@click.option("--description-column", default=None, help="Column of the description  [default: description]")
+@click.option("--id-column", default=None, help="Column to copy as each row's id (default: the row number).")
+@click.option("--version", default="default", show_default=True, help="Model version to use.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Scoring processes  [default: one per core]")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="Texts per model call.")
+@click.option("--chunk-size", type=click.IntRange(1, 1_000_000), default=5000, show_default=True,
+              help="Rows per chunk: the unit handed to a worker and committed.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run into the same OUTPUT.")
+@click.option("--force", is_flag=True, help="Overwrite an existing OUTPUT.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
+@click.option("--progress-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds between progress lines when standard error is not a terminal.")
+@click.pass_obj
+def score(obj: dict, input_path: str, output: Path, input_format: str | None, text_column: str | None,
+          title_column: str | None, description_column: str | None, id_column: str | None, version: str,
+          workers: int | None, batch_size: int, chunk_size: int, resume: bool,
+          force: bool, quiet: bool, progress_interval: float) -> None:
+    """Tag every row of a CSV or JSON Lines file (plain, .gz, or - for standard input).
+
+    Exit status: 0 every row scored, 3 some rows rejected (see OUTPUT.errors.jsonl), 2 a usage
+    error, 1 a failure after which --resume continues, 130 interrupted (also resumable).
+    """
+    from tagifai_api.scoring import job
+
+    if text_column and (title_column or description_column):
+        _fail("--text-column replaces --title-column and --description-column; give one or the other")
+    opts = job.ScoreOptions(
+        input=input_path, output=output, artifacts_dir=obj["artifacts"],
+        max_text_length=int(settings.from_env()["MAX_TEXT_LENGTH"]), version=version,
+        input_format=input_format, text_column=text_column, title_column=title_column or "title",
+        description_column=description_column or "description", id_column=id_column,
+        batch_size=batch_size, chunk_rows=chunk_size, workers=workers or job.default_workers(),
+        quiet=quiet, resume=resume, force=force,
+        progress_interval=progress_interval,
+    )
     try:
-        cli(standalone_mode=True)
+        summary = job.run(opts)
+    except job.UsageError as exc:
+        _fail(str(exc))
+    except job.ScoreFailed as exc:
+        _fail(f"{exc}; run the same command with --resume to continue", code=1)
+    except job.Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        _fail(f"interrupted ({name}): {exc.committed_rows:,} rows committed to {output}; "
+              "run the same command with --resume to continue", code=128 + exc.signum)
+    if not quiet:
+        rejected = f", {summary.rejected:,} rejected (see {summary.errors})" if summary.rejected else ""
+        resumed = f" (resumed after {summary.resumed_from:,})" if summary.resumed_from else ""
+        click.echo(f"scored {summary.scored:,} of {summary.rows:,} rows{rejected}{resumed} in {summary.seconds:.1f} s, "
+                   f"{summary.rate:,.0f} rows/s -> {output}", err=True)
+    sys.exit(3 if summary.rejected else 0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One line on standard error, then exit."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point: every error is one clear line on standard error (exit 2 for usage, artifact and key errors)."""
+    try:
+        code = cli.main(prog_name="python -m tagifai_api", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
     except (artifacts.ArtifactError, KeyFileError, KeyStoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,254 @@
+"""Scoring one chunk: checking each record, predicting in batches, formatting output and error lines.
+
+This runs in the worker processes (or in the main one with ``--workers 1``). It uses the service's
+own :class:`~tagifai_api.ml.predict.Predictor` and the API's rules for a text (title + description
+joined as in training, not blank, at most ``MAX_TEXT_LENGTH`` characters), so a row gets the same
+answer here as from ``/predict``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from tagifai_api.ml import artifacts
+from tagifai_api.ml.predict import Predictor
+from tagifai_api.ml.text import join_text
+from tagifai_api.scoring.formats import CSV, Chunk
+
+GZIP_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where a record's text and id are: CSV column positions, or JSON keys.
+
+    ``text`` is one column (``--text-column``) or two (title, description), joined as in training.
+    ``expected_fields`` is the CSV header's width (0 for JSON Lines).
+    """
+
+    text: tuple
+    id: object | None
+    names: tuple[str, ...]
+    id_name: str | None = None
+    expected_fields: int = 0
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Everything a worker needs, picklable: it loads the model itself, once."""
+
+    artifacts_dir: str
+    version: str
+    input_format: str
+    output_format: str
+    gzip_output: bool
+    columns: Columns
+    max_text_length: int
+    batch_size: int
+
+
+@dataclass
+class ChunkResult:
+    """A chunk's output bytes (one gzip member when compressing), its error lines and counts."""
+
+    index: int
+    rows: int
+    data: bytes
+    errors: bytes
+    scored: int
+    rejected: int
+    position: int | None
+
+
+class _Rejected(Exception):
+    """A record that is not scored; the message is the reason written to the errors file."""
+
+    ident: object = None
+
+
+def _check_string(value: object, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _Rejected(f"column {name!r} is not a string")
+
+
+def _valid_utf8(value: str, what: str) -> str:
+    # CSV input is decoded with surrogateescape, so one bad row does not stop the file
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Rejected(f"{what} is not valid UTF-8") from None
+    return value
+
+
+class ChunkScorer:
+    """Scores chunks with one loaded model version.
+
+    Args:
+        config: the job's settings.
+        predictor: an already loaded predictor (else it is loaded from ``config``).
+    """
+
+    def __init__(self, config: ScorerConfig, predictor: Predictor | None = None) -> None:
+        if predictor is None:
+            predictor = Predictor(artifacts.load(Path(config.artifacts_dir), config.version))
+        self.config = config
+        self.predictor = predictor
+        self.classes = predictor.classes
+
+    # --- reading a record ---------------------------------------------------------------------
+
+    def _fields(self, payload: object) -> tuple[object, list[str | None]]:
+        """The id and the text columns of one record's payload."""
+        cols = self.config.columns
+        if self.config.input_format == CSV:
+            fields: list[str] = payload  # type: ignore[assignment]
+            if len(fields) != cols.expected_fields:
+                raise _Rejected(f"not valid CSV: expected {cols.expected_fields} fields, found {len(fields)}")
+            texts = [fields[i] for i in cols.text]
+            ident = fields[cols.id] if cols.id is not None else None
+            return ident, texts
+        try:
+            obj = orjson.loads(payload)  # type: ignore[arg-type]
+        except orjson.JSONDecodeError as exc:
+            raise _Rejected(f"not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise _Rejected(f"not a JSON object but {type(obj).__name__}")
+        texts = [_check_string(obj.get(k), k) for k in cols.text]
+        ident = obj.get(cols.id, None) if cols.id is not None else None
+        if cols.id is not None and ident is not None and (isinstance(ident, bool)
+                                                          or not isinstance(ident, (str, int, float))):
+            raise _Rejected(f"id column {cols.id_name!r} is not a string or a number")
+        return ident, texts
+
+    def _record(self, row: int, payload: object) -> tuple[object, str]:
+        """The id and the text of a record, or :class:`_Rejected` with the reason (and the id,
+        when it could be read)."""
+        ident, texts = self._fields(payload)
+        cols = self.config.columns
+        if cols.id is None:
+            ident = row
+        elif ident is None or ident == "":
+            raise _Rejected(f"missing id (column {cols.id_name!r})")
+        elif isinstance(ident, str):
+            ident = _valid_utf8(ident, "the id")
+        try:
+            if all(t is None for t in texts):
+                raise _Rejected(f"missing text (column {' and '.join(map(repr, cols.names))})")
+            text = texts[0] if len(texts) == 1 else join_text(texts[0], texts[1])
+            if not text.strip():
+                raise _Rejected("blank text")
+            if len(text) > self.config.max_text_length:
+                raise _Rejected(f"text longer than {self.config.max_text_length} characters ({len(text)})")
+            return ident, _valid_utf8(text, "the text")
+        except _Rejected as exc:
+            exc.ident = ident
+            raise
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    def score(self, chunk: Chunk) -> ChunkResult:
+        """Score every record of ``chunk``; bad records go to the error lines, never stop it."""
+        ids: list[object] = []
+        cleaned: list[str] = []
+        errors: list[bytes] = []
+        clean = self.predictor.clean
+        for offset, (line, payload, error) in enumerate(chunk.items):
+            row = chunk.first_row + offset
+            ident = None
+            if error is None:
+                try:
+                    ident, text = self._record(row, payload)
+                except _Rejected as exc:
+                    error, ident = str(exc), exc.ident
+                else:
+                    ids.append(ident)
+                    cleaned.append(clean(text))
+                    continue
+            errors.append(orjson.dumps({"line": line, "row": row, "id": _json_safe(ident), "reason": error}) + b"\n")
+        predictions: list[dict] = []
+        size = self.config.batch_size
+        for start in range(0, len(cleaned), size):
+            predictions.extend(self.predictor.predict_clean(cleaned[start:start + size]))
+        data = self.format_rows(ids, predictions)
+        if self.config.gzip_output:
+            data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        return ChunkResult(index=chunk.index, rows=len(chunk.items), data=data, errors=b"".join(errors),
+                           scored=len(ids), rejected=len(errors), position=chunk.position)
+
+    def format_rows(self, ids: list[object], predictions: list[dict]) -> bytes:
+        """Output rows, in the output's format."""
+        version = self.predictor.version
+        if self.config.output_format == CSV:
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            classes = self.classes
+            rows = []
+            for ident, p in zip(ids, predictions):
+                probs = p["probabilities"]
+                rows.append([ident, p["predicted_tag"], p["confidence"], *[probs[c] for c in classes],
+                             "true" if p["low_confidence"] else "false", version])
+            writer.writerows(rows)
+            return buf.getvalue().encode("utf-8")
+        out = []
+        for ident, p in zip(ids, predictions):
+            out.append(orjson.dumps({"id": ident, **p, "model_version": version}))
+            out.append(b"\n")
+        return b"".join(out)
+
+    def header(self) -> bytes:
+        """The CSV header line (JSON Lines has none), compressed alike."""
+        if self.config.output_format != CSV:
+            return b""
+        names = ["id", "predicted_tag", "confidence", *[f"probability_{c}" for c in self.classes],
+                 "low_confidence", "model_version"]
+        data = (",".join(names) + "\n").encode("utf-8")
+        return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0) if self.config.gzip_output else data
+
+
+def _json_safe(ident: object) -> object:
+    if isinstance(ident, str):
+        try:
+            ident.encode("utf-8")
+        except UnicodeEncodeError:
+            return ident.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return ident
+
+
+# --- worker processes -------------------------------------------------------------------------
+
+_scorer: ChunkScorer | None = None  # one per worker process, made by its initializer
+
+
+def init_worker(config: ScorerConfig) -> None:
+    """Pool initializer: load the model once; leave Ctrl-C to the main process, which stops
+    cleanly; die with the main process, even when it is killed with SIGKILL."""
+    global _scorer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    _scorer = ChunkScorer(config)
+
+
+def score_in_worker(chunk: Chunk) -> ChunkResult:
+    """Pool task: score a chunk with this worker's model."""
+    assert _scorer is not None, "init_worker was not run"
+    return _scorer.score(chunk)
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphaned worker ends when its task pipe closes

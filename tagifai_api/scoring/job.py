@@ -1,0 +1,404 @@
+"""One scoring run: check the options, resume or start the output, score chunks in order, commit.
+
+Chunks are scored in worker processes (one per core by default), at most two per worker in
+flight so memory stays flat, and written in input order as they complete. Every second (and at
+the end, and on Ctrl-C) the written chunks are fsync'ed and the progress file records them; a
+resumed run truncates anything written after that and carries on from the next chunk, cutting the
+input exactly as the first run did, so the finished file is byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tagifai_api.ml import artifacts
+from tagifai_api.ml.predict import Predictor
+from tagifai_api.scoring import journal
+from tagifai_api.scoring.chunks import ChunkResult, ChunkScorer, Columns, ScorerConfig, init_worker, score_in_worker
+from tagifai_api.scoring.formats import CSV, FormatError, Reader, format_of, is_gzip_name, open_input
+from tagifai_api.scoring.progress import Progress
+
+log = logging.getLogger("tagifai_api.scoring")
+
+COMMIT_INTERVAL_S = 1.0  # fsync + progress file at most this often (and at the end)
+IN_FLIGHT_PER_WORKER = 2  # one chunk being scored, one waiting: workers never idle, memory bounded
+
+
+class UsageError(Exception):
+    """The command cannot run as asked (exit code 2); the message is one line."""
+
+
+class ScoreFailed(Exception):
+    """The run stopped on an error after committing what it had (exit code 1, resumable)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: committed work is kept and ``--resume`` continues (exit 128 + signal)."""
+
+    def __init__(self, signum: int, committed_rows: int) -> None:
+        super().__init__(signum, committed_rows)
+        self.signum = signum
+        self.committed_rows = committed_rows
+
+
+def default_workers() -> int:
+    """One per core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass
+class ScoreOptions:
+    """What the ``score`` command was asked to do."""
+
+    input: str
+    output: Path
+    artifacts_dir: Path
+    max_text_length: int
+    version: str = "default"
+    input_format: str | None = None
+    text_column: str | None = None
+    title_column: str = "title"
+    description_column: str = "description"
+    id_column: str | None = None
+    batch_size: int = 100
+    chunk_rows: int = 5000
+    chunk_bytes: int = 8 << 20
+    workers: int = field(default_factory=default_workers)
+    quiet: bool = False
+    resume: bool = False
+    force: bool = False
+    progress_interval: float = 10.0
+
+
+@dataclass
+class Summary:
+    """The outcome of a finished run."""
+
+    rows: int
+    scored: int
+    rejected: int
+    resumed_from: int
+    seconds: float
+    output: Path
+    errors: Path | None
+
+    @property
+    def rate(self) -> float:
+        """Rows per second in this run."""
+        return (self.rows - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Signals:
+    """SIGINT and SIGTERM stop the run once, but never in the middle of writing a chunk; a second
+    signal during the clean-up is only noted, so the clean-up (a commit) completes."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._protected = 0
+        self._raised = False
+        self._previous: dict[int, object] = {}
+
+    def _raise_once(self) -> None:
+        if self.received is not None and not self._protected and not self._raised:
+            self._raised = True
+            raise KeyboardInterrupt
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+        self._raise_once()
+
+    @contextlib.contextmanager
+    def protected(self):
+        """No interruption inside; one that arrived meanwhile is raised on the way out."""
+        self._protected += 1
+        try:
+            yield
+        finally:
+            self._protected -= 1
+        self._raise_once()
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Output:
+    """The output and errors files and the progress file that commits them."""
+
+    def __init__(self, path: Path, identity: dict, committed: journal.Committed | None, header: bytes) -> None:
+        self.path = path
+        self.errors_path = path.with_name(path.name + ".errors.jsonl")
+        self.journal_path = journal.path_for(path)
+        self.identity = identity
+        fresh = committed is None
+        self.committed = committed = committed or journal.Committed()
+        self._pending = journal.Committed(**vars(committed))  # written, not yet fsync'ed
+        self._last_commit = time.monotonic()
+        self._errors = None
+        if fresh:  # the progress file exists before any output does
+            journal.write(self.journal_path, identity, committed)
+            self._out = open(path, "wb")  # noqa: SIM115 - closed in close()
+            self._write(ChunkResult(index=-1, rows=0, data=header, errors=b"", scored=0, rejected=0,
+                                    position=committed.position))
+            self.commit()
+        else:
+            self._out = open(path, "r+b")  # noqa: SIM115
+            self._out.truncate(committed.output_bytes)
+            self._out.seek(0, os.SEEK_END)
+            if self.errors_path.exists():
+                with open(self.errors_path, "r+b") as fh:
+                    fh.truncate(committed.errors_bytes)
+
+    def _write(self, result: ChunkResult) -> None:
+        self._out.write(result.data)
+        if result.errors:
+            if self._errors is None:
+                self._errors = open(self.errors_path, "ab")  # noqa: SIM115
+            self._errors.write(result.errors)
+        p = self._pending
+        p.rows += result.rows
+        p.output_bytes += len(result.data)
+        p.errors_bytes += len(result.errors)
+        p.scored += result.scored
+        p.rejected += result.rejected
+        if result.position is not None:
+            p.position = result.position
+
+    def add(self, result: ChunkResult) -> None:
+        """Write a chunk; commit if the last commit is a second old."""
+        self._write(result)
+        if time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make every written chunk durable, then record it in the progress file."""
+        for fh in (self._out, self._errors):
+            if fh is not None:
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.committed = journal.Committed(**vars(self._pending))
+        journal.write(self.journal_path, self.identity, self.committed)
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        for fh in (self._out, self._errors):
+            if fh is not None:
+                fh.close()
+
+    def finish(self) -> None:
+        """The run is complete: no progress file, and no errors file when nothing was rejected."""
+        self.commit()
+        self.close()
+        journal.remove(self.journal_path)
+        if self.committed.errors_bytes == 0:
+            self.errors_path.unlink(missing_ok=True)
+
+
+def _columns(reader: Reader, opts: ScoreOptions) -> Columns:
+    names = (opts.text_column,) if opts.text_column else (opts.title_column, opts.description_column)
+    wanted = [*names, *([opts.id_column] if opts.id_column else [])]
+    if reader.header is not None:
+        header = reader.header
+        available = header
+    else:
+        available = list(reader.first_object) if reader.first_object is not None else None
+    if available is not None:
+        missing = [n for n in wanted if n not in available]
+        if missing:
+            hint = "" if opts.text_column else "; use --text-column, or --title-column and --description-column"
+            raise UsageError(f"unknown column {missing[0]!r}: the input has {', '.join(map(repr, available))}{hint}")
+    if reader.header is not None:
+        return Columns(text=tuple(header.index(n) for n in names),
+                       id=header.index(opts.id_column) if opts.id_column else None,
+                       names=names, id_name=opts.id_column, expected_fields=len(header))
+    return Columns(text=names, id=opts.id_column, names=names, id_name=opts.id_column)
+
+
+def _prepare(opts: ScoreOptions) -> tuple[str | None, tuple[dict, journal.Committed] | None]:
+    """Check the output paths; return the output format and an interrupted run's record."""
+    if opts.resume and opts.force:
+        raise UsageError("--resume and --force exclude each other")
+    output = opts.output
+    if opts.input != "-" and Path(opts.input).resolve() == output.resolve():
+        raise UsageError("the output would overwrite the input")
+    if output.exists() and not output.is_file():
+        raise UsageError(f"{output} is not a regular file")
+    if not output.parent.is_dir():
+        raise UsageError(f"the output's directory {output.parent} does not exist")
+    try:
+        out_format = format_of(str(output), None, "output")
+    except FormatError as exc:
+        raise UsageError(str(exc)) from None
+    errors_path = output.with_name(output.name + ".errors.jsonl")
+    journal_path = journal.path_for(output)
+    existing = [p for p in (output, errors_path, journal_path) if p.exists()]
+    if opts.force:
+        for p in existing:
+            p.unlink()
+        return out_format, None
+    if opts.resume and journal_path.exists():
+        try:
+            return out_format, journal.read(journal_path)
+        except journal.JournalError as exc:
+            raise UsageError(str(exc)) from None
+    if opts.resume and output.exists():
+        raise UsageError(f"nothing to resume: {output} has no progress file, so it is complete "
+                         "(or was not written by score); use --force to score again")
+    if existing:
+        raise UsageError(f"{existing[0]} exists; use --resume to continue an interrupted run, "
+                         "or --force to overwrite")
+    return out_format, None
+
+
+def run(opts: ScoreOptions) -> Summary:
+    """Score ``opts.input`` into ``opts.output``.
+
+    Raises:
+        UsageError: nothing was written (bad option, missing file, unknown column or version).
+        ScoreFailed: a read or worker failure; committed output is kept for ``--resume``.
+        Interrupted: SIGINT or SIGTERM; committed output is kept for ``--resume``.
+    """
+    started = time.monotonic()
+    out_format, recorded = _prepare(opts)
+    version = opts.version
+    if recorded is not None:
+        previous = recorded[0].get("model_version")
+        if version not in ("default", previous):
+            raise UsageError(f"cannot resume with --version {version}: the interrupted run used {previous}")
+        version = previous
+    try:
+        model = artifacts.load(opts.artifacts_dir, version)
+    except artifacts.ArtifactError as exc:
+        raise UsageError(str(exc)) from None
+    predictor = Predictor(model)
+    try:
+        in_format = format_of(opts.input, opts.input_format, "input")
+        source = open_input(opts.input)
+    except FormatError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _score(opts, source, in_format, out_format, predictor, recorded, started)
+    finally:
+        source.close()
+
+
+def _score(opts, source, in_format, out_format, predictor, recorded, started) -> Summary:
+    try:
+        reader = Reader(source, in_format)
+    except FormatError as exc:
+        raise UsageError(str(exc)) from None
+    config = ScorerConfig(
+        artifacts_dir=str(opts.artifacts_dir), version=predictor.version, input_format=in_format,
+        output_format=out_format, gzip_output=is_gzip_name(str(opts.output)), columns=_columns(reader, opts),
+        max_text_length=opts.max_text_length, batch_size=opts.batch_size)
+    identity = {
+        "input": source.identity, "input_format": in_format, "output_format": out_format,
+        "gzip_output": config.gzip_output, "columns": list(config.columns.names), "id_column": opts.id_column,
+        "batch_size": opts.batch_size, "chunk_size": opts.chunk_rows, "chunk_bytes": opts.chunk_bytes,
+        "max_text_length": opts.max_text_length, "model_version": predictor.version,
+    }
+    committed = None
+    if recorded is not None:
+        changed = journal.differences(recorded[0], identity)
+        if changed:
+            raise UsageError(f"cannot resume: {', '.join(changed)} differ from the interrupted run "
+                             "(use the same input and options, or --force to start over)")
+        committed = recorded[1]
+        size = opts.output.stat().st_size if opts.output.exists() else -1
+        if size < committed.output_bytes:
+            raise UsageError(f"cannot resume: {opts.output} is shorter than its committed "
+                             f"{committed.output_bytes} bytes; use --force to start over")
+        errors_path = opts.output.with_name(opts.output.name + ".errors.jsonl")
+        errors_size = errors_path.stat().st_size if errors_path.exists() else 0
+        if errors_size < committed.errors_bytes:
+            raise UsageError(f"cannot resume: {errors_path} is shorter than its committed "
+                             f"{committed.errors_bytes} bytes; use --force to start over")
+    local = ChunkScorer(config, predictor)
+    output = _Output(opts.output, identity, committed, local.header())
+    resumed_from = output.committed.rows
+    progress = Progress(source.size, output.committed.position or 0, resumed_from,
+                        Progress.mode_for(opts.quiet), opts.progress_interval)
+    chunks = reader.chunks(opts.chunk_rows, opts.chunk_bytes, skip_rows=resumed_from)
+    try:
+        with _Signals() as signals:
+            try:
+                if opts.workers == 1:
+                    for chunk in chunks:
+                        result = local.score(chunk)
+                        with signals.protected():
+                            output.add(result)
+                        progress.update(result.rows, result.position)
+                else:
+                    _score_in_pool(opts.workers, config, chunks, output, progress, signals)
+            except KeyboardInterrupt:
+                output.commit()
+                raise Interrupted(signals.received or signal.SIGINT, output.committed.rows) from None
+            except (OSError, EOFError, FormatError) as exc:
+                output.commit()
+                raise ScoreFailed(f"cannot read the input after row {output.committed.rows}: {exc}") from None
+            except BrokenProcessPool as exc:
+                output.commit()
+                raise ScoreFailed(f"a worker process died ({exc}); {output.committed.rows} rows are committed") \
+                    from None
+            except Exception as exc:  # noqa: BLE001 - any failure inside scoring keeps the committed rows
+                output.commit()
+                log.debug("scoring failed", exc_info=True)
+                raise ScoreFailed(f"scoring failed after row {output.committed.rows}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+            output.finish()
+    finally:
+        progress.close()
+        output.close()
+    committed = output.committed
+    return Summary(rows=committed.rows, scored=committed.scored, rejected=committed.rejected,
+                   resumed_from=resumed_from, seconds=time.monotonic() - started, output=opts.output,
+                   errors=output.errors_path if committed.rejected else None)
+
+
+def _score_in_pool(workers: int, config: ScorerConfig, chunks, output: _Output, progress: Progress,
+                   signals: _Signals) -> None:
+    """Chunks to a pool of processes, results written back in input order."""
+    methods = mp.get_all_start_methods()
+    # fork: workers start at once and share the imported code; they load the model themselves
+    ctx = mp.get_context("fork" if "fork" in methods else None)
+    pending: deque = deque()
+
+    def write_oldest() -> None:
+        result = pending.popleft().result()
+        with signals.protected():
+            output.add(result)
+        progress.update(result.rows, result.position)
+
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(config,))
+    try:
+        for chunk in chunks:
+            pending.append(executor.submit(score_in_worker, chunk))
+            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                write_oldest()
+            while pending and pending[0].done():  # a slow input (a pipe) still sees output move on
+                write_oldest()
+        while pending:
+            write_oldest()
+    finally:
+        for future in pending:
+            future.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)

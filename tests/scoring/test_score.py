@@ -1,0 +1,242 @@
+"""``score``: formats, compression, standard input, order across workers, bad rows, usage errors,
+progress reporting, and the same answers as ``/predict``."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import gzip
+import io
+import json
+import os
+import pty
+import struct
+import subprocess
+import termios
+
+import orjson
+import pytest
+
+from tagifai_api import settings
+from tests.scoring.conftest import ROOT, command, repeated
+
+
+def read_csv(data: bytes) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+
+
+def read_jsonl(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_csv_and_json_lines_plain_gzip_and_stdin_give_the_same_predictions(score, dataset_csv, tmp_path):
+    """Every input form and output form carries the same rows; gzip output is a valid gzip file."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(dataset_csv)
+    (tmp_path / "in.csv.gz").write_bytes(gzip.compress(dataset_csv))
+    rows = read_csv(dataset_csv)
+    jsonl = b"".join(orjson.dumps({"title": r["title"], "description": r["description"], "ref": r["id"]}) + b"\n"
+                     for r in rows)
+    (tmp_path / "in.jsonl").write_bytes(jsonl)
+
+    runs = {
+        "csv": score(src, "-o", tmp_path / "a.csv", "--id-column", "id", "--quiet"),
+        "csv.gz in, csv.gz out": score(tmp_path / "in.csv.gz", "-o", tmp_path / "b.csv.gz", "--id-column", "id"),
+        "stdin gzip": score("-", "--format", "csv", "-o", tmp_path / "c.csv", "--id-column", "id",
+                            input=gzip.compress(dataset_csv)),
+        "jsonl": score(tmp_path / "in.jsonl", "-o", tmp_path / "d.jsonl", "--id-column", "ref"),
+    }
+    for name, proc in runs.items():
+        assert proc.returncode == 0, (name, proc.stderr)
+    assert runs["csv"].stderr == ""  # --quiet
+    assert f"scored {len(rows)} of {len(rows)} rows" in runs["stdin gzip"].stderr
+
+    plain = (tmp_path / "a.csv").read_bytes()
+    assert gzip.decompress((tmp_path / "b.csv.gz").read_bytes()) == plain
+    assert (tmp_path / "c.csv").read_bytes() == plain
+    table = read_csv(plain)
+    assert [r["id"] for r in table] == [r["id"] for r in rows]
+    classes = [c[len("probability_"):] for c in table[0] if c.startswith("probability_")]
+    assert classes == ["computer-vision", "mlops", "natural-language-processing", "other"]
+    assert {r["low_confidence"] for r in table} <= {"true", "false"}
+    lines = read_jsonl((tmp_path / "d.jsonl").read_bytes())
+    assert len(lines) == len(table)
+    for row, line in zip(table, lines):
+        assert line["id"] == row["id"]
+        assert line["predicted_tag"] == row["predicted_tag"]
+        assert line["model_version"] == row["model_version"]
+        assert line["confidence"] == float(row["confidence"])
+        assert line["probabilities"] == {c: float(row[f"probability_{c}"]) for c in classes}
+        assert line["low_confidence"] == (row["low_confidence"] == "true")
+
+
+def test_several_workers_keep_input_order_byte_for_byte(score, dataset_csv, tmp_path):
+    """Small chunks over 3 workers finish out of order; the output is still in input order."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(repeated(dataset_csv, 3))
+    one = score(src, "-o", tmp_path / "one.jsonl", "--workers", "1", "--chunk-size", "37")
+    three = score(src, "-o", tmp_path / "three.jsonl", "--workers", "3", "--chunk-size", "37")
+    assert one.returncode == three.returncode == 0, three.stderr
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "three.jsonl").read_bytes()
+    ids = [line["id"] for line in read_jsonl((tmp_path / "three.jsonl").read_bytes())]
+    assert ids == list(range(1, 3 * 764 + 1))  # no --id-column: the row number
+
+
+def test_score_agrees_with_predict_on_the_whole_dataset(score, client, dataset_csv, tmp_path):
+    """Row by row: the same tag and low-confidence flag, probabilities within 1e-9."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(dataset_csv)
+    proc = score(src, "-o", tmp_path / "out.jsonl", "--id-column", "id", "--workers", "2", "--chunk-size", "100")
+    assert proc.returncode == 0, proc.stderr
+    scored = read_jsonl((tmp_path / "out.jsonl").read_bytes())
+    rows = read_csv(dataset_csv)
+    assert len(scored) == len(rows)
+    texts = [f"{r['title']} {r['description']}".strip() for r in rows]
+    served = []
+    for start in range(0, len(texts), 100):
+        resp = client.post("/predict", json={"texts": [{"text": t} for t in texts[start:start + 100]]})
+        assert resp.status_code == 200
+        served.extend(resp.get_json()["data"]["predictions"])
+        version = resp.get_json()["data"]["model_version"]
+    for row, mine, theirs in zip(rows, scored, served):
+        assert mine["id"] == row["id"]
+        assert mine["model_version"] == version
+        assert mine["predicted_tag"] == theirs["predicted_tag"], row["id"]
+        assert mine["low_confidence"] == theirs["low_confidence"], row["id"]
+        assert mine["confidence"] == pytest.approx(theirs["confidence"], abs=1e-9)
+        assert mine["probabilities"].keys() == theirs["probabilities"].keys()
+        for tag, p in theirs["probabilities"].items():
+            assert mine["probabilities"][tag] == pytest.approx(p, abs=1e-9), (row["id"], tag)
+
+
+def test_bad_rows_are_written_with_line_and_reason_and_exit_3(score, tmp_path):
+    """A bad row never stops the job; the good ones around it are scored, in order."""
+    long_text = "x " * (settings.DEFAULTS["MAX_TEXT_LENGTH"] // 2 + 1)
+    src = tmp_path / "in.csv"
+    src.write_text(
+        "id,title,description\n"                        # line 1
+        "a,Image segmentation,with U-Net\n"             # 2: good
+        "b,,\n"                                         # 3: blank text
+        "c,   ,  \n"                                    # 4: blank text
+        f"d,{long_text},\n"                             # 5: too long
+        "e,only two fields\n"                           # 6: wrong width
+        'f,"broken"quote,x\n'                           # 7: not valid CSV
+        ',Question answering,with BERT\n'               # 8: no id
+        'g,"A title over\ntwo lines",and a description\n'  # 9-10: good
+        "\n"                                            # 11: blank line, not a row
+        "h,Kubernetes model serving,monitoring\n",      # 12: good
+        encoding="utf-8")
+    proc = score(src, "-o", tmp_path / "out.csv", "--id-column", "id")
+    assert proc.returncode == 3, proc.stderr
+    out = read_csv((tmp_path / "out.csv").read_bytes())
+    assert [r["id"] for r in out] == ["a", "g", "h"]
+    errors = read_jsonl((tmp_path / "out.csv.errors.jsonl").read_bytes())
+    by_line = {e["line"]: e for e in errors}
+    assert sorted(by_line) == [3, 4, 5, 6, 7, 8]
+    assert by_line[3]["reason"] == "blank text" and by_line[3]["id"] == "b" and by_line[3]["row"] == 2
+    assert by_line[5]["reason"].startswith(f"text longer than {settings.DEFAULTS['MAX_TEXT_LENGTH']} characters")
+    assert by_line[6]["reason"] == "not valid CSV: expected 3 fields, found 2"
+    assert by_line[7]["reason"].startswith("not valid CSV:")
+    assert by_line[8]["reason"] == "missing id (column 'id')"
+    assert "3 of 9 rows, 6 rejected" in proc.stderr
+    assert not (tmp_path / "out.csv.progress").exists()
+
+
+def test_bad_json_lines_and_invalid_utf8(score, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        b'{"text": "Object detection with YOLO"}\n'   # 1: good
+        b'{"text": "unterminated\n'                    # 2: not JSON
+        b'[1, 2]\n'                                    # 3: not an object
+        b'{"other": "no text"}\n'                      # 4: missing text
+        b'{"text": 42}\n'                              # 5: not a string
+        b'{"text": "caf\xe9 au lait"}\n'               # 6: not UTF-8
+        b'\n'
+        b'{"text": "Named entity recognition"}\n')     # 8: good
+    proc = score(src, "-o", tmp_path / "out.jsonl", "--text-column", "text")
+    assert proc.returncode == 3, proc.stderr
+    assert [r["id"] for r in read_jsonl((tmp_path / "out.jsonl").read_bytes())] == [1, 7]
+    reasons = {e["line"]: e["reason"] for e in read_jsonl((tmp_path / "out.jsonl.errors.jsonl").read_bytes())}
+    assert sorted(reasons) == [2, 3, 4, 5, 6]
+    assert reasons[2].startswith("not valid JSON")
+    assert reasons[3] == "not a JSON object but list"
+    assert reasons[4] == "missing text (column 'text')"
+    assert reasons[5] == "column 'text' is not a string"
+    assert reasons[6].startswith("not valid JSON")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["missing.csv", "-o", "{tmp}/o.csv"], "error: cannot read missing.csv: No such file or directory"),
+    (["{src}", "-o", "{tmp}/o.csv", "--text-column", "body"], "error: unknown column 'body'"),
+    (["{src}", "-o", "{tmp}/o.csv", "--id-column", "ref"], "error: unknown column 'ref'"),
+    (["{src}", "-o", "{tmp}/o.csv", "--version", "v1"], "error: no model version 'v1'"),
+    (["{src}", "-o", "{tmp}/o.txt"], "error: cannot tell the format of output"),
+    (["-", "-o", "{tmp}/o.csv"], "error: reading standard input needs --format"),
+    (["{src}", "-o", "{tmp}/o.csv", "--workers", "0"], "error: Invalid value for '--workers'"),
+    (["{src}", "-o", "{tmp}/o.csv", "--text-column", "title", "--title-column", "title"],
+     "error: --text-column replaces"),
+    (["{src}", "-o", "{src}"], "error: the output would overwrite the input"),
+])
+def test_usage_errors_are_one_line_and_exit_2(score, tmp_path, args, message):
+    src = tmp_path / "in.csv"
+    src.write_text("title,description\nA,B\n")
+    proc = score(*[a.format(tmp=tmp_path, src=src) for a in args], input=b"")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_existing_output_is_refused_without_force_or_resume(score, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("title,description\nImage classification,CNN\n")
+    out = tmp_path / "o.csv"
+    out.write_text("keep me")
+    refused = score(src, "-o", out)
+    assert refused.returncode == 2 and "exists; use --resume" in refused.stderr
+    assert out.read_text() == "keep me"
+    nothing = score(src, "-o", out, "--resume")
+    assert nothing.returncode == 2 and "nothing to resume" in nothing.stderr
+    forced = score(src, "-o", out, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert out.read_text().startswith("id,predicted_tag,")
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(score, dataset_csv, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_bytes(repeated(dataset_csv, 4))
+    proc = score(src, "-o", tmp_path / "o.csv", "--workers", "1", "--chunk-size", "50", "--progress-interval", "0.1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any("rows/s" in line and "of the input" in line for line in lines[:-1]), proc.stderr
+    assert lines[-1].startswith(f"scored {4 * 764:,} of {4 * 764:,} rows")
+
+
+def test_progress_bar_on_a_terminal(artifacts_dir, dataset_csv, tmp_path):
+    """On a terminal: a bar with rows, rows/s and the remaining time."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(repeated(dataset_csv, 2))
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    try:
+        proc = subprocess.run(command(artifacts_dir, src, "-o", tmp_path / "o.csv", "--chunk-size", "100"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, cwd=ROOT,
+                              timeout=120)
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the terminal closed
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert proc.returncode == 0
+    text = shown.decode("utf-8", "replace")
+    assert "100%|" in text and "rows/s" in text and "<00:00]" in text, text
