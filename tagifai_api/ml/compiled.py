@@ -247,7 +247,10 @@ class CompiledModel:
 
     def predict_proba(self, docs: Sequence[str]) -> np.ndarray:
         """Class probabilities ``(len(docs), n_classes)``, as the fitted estimator's ``predict_proba``."""
-        scores = self.decision_function(docs)
+        return self.probabilities(self.decision_function(docs))
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Class probabilities from decision values ``(n, n_classes)``, computed in place."""
         if self.link == SOFTMAX:
             scores -= scores.max(axis=1, keepdims=True)
             np.exp(scores, out=scores)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-_LINK = re.compile(r"https?://\S+|www\.\S+")
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+# public: the explainer (explain.py) retraces these same steps over the original text
+LINK = re.compile(r"https?://\S+|www\.\S+")
+NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
 def join_text(title: str | None, description: str | None) -> str:
@@ -26,8 +27,8 @@ def clean_text(text: str, stopwords: frozenset[str] = frozenset()) -> str:
     Returns:
         Lower-case ASCII words separated by single spaces (possibly empty).
     """
-    text = _LINK.sub(" ", text.lower())
-    text = _NON_ALNUM.sub(" ", text)
+    text = LINK.sub(" ", text.lower())
+    text = NON_ALNUM.sub(" ", text)
     words = text.split()
     if stopwords:
         words = [w for w in words if w not in stopwords]
