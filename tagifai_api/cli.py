@@ -126,13 +126,15 @@ def cross_validate(args_path: Path, folds: int, newest: float) -> None:
 @cli.command()
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--version", default="default", show_default=True, help="Model version to use.")
+@click.option("--explain", is_flag=True, help="Add each prediction's exact per-word explanation.")
 @click.pass_obj
-def predict(obj: dict, texts: tuple[str, ...], version: str) -> None:
+def predict(obj: dict, texts: tuple[str, ...], version: str, explain: bool) -> None:
     """Tag one or more texts and print the predictions as JSON."""
     from tagifai_api.ml.predict import Predictor
 
     predictor = Predictor(artifacts.load(obj["artifacts"], version))
-    results = [{"input_text": t, **p} for t, p in zip(texts, predictor.predict(texts))]
+    predictions = predictor.explain(texts) if explain else predictor.predict(texts)
+    results = [{"input_text": t, **p} for t, p in zip(texts, predictions)]
     _echo_json({"model_version": predictor.version, "predictions": results})
 
 

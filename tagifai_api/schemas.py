@@ -37,6 +37,10 @@ class PredictRequestSchema(Schema):
     """``{"texts": [{"text": "..."}, ...]}``."""
 
     texts = fields.List(fields.Nested(TextSchema), required=True)
+    explain = fields.Boolean(
+        load_default=False, truthy={True}, falsy={False},
+        metadata={"description": "Add each prediction's exact explanation (`explanation`); default false."},
+    )
 
 
 def predict_request_schema(max_texts: int, max_text_length: int) -> PredictRequestSchema:
@@ -63,6 +67,53 @@ def predict_request_schema(max_texts: int, max_text_length: int) -> PredictReque
     return LimitedPredictRequest()
 
 
+class WordSchema(Schema):
+    """One piece of the text as sent, with its share of the explained score."""
+
+    text = fields.String(metadata={"description": "`input_text[start:end]`."})
+    start = fields.Integer(metadata={"description": "Offset in `input_text`, in Unicode code points."})
+    end = fields.Integer(metadata={"description": "End offset (exclusive), in Unicode code points."})
+    contribution = fields.Float(metadata={"description": "Sum of the contributions of the features this word "
+                                                         "produced (its word feature and its character n-grams); "
+                                                         "a feature several words produce is shared by "
+                                                         "occurrence count."})
+    dropped = fields.Boolean(metadata={"description": "The cleaning removed it, so the model never saw it "
+                                                      "(contribution 0)."})
+    reason = fields.String(metadata={"description": "Why it was dropped (only when dropped): `stop_word`, `link`, "
+                                                    "`symbols` (punctuation, emoji) or `not_ascii` (letters the "
+                                                    "model does not read)."})
+
+
+class FeatureSchema(Schema):
+    """One feature of the model, and its whole contribution to the explained score."""
+
+    feature = fields.String(metadata={"description": "A word, or a character n-gram (spaces pad a word's ends)."})
+    kind = fields.String(metadata={"description": "`word` or `char_wb` (character n-gram within a word)."})
+    count = fields.Integer(metadata={"description": "Occurrences in the cleaned text."})
+    contribution = fields.Float()
+
+
+class TopFeaturesSchema(Schema):
+    """The features that pushed the score most, each way."""
+
+    positive = fields.List(fields.Nested(FeatureSchema), metadata={"description": "Largest first."})
+    negative = fields.List(fields.Nested(FeatureSchema), metadata={"description": "Most negative first."})
+
+
+class ExplanationSchema(Schema):
+    """Why the model scored a text as it did: exact, ``intercept + sum(words' contributions) == score``."""
+
+    tag = fields.String(metadata={"description": "The class explained: the top-probability class, also when "
+                                                 "the low-confidence rule answered `other`."})
+    score = fields.Float(metadata={"description": "That class's decision value (the linear model's score)."})
+    intercept = fields.Float()
+    words = fields.List(fields.Nested(WordSchema), metadata={
+        "description": "Every piece of `input_text` but whitespace, in order: runs of letters or digits, runs "
+                       "of punctuation or symbols, and links."})
+    top = fields.Nested(TopFeaturesSchema)
+    note = fields.String(metadata={"description": "Only when the answer is `other` for low confidence: says so."})
+
+
 class PredictionSchema(Schema):
     """One prediction, in the order of the request's texts."""
 
@@ -71,6 +122,7 @@ class PredictionSchema(Schema):
     confidence = fields.Float(metadata={"description": "The model's top probability."})
     probabilities = fields.Dict(keys=fields.String(), values=fields.Float())
     low_confidence = fields.Boolean(metadata={"description": "The top probability fell below the threshold."})
+    explanation = fields.Nested(ExplanationSchema, metadata={"description": "Only with `\"explain\": true`."})
 
 
 class PredictDataSchema(Schema):

@@ -108,7 +108,15 @@ def test_curl_examples_work_verbatim_against_gunicorn(artifacts_dir):
             if "/predict" in command and expected == 200:
                 tags = [p["predicted_tag"] for p in body["data"]["predictions"]]
                 assert tags == ["natural-language-processing", "computer-vision"]
-                assert body["request-id"] == "readme-example-1"
+                if "X-Request-ID" in command:
+                    assert body["request-id"] == "readme-example-1"
+                explained = '"explain": true' in command
+                for p in body["data"]["predictions"]:
+                    assert ("explanation" in p) is explained
+                    if explained:
+                        e = p["explanation"]
+                        assert e["tag"] == p["predicted_tag"]
+                        assert abs(e["intercept"] + sum(w["contribution"] for w in e["words"]) - e["score"]) < 1e-9
             if expected == 422:
                 assert body["data"]["errors"]["texts"]["0"]["text"], body
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tagifai_api.ml.artifacts import ModelVersion
+from tagifai_api.ml.explain import Explainer
 
 OTHER = "other"
 
@@ -25,6 +26,7 @@ class Predictor:
         self.threshold = float(model.args.get("threshold", 0.0))
         self._model = model.compiled
         self._classes = model.compiled.classes
+        self._explainer = Explainer(model.compiled)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -45,7 +47,9 @@ class Predictor:
         """
         if not cleaned:
             return []
-        proba = self._model.predict_proba(cleaned)
+        return self._results(self._model.predict_proba(cleaned))
+
+    def _results(self, proba: np.ndarray) -> list[dict]:
         top = proba.argmax(axis=1)
         confidence = proba[np.arange(len(top)), top]
         classes = self._classes
@@ -65,3 +69,26 @@ class Predictor:
     def predict(self, texts: Sequence[str]) -> list[dict]:
         """Predictions for raw texts, in order."""
         return self.predict_clean([self.clean(t) for t in texts])
+
+    def explain(self, texts: Sequence[str]) -> list[dict]:
+        """Predictions for raw texts, each with the exact explanation of its top class's score.
+
+        The probabilities come from the explainer's own scores, so a prediction and its
+        explanation can never disagree. The explained class is the top-probability one, also when
+        the low-confidence rule answered ``other`` (the explanation's ``note`` then says so).
+        See :mod:`tagifai_api.ml.explain`.
+        """
+        if not texts:
+            return []
+        scored = [self._explainer.score(t) for t in texts]
+        proba = self._model.probabilities(np.vstack([s.scores for s in scored]))
+        out = self._results(proba)
+        for result, s, top in zip(out, scored, proba.argmax(axis=1).tolist()):
+            explanation = self._explainer.explain_scored(s, top)
+            if result["low_confidence"]:
+                explanation["note"] = (
+                    f"The top probability, {result['confidence']:.2f} for {self._classes[top]}, is below the "
+                    f"threshold {self.threshold:g}, so the answer is {OTHER}; this explains {self._classes[top]}."
+                )
+            result["explanation"] = explanation
+        return out

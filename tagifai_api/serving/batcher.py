@@ -277,6 +277,10 @@ class _Arrival:
         return self._batcher.submit(items, timeout_s, _announced=True)
 
     def __exit__(self, *exc) -> None:
+        self.withdraw()
+
+    def withdraw(self) -> None:
+        """The request will not submit after all (an explained one): stop holding batches for it."""
         if self._pending:
             b = self._batcher
             with b._cond:

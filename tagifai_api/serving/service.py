@@ -13,7 +13,7 @@ from typing import Protocol
 from tagifai_api.ml import artifacts
 from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
 from tagifai_api.ml.predict import Predictor
-from tagifai_api.serving.batcher import BatchStats, MicroBatcher
+from tagifai_api.serving.batcher import BatchFailedError, BatchStats, DeadlineError, MicroBatcher
 from tagifai_api.serving.cache import LRUCache
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class ModelService:
         self._predict_hook = predict_hook
         self.observer = observer
         self._load_lock = threading.Lock()
+        self._explain_lock = threading.Lock()
         self._last_attempt = 0.0
         self.batcher = (
             MicroBatcher(self._run_model, max_texts=max_texts, max_wait_s=max_wait_s,
@@ -161,6 +162,33 @@ class ModelService:
         if self.observer is not None and self.cache.maxsize:
             self.observer.cache(len(texts) - len(missing), len(missing))
         return results  # type: ignore[return-value]
+
+    def explain(self, texts: Sequence[str], timeout_s: float) -> list[dict]:
+        """Predictions for raw texts with their exact explanations (see :mod:`tagifai_api.ml.explain`).
+
+        An explanation is two to three times the work of a prediction and is never the same for
+        two texts that clean alike (its spans are in the original text), so explained requests
+        stay out of the micro-batcher and the cache: a plain request never waits behind one in a
+        batch, and the plain path has nothing new to check. They run in the request's own thread,
+        one request at a time per worker, so they cannot crowd out plain requests either.
+
+        Raises:
+            ModelUnavailableError: no model is loaded.
+            DeadlineError: another explained request held the worker for ``timeout_s``.
+            BatchFailedError: the explainer failed (the original is ``__cause__``).
+        """
+        predictor = self.require_model()
+        if not self._explain_lock.acquire(timeout=timeout_s):
+            raise DeadlineError(f"no explanation slot within {timeout_s * 1000:.0f} ms")
+        try:
+            if self._predict_hook is not None:
+                return self._predict_hook(predictor.explain, list(texts))
+            return predictor.explain(texts)
+        except Exception as exc:  # noqa: BLE001 - the failure is this request's; the worker keeps serving
+            log.exception("explaining %d texts failed", len(texts))
+            raise BatchFailedError(str(exc)) from exc
+        finally:
+            self._explain_lock.release()
 
     def close(self) -> None:
         """Finish queued work and stop the batching thread."""

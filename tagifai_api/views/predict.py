@@ -30,7 +30,7 @@ def _read_body() -> None:
 
 @bp.post("/predict")
 def predict():
-    """Tag each of ``{"texts": [{"text": ...}, ...]}``, in order."""
+    """Tag each of ``{"texts": [{"text": ...}, ...], "explain": false}``, in order."""
     service = get_service()
     _read_body()
     # announce the request once its body is here, before parsing it, so that a batch being formed
@@ -39,8 +39,14 @@ def predict():
         body = current_app.extensions["tagifai_predict_schema"].load(request.get_json())
         texts = [item["text"] for item in body["texts"]]
         g.texts = len(texts)
+        timeout_s = current_app.config["PREDICT_TIMEOUT_MS"] / 1000.0
         try:
-            results = service.predict(texts, current_app.config["PREDICT_TIMEOUT_MS"] / 1000.0, arrival)
+            if body["explain"]:  # outside the micro-batcher: see ModelService.explain
+                if arrival is not None:
+                    arrival.withdraw()
+                results = service.explain(texts, timeout_s)
+            else:
+                results = service.predict(texts, timeout_s, arrival)
         except ModelUnavailableError as exc:
             raise errors.ModelNotReadyError(f"The model is not loaded: {exc}") from None
         except batcher.QueueFullError:

@@ -53,3 +53,16 @@ def test_cv_reports_cross_validation_and_the_time_ordered_score():
     held_out = out["time_ordered"]
     assert 0.5 < held_out["f1_weighted"] <= 1.0
     assert held_out["test_projects"] == round(0.2 * (held_out["train_projects"] + held_out["test_projects"]))
+
+
+def test_predict_explain_prints_exact_explanations(artifacts_dir):
+    text = "Transfer learning with transformers for text classification."
+    result = _run("--artifacts", str(artifacts_dir), "predict", "--explain", text)
+    assert result.exit_code == 0, result.output
+    prediction = json.loads(result.output)["predictions"][0]
+    e = prediction["explanation"]
+    assert e["tag"] == prediction["predicted_tag"] == "natural-language-processing"
+    assert abs(e["intercept"] + sum(w["contribution"] for w in e["words"]) - e["score"]) < 1e-9
+    assert [w["text"] for w in e["words"] if w["dropped"]] == ["with", "for", "."]
+    plain = json.loads(_run("--artifacts", str(artifacts_dir), "predict", text).output)["predictions"][0]
+    assert "explanation" not in plain
