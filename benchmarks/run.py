@@ -30,6 +30,7 @@ REPORTS = ROOT / "reports" / "bench"
 
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import explain_cost  # noqa: E402
 from tagifai_api import settings  # noqa: E402
 from tagifai_api.ml import artifacts, data  # noqa: E402
 
@@ -272,6 +273,8 @@ def table(result: dict) -> str:
     lines.append(f"  scikit-learn, batch 100, 2 processes: "
                  f"{result['in_process']['sklearn_batch_100_two_processes_texts_per_s']:,} texts/s")
     lines.append("")
+    lines += explain_cost.table(result["explain"])
+    lines.append("")
     lines.append(f"Over HTTP, Gunicorn 2 workers each, wrk on loopback, median of {result['rounds']} interleaved rounds:")
     lines.append(f"  {'scenario':<19} {'service':<24} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
     for scenario, *_ in HTTP_SCENARIOS:
@@ -327,6 +330,7 @@ def main() -> None:
     }
     print("in-process ...", file=sys.stderr)
     result["in_process"] = in_process(opts.artifacts, opts.inproc_seconds)
+    result["explain"] = explain_cost.in_process(opts.artifacts, 2 * opts.inproc_seconds)
     texts = dataset_texts()
     with tempfile.TemporaryDirectory() as tmp:
         bodies = {n: Path(tmp) / f"bodies-{n}.jsonl" for n in (1, 100)}

@@ -34,4 +34,8 @@ def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
             assert scenarios[scenario]["req_per_s"] > 0, (name, scenario)
         assert scenarios["peak_rss_mb"] > 0
     assert set(result["ratios"]) == set(bench.ratios(result))
+    for size in (1, 100):
+        cost = result["explain"][f"batch_{size}"]
+        assert cost["plain_us"] > 0 and cost["explain_us"] > 0 and cost["ratio"] > 0
+    assert "explain=true against a plain prediction" in out.stdout
     assert "Ratios (batching on):" in out.stdout
