@@ -27,6 +27,16 @@ class NotBlank(validate.Regexp):
         return value
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only: marshmallow's Boolean also takes ``1``, ``0`` and ``"yes"``,
+    which the OpenAPI ``boolean`` type does not allow."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class TextSchema(Schema):
     """One text to tag: a project's title and description."""
 
@@ -37,8 +47,8 @@ class PredictRequestSchema(Schema):
     """``{"texts": [{"text": "..."}, ...]}``."""
 
     texts = fields.List(fields.Nested(TextSchema), required=True)
-    explain = fields.Boolean(
-        load_default=False, truthy={True}, falsy={False},
+    explain = StrictBoolean(
+        load_default=False,
         metadata={"description": "Add each prediction's exact explanation (`explanation`); default false."},
     )
 

@@ -56,7 +56,7 @@ def test_low_confidence_answer_explains_the_top_class_and_says_so(client, app):
     assert "note" not in confident["explanation"]
 
 
-@pytest.mark.parametrize("value", ["true", 1.5, None, [], {}])
+@pytest.mark.parametrize("value", ["true", "yes", 0, 1, 1.5, None, [], {}])
 def test_explain_must_be_a_boolean(client, value):
     body = check_envelope(post(client, ["text"], explain=value), 422, "POST")
     assert body["data"]["errors"]["explain"]
