@@ -42,10 +42,20 @@ def test_forwarded_headers_match_the_trusted_proxy_hops():
 
 def test_own_errors_are_json_envelopes():
     pages = {int(code) for value in directive("error_page") for code in value.split()[:-1]}
-    assert {413, 502, 503, 504} <= pages
+    assert {413, 429, 502, 503, 504} <= pages
     for code in pages:
         block = re.search(rf"location @error_{code} \{{(.*?)\n    \}}", CONF, flags=re.S)[1]
         assert "default_type application/json" in block
         for key in ("message", "method", "status-code", "timestamp", "url", "request-id"):
             assert f'"{key}":' in block, (code, key)
         assert f'"status-code":{code},' in block
+
+
+def test_each_client_address_is_rate_limited_with_a_burst_and_told_when_to_retry():
+    (zone,) = directive("limit_req_zone")
+    assert zone.startswith("$binary_remote_addr zone=tagifai_per_client:")
+    (limit,) = directive("limit_req")
+    assert limit.startswith("zone=tagifai_per_client burst=") and limit.endswith("nodelay")
+    assert directive("limit_req_status") == ["429"]
+    block = re.search(r"location @error_429 \{(.*?)\n    \}", CONF, flags=re.S)[1]
+    assert "add_header Retry-After 1 always;" in block

@@ -6,7 +6,9 @@ import os
 import re
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,3 +166,33 @@ def test_upstream_down_answers_502_envelope(tmp_path):
         assert body["url"] == f"{base}/predict"
         assert body["method"] == "POST"
         assert body["request-id"] == "down-1"
+
+
+def test_a_burst_over_the_rate_limit_gets_429_envelopes_and_the_service_stays_healthy(artifacts_dir, tmp_path):
+    """The limits as shipped (20 r/s per address, burst 40): 150 requests at once from one address."""
+    conf = CONF.read_text()
+    rate = int(re.search(r"limit_req_zone .* rate=(\d+)r/s;", conf)[1])
+    burst = int(re.search(r"limit_req zone=\S+ burst=(\d+) nodelay;", conf)[1])
+    with servers.gunicorn(artifacts_dir, workers=1) as api, nginx(tmp_path, f"127.0.0.1:{api.port}") as base:
+        time.sleep(1.0)  # the zone refills after nginx's own start-up probe
+        start = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: requests.get(f"{base}/health/live", headers={"X-Request-ID": f"b-{i}"},
+                                                           timeout=10), range(150)))
+        elapsed = time.monotonic() - start
+        statuses = Counter(r.status_code for r in answers)
+        assert set(statuses) == {200, 429}, statuses
+        assert statuses[200] >= burst  # the burst itself is served
+        assert statuses[200] <= burst + 1 + rate * elapsed + 1, (statuses, elapsed)
+        for r in answers:
+            if r.status_code == 429:
+                body = assert_envelope(r, 429)
+                assert r.headers["Retry-After"] == "1"
+                assert body["url"] == f"{base}/health/live" and body["method"] == "GET"
+                assert body["request-id"].startswith("b-")
+        # Gunicorn never saw the refused requests and is still healthy; after Retry-After, so is the proxy
+        assert requests.get(f"{api.url}/health/ready", timeout=10).status_code == 200
+        time.sleep(1.0)
+        assert_envelope(requests.post(f"{base}/predict", json={"texts": [{"text": "Image segmentation."}]},
+                                      timeout=10), 200)
+    print(f"burst of 150 in {elapsed:.2f}s: {statuses[200]} served, {statuses[429]} refused with 429")
