@@ -64,7 +64,8 @@ clean: ## Remove the virtualenv, caches and reports (model versions stay)
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 BASE_URL ?= http://localhost:$(PORT)
-newman: ## Run the Postman collection against BASE_URL (default http://localhost:PORT; `make serve` first)
+API_KEY ?=
+newman: ## Run the Postman collection against BASE_URL (default http://localhost:PORT; `make serve` first), with API_KEY if set
 	test -x node_modules/.bin/newman || npm ci --no-audit --no-fund
 	node_modules/.bin/newman run clients/postman/tagifai_api.postman_collection.json \
-	  -e clients/postman/local.postman_environment.json --env-var baseUrl=$(BASE_URL)
+	  -e clients/postman/local.postman_environment.json --env-var baseUrl=$(BASE_URL) --env-var apiKey=$(API_KEY)

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from tagifai_api.auth.keys import KeyStore
 from tests.integration import servers
 
 POSTMAN = servers.ROOT / "clients" / "postman"
@@ -46,11 +47,12 @@ def test_collection_covers_every_route_and_the_main_errors(app):
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert any(m == method and adapter.test(p, method=m) and adapter.match(p, method=m)[0] == rule.endpoint
                        for m, p in seen), f"no request for {method} {rule.rule}"
-    statuses = {int(code) for i in items for line in i["event"][0]["script"]["exec"]
+    statuses = {int(code) for i in items for event in i["event"] for line in event["script"]["exec"]
                 for code in re.findall(r"to\.have\.status\((\d+)\)", line)}
-    assert {200, 400, 404, 405, 415, 422} <= statuses
+    assert {200, 400, 401, 404, 405, 415, 422} <= statuses
     env = json.loads(ENVIRONMENT.read_text())
-    assert [v["key"] for v in env["values"]] == ["baseUrl"]
+    assert [v["key"] for v in env["values"]] == ["baseUrl", "apiKey"]
+    assert env["values"][1]["value"] == ""  # a key is never committed
 
 
 def test_newman_runs_the_collection_clean(artifacts_dir, tmp_path):
@@ -61,14 +63,22 @@ def test_newman_runs_the_collection_clean(artifacts_dir, tmp_path):
                                  capture_output=True, text=True, timeout=300)
         assert install.returncode == 0, install.stderr[-4000:]
     report = tmp_path / "newman.json"
-    with servers.gunicorn(artifacts_dir, workers=1) as api:
+    # every route behind a key, so the collection's key handling is exercised too
+    keys_file = tmp_path / "api_keys.json"
+    key = KeyStore(keys_file).create("newman", "predict")
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+    with servers.gunicorn(artifacts_dir, workers=1, env=env) as api:
         run = subprocess.run(
             [str(NEWMAN), "run", str(COLLECTION), "-e", str(ENVIRONMENT), "--env-var", f"baseUrl={api.url}",
+             "--env-var", f"apiKey={key}",
              "--reporters", "cli,json", "--reporter-json-export", str(report), "--color", "off",
              "--timeout-request", "10000", "--bail"],
             cwd=servers.ROOT, capture_output=True, text=True, timeout=120,
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    stats = json.loads(report.read_text())["run"]["stats"]
+    result = json.loads(report.read_text())["run"]
+    stats = result["stats"]
     assert stats["requests"]["failed"] == 0 and stats["assertions"]["failed"] == 0
     assert stats["assertions"]["total"] >= 50
+    ran = {e["item"]["name"] for e in result["executions"] if e.get("response")}
+    assert {"No key (401)", "Unknown key (401)", "With the key (X-API-Key)"} <= ran
