@@ -84,12 +84,16 @@ def build_spec(max_texts: int, max_text_length: int) -> dict:
 def secure(spec: dict, requirements: dict[tuple[str, str], str]) -> dict:
     """Mark the operations that need a key (``{(path, method): role}``) with the bearer scheme and
     their 401/403 answers, so Swagger UI's "Authorize" sends the key where it is needed."""
+    def refused(description: str) -> dict:  # written after apispec's pass: a resolved reference
+        return {"description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}}
+
     for (path, method), role in requirements.items():
         operation = spec["paths"].get(path, {}).get(method)
         if operation is None:
             continue
         operation["security"] = [{"bearerAuth": []}]
-        operation["responses"]["401"] = _error("No API key, or an unknown one (see WWW-Authenticate)")
+        operation["responses"]["401"] = refused("No API key, or an unknown one (see WWW-Authenticate)")
         if role != "predict":
-            operation["responses"]["403"] = _error(f"The key is not a {role} key, or no {role} key exists")
+            operation["responses"]["403"] = refused(f"The key is not a {role} key, or no {role} key exists")
     return spec

@@ -205,7 +205,8 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
             for method, op in operations.items():
                 if "security" in op:
                     assert op["security"] == [{"bearerAuth": []}]
-                    assert "401" in op["responses"]
+                    assert op["responses"]["401"]["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/Envelope"}
                     out.add((method, path))
                 else:
                     assert "401" not in op["responses"]

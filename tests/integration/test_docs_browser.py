@@ -157,3 +157,42 @@ def test_try_it_out_predicts_in_the_browser(artifacts_dir, tmp_path):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
     assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+
+
+def execute_predict(page: DevTools, status: str) -> str:
+    """Press Execute on /predict (already in "Try it out"), wait for ``status`` and return the body shown."""
+    page.click(f"{OPERATION} .execute")
+    row = f"{OPERATION} .live-responses-table tr.response"
+    return page.wait_for(
+        f"""(() => {{
+            const shown = document.querySelector('{row} .response-col_status')?.textContent.trim();
+            const body = document.querySelector('{row} .response-col_description pre')?.textContent;
+            return shown === '{status}' && body ? body : null;
+        }})()""",
+        f"a {status} answer",
+    )
+
+
+def test_authorize_button_sends_the_key_in_mode_all(artifacts_dir, tmp_path):
+    from tagifai_api.auth.keys import KeyStore
+
+    keys_file = tmp_path / "api_keys.json"
+    key = KeyStore(keys_file).create("browser", "predict")
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+    with servers.gunicorn(artifacts_dir, workers=1, env=env) as api, chromium(tmp_path / "profile") as page:
+        page.call("Page.enable")
+        page.call("Runtime.enable")
+        page.call("Page.navigate", url=f"{api.url}/docs")  # the page itself needs no key
+        page.wait_for("!!document.querySelector('.information-container .title')", "the API title")
+        page.click(f"{OPERATION} .opblock-summary")
+        page.click(f"{OPERATION} .try-out__btn")
+        assert "API key" in execute_predict(page, "401")
+
+        page.click(".scheme-container button.authorize")
+        page.click(".auth-container input")
+        page.call("Input.insertText", text=key)
+        page.click(".auth-container .auth-btn-wrapper button.authorize")
+        page.wait_for("document.querySelector('.auth-container h6')?.textContent === 'Authorized'", "authorized")
+        page.click(".auth-container .auth-btn-wrapper button.btn-done")
+        body = execute_predict(page, "200")
+        assert json.loads(body)["data"]["predictions"][0]["predicted_tag"] == "natural-language-processing"
