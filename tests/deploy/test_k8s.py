@@ -102,3 +102,12 @@ def test_service_and_hpa_target_the_deployment(deployment, container):
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": deployment["metadata"]["name"]}
     assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_keys_file_comes_from_a_secret_mounted_whole(deployment, container):
+    path = load("configmap.yaml")["data"]["TAGIFAI_API_KEYS_FILE"]
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount.get("readOnly") is True and "subPath" not in mount  # a subPath mount never sees updates
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "tagifai-api-keys" and volume["secret"]["optional"] is True
+    assert load("configmap.yaml")["data"]["TAGIFAI_AUTH"] == "admin"
