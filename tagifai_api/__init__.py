@@ -9,8 +9,8 @@ def create_app(config: Mapping[str, object] | None = None):
     """Build the Flask app.
 
     Settings are the defaults in :mod:`tagifai_api.settings`, then ``TAGIFAI_*`` environment
-    variables, then ``config``. The model is loaded here, once per process (Gunicorn workers
-    each call this after forking).
+    variables, then ``config``. The default model is loaded here, once per process (Gunicorn
+    workers each call this after forking); other versions on first use.
     """
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
@@ -18,6 +18,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api import errors, logs, metrics, openapi, responses, schemas, settings
     from tagifai_api.access import register_access_log
     from tagifai_api.auth import guard
+    from tagifai_api.registry import views as registry_views
     from tagifai_api.serving.context import EXTENSION
     from tagifai_api.serving.service import ModelService
     from tagifai_api.views import args, docs, health, index, performance, predict
@@ -44,6 +45,9 @@ def create_app(config: Mapping[str, object] | None = None):
         cache_size=int(app.config["CACHE_SIZE"]),
         observer=model_metrics,
         predict_hook=app.config.get("PREDICT_HOOK"),
+        max_loaded=int(app.config["MAX_LOADED_VERSIONS"]),
+        poll_s=float(app.config["REGISTRY_POLL_S"]),
+        shadow_queue_size=int(app.config["SHADOW_QUEUE_SIZE"]),
     )
     app.extensions[EXTENSION] = service
     app.extensions["tagifai_metrics"] = model_metrics
@@ -51,7 +55,7 @@ def create_app(config: Mapping[str, object] | None = None):
         int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"])
     )
 
-    for module in (index, performance, args, predict, health, docs):
+    for module in (index, performance, args, predict, health, docs, registry_views):
         app.register_blueprint(module.bp)
     errors.register_error_handlers(app)
     register_access_log(app)

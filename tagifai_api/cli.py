@@ -155,9 +155,24 @@ def versions(obj: dict) -> None:
 @click.argument("version")
 @click.pass_obj
 def set_default(obj: dict, version: str) -> None:
-    """Make VERSION the default (running workers pick it up on `kill -HUP <gunicorn master>`)."""
-    artifacts.set_default(obj["artifacts"], version)
-    click.echo(version)
+    """Verify VERSION and make it the default, keeping the previous one in the history.
+
+    Running workers (of every replica sharing the directory) follow within seconds; no signal needed.
+    """
+    from tagifai_api.ml import registry
+
+    previous, current = registry.set_default(obj["artifacts"], version)
+    _echo_json({"previous": previous, "default": current})
+
+
+@cli.command()
+@click.pass_obj
+def rollback(obj: dict) -> None:
+    """Make the previous default the default again."""
+    from tagifai_api.ml import registry
+
+    previous, current = registry.rollback(obj["artifacts"])
+    _echo_json({"previous": previous, "default": current})
 
 
 cli.add_command(keys)

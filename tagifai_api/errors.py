@@ -43,6 +43,13 @@ class NotFoundError(TagifaiError):
     message = "Not found."
 
 
+class ConflictError(TagifaiError):
+    """The request cannot be done in the current state (a model version that cannot be loaded)."""
+
+    status = 409
+    message = "Conflict."
+
+
 class ModelNotReadyError(TagifaiError):
     """No model is loaded in this worker yet."""
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import MultiprocessInternalPrometheusMetrics
 
-from tagifai_api.metrics_files import read_locked
+from tagifai_api.metrics_files import locked, read_locked
 from tagifai_api.serving.batcher import BatchStats
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -60,22 +60,31 @@ class ModelMetrics:
                                   ["model_version"], multiprocess_mode="livemax", registry=r)
         self.start_time = Gauge("tagifai_process_start_time_seconds", "Start time of each live worker process.",
                                 multiprocess_mode="liveall", registry=r)
+        self.shadow_predictions = Counter(
+            "tagifai_shadow_predictions", "Texts also scored by the shadow version, by whether its tag agreed.",
+            ["model_version", "shadow_version", "outcome"], registry=r)
+        self.shadow_drops = Counter(
+            "tagifai_shadow_dropped", "Requests the shadow did not score: its queue was full, or it failed.",
+            ["shadow_version", "reason"], registry=r)
         self.start_time.set(time.time())
-        self._version = "none"
-        self._by_tag: dict[str, Counter] = {}
+        self._registry = r
+        self._version: str | None = None
+        self._by_tag: dict[tuple[str, str], Counter] = {}
 
     def model_loaded_now(self, version: str, loaded_at: float) -> None:
-        """Record the model this worker serves."""
+        """Record the default version this worker now serves (and that it no longer serves the previous one)."""
+        sklearn = metadata.version("scikit-learn")
+        if self._version is not None and self._version != version:
+            self.model_info.labels(self._version, sklearn).set(0)
         self._version = version
-        self._by_tag = {}
-        self.model_info.labels(version, metadata.version("scikit-learn")).set(1)
+        self.model_info.labels(version, sklearn).set(1)
         self.model_loaded.labels(version).set(loaded_at)
         # start the fallback counter at 0, so its rate (and the fallback ratio) exists before the first one
         self.low_confidence.labels(version)
 
-    def batch(self, stats: BatchStats) -> None:
-        """One model call (batching or not)."""
-        self.inference.labels(self._version).observe(stats.seconds)
+    def batch(self, stats: BatchStats, version: str) -> None:
+        """One model call (batching or not) of ``version``."""
+        self.inference.labels(version).observe(stats.seconds)
         self.batch_texts.observe(stats.texts)
         self.batch_requests.observe(stats.jobs)
         for wait in stats.queue_wait:
@@ -88,24 +97,59 @@ class ModelMetrics:
         if misses:
             self.cache_misses.inc(misses)
 
-    def request(self, texts: list[str], results: list[dict]) -> None:
-        """A served /predict request."""
+    def request(self, texts: list[str], results: list[dict], version: str) -> None:
+        """A /predict request served by ``version``."""
         self.request_texts.observe(len(texts))
         low = 0
         for text, result in zip(texts, results):
             self.text_length.observe(len(text))
             tag = result["predicted_tag"]
-            counter = self._by_tag.get(tag)
+            counter = self._by_tag.get((version, tag))
             if counter is None:
-                counter = self._by_tag[tag] = self.predictions.labels(self._version, tag)
+                counter = self._by_tag[(version, tag)] = self.predictions.labels(version, tag)
             counter.inc()
             low += result["low_confidence"]
         if low:
-            self.low_confidence.labels(self._version).inc(low)
+            self.low_confidence.labels(version).inc(low)
+
+    def shadow(self, model_version: str, shadow_version: str, agree: int, disagree: int) -> None:
+        """Texts the shadow scored after ``model_version`` answered them."""
+        if agree:
+            self.shadow_predictions.labels(model_version, shadow_version, "agree").inc(agree)
+        if disagree:
+            self.shadow_predictions.labels(model_version, shadow_version, "disagree").inc(disagree)
+
+    def shadow_dropped(self, shadow_version: str, reason: str, count: int) -> None:
+        """Requests the shadow did not score."""
+        self.shadow_drops.labels(shadow_version, reason).inc(count)
+
+    def shadow_totals(self, shadow_version: str) -> dict[str, int]:
+        """Agreeing, disagreeing and dropped counts for ``shadow_version``, summed over every worker
+        (under Gunicorn, read from the shared multiprocess files, so each worker gives the same answer)."""
+        totals = {"agree": 0, "disagree": 0, "dropped": 0}
+        for metric in _collect(self._registry, (self.shadow_predictions, self.shadow_drops)):
+            for sample in metric.samples:
+                if not sample.name.endswith("_total") or sample.labels.get("shadow_version") != shadow_version:
+                    continue
+                if metric.name == "tagifai_shadow_predictions":
+                    totals[sample.labels["outcome"]] += int(sample.value)
+                elif metric.name == "tagifai_shadow_dropped":
+                    totals["dropped"] += int(sample.value)
+        return totals
 
     def error(self, kind: str) -> None:
         """An error answered to a client."""
         self.errors.labels(kind).inc()
+
+
+def _collect(registry: CollectorRegistry | None, own: tuple) -> list:
+    if registry is not None:  # one process: its own counters are the whole story
+        return [m for c in own for m in c.collect()]
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    with locked(directory, exclusive=False):  # never mid-fold of a dead worker's samples
+        return list(MultiProcessCollector(None, directory).collect())
 
 
 def init_metrics(app: Flask) -> ModelMetrics:

@@ -15,6 +15,10 @@ _EXAMPLE = {
 }
 
 
+_VERSION_PARAM = {"name": "version", "in": "query", "required": False, "schema": {"type": "string"},
+                  "description": "A model version (see /models); absent or `default`: the default version."}
+
+
 def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": "Envelope"}}}
 
@@ -24,6 +28,11 @@ def _implied_min_length(self, field, ret: dict, **kwargs) -> dict:
     so the document states the bound the service enforces, not only the pattern that implies it."""
     least = max((getattr(v, "min_length", 0) for v in field.validators), default=0)
     return {"minLength": least} if least > ret.get("minLength", 0) else {}
+
+
+def _version_errors() -> dict:
+    return {"404": _error("Unknown version; data.valid lists the valid ones"),
+            "409": _error("The version cannot be loaded; data.reason says why")}
 
 
 def build_spec(max_texts: int, max_text_length: int) -> dict:
@@ -52,17 +61,27 @@ def build_spec(max_texts: int, max_text_length: int) -> dict:
         "summary": "Test-split metrics of the served model", "tags": ["model"],
         "parameters": [{"name": "filter", "in": "query", "required": False, "schema": {"type": "string"},
                         "description": "A part of the report: overall, class, slices, or deeper with dots "
-                                       "(class.mlops).", "example": "overall"}],
-        "responses": {"200": ok, "404": _error("Unknown filter; the valid ones are listed")}}})
+                                       "(class.mlops).", "example": "overall"}, _VERSION_PARAM],
+        "responses": {"200": ok, **_version_errors(),
+                      "404": _error("Unknown filter or version; the valid ones are listed")}}})
     spec.path(path="/args", operations={"get": {"summary": "All training arguments", "tags": ["model"],
-                                                "responses": {"200": ok}}})
+                                                "parameters": [_VERSION_PARAM],
+                                                "responses": {"200": ok, **_version_errors()}}})
     spec.path(path="/args/{arg}", operations={"get": {
         "summary": "One training argument", "tags": ["model"],
         "parameters": [{"name": "arg", "in": "path", "required": True, "schema": {"type": "string"},
-                        "example": "threshold"}],
-        "responses": {"200": ok, "404": _error("Unknown argument")}}})
+                        "example": "threshold"}, _VERSION_PARAM],
+        "responses": {"200": ok, **_version_errors(), "404": _error("Unknown argument or version")}}})
+    spec.path(path="/models", operations={"get": {
+        "summary": "Every model version (newest first), the default, the shadow and its agreement so far",
+        "tags": ["registry"], "responses": {"200": ok}}})
+    spec.path(path="/models/{version}", operations={"get": {
+        "summary": "One version's manifest, args and performance", "tags": ["registry"],
+        "parameters": [{"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+                        "description": "A version, or `default`.", "example": "default"}],
+        "responses": {"200": ok, **_version_errors()}}})
     spec.path(path="/predict", operations={"post": {
-        "summary": "Tag texts", "tags": ["model"],
+        "summary": "Tag texts", "tags": ["model"], "parameters": [_VERSION_PARAM],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": "PredictRequest", "example": _EXAMPLE}}},
         "responses": {
@@ -72,6 +91,7 @@ def build_spec(max_texts: int, max_text_length: int) -> dict:
             "413": _error("Body too large"),
             "415": _error("Not JSON"),
             "422": _error("Invalid body; data.errors gives each field path and message"),
+            **_version_errors(),
             "503": _error("No model loaded, or the worker's queue is full (see Retry-After)"),
             "504": _error("Waited too long in the queue"),
         }}})

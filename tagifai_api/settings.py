@@ -19,7 +19,10 @@ ENV_PREFIX = "TAGIFAI_"
 #: key -> (default, meaning); the README's configuration table is generated from this.
 SETTINGS: dict[str, tuple[object, str]] = {
     "ARTIFACTS_DIR": (str(ROOT / "artifacts"), "Directory of model versions."),
-    "MODEL_VERSION": ("default", "Version to serve; `default` follows `artifacts/DEFAULT`."),
+    "MODEL_VERSION": ("default", "Version to serve by default; `default` follows `artifacts/DEFAULT` (another value pins it, and the registry cannot switch it)."),
+    "MAX_LOADED_VERSIONS": (3, "Most model versions a worker keeps loaded; the least recently used goes first, never the default or the shadow."),
+    "REGISTRY_POLL_S": (1.0, "How often each worker re-reads `artifacts/DEFAULT` and `artifacts/SHADOW`, so a switch reaches it with no signal."),
+    "SHADOW_QUEUE_SIZE": (256, "Most answered /predict requests waiting in a worker for the shadow model; beyond it they are dropped and counted."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),

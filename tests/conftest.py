@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,33 @@ def app(make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def two_versions_template(tmp_path_factory, trained) -> tuple[Path, str, str]:
+    """An artifacts folder with an older default and a newer candidate that tags more texts 'other'
+    (a higher threshold), so the two disagree on some texts."""
+    root = tmp_path_factory.mktemp("two-versions")
+    sha = artifacts.sha256_file(settings.DATA_FILE)
+    first = artifacts.save(root, trained, sha).version
+    strict = dataclasses.replace(trained, args={**trained.args, "threshold": 0.75})
+    second = artifacts.save(root, strict, sha, make_default=False).version
+    return root, first, second
+
+
+@pytest.fixture
+def registry_root(tmp_path, two_versions_template) -> tuple[Path, str, str]:
+    """A private copy of the two-version folder, free to switch and damage: ``(root, default, candidate)``."""
+    template, first, second = two_versions_template
+    root = tmp_path / "artifacts"
+    shutil.copytree(template, root)
+    return root, first, second
+
+
+def copy_version(root: Path, version: str, name: str) -> str:
+    """Another sound version with the same files under a new name (its manifest says so)."""
+    shutil.copytree(root / version, root / name)
+    manifest = json.loads((root / name / artifacts.MANIFEST).read_text())
+    manifest["version"] = name
+    (root / name / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    return name

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -109,19 +108,13 @@ def save(root: Path, result, dataset_sha256: str, make_default: bool = True) -> 
     tmp.chmod(0o755)
     final = root / version
     tmp.rename(final)
+    saved = load(root, version)
     if make_default:
-        set_default(root, version)
-    return load(root, version)
+        from tagifai_api.ml import registry  # it builds on this module
 
-
-def set_default(root: Path, version: str) -> None:
-    """Point ``root/DEFAULT`` at ``version``, atomically."""
-    check_name(version)
-    if not (root / version / MANIFEST).is_file():
-        raise ArtifactError(f"no model version {version!r} in {root}")
-    tmp = root / f".{DEFAULT_POINTER}.tmp"
-    tmp.write_text(version + "\n", encoding="utf-8")
-    os.replace(tmp, root / DEFAULT_POINTER)
+        # the files were just written and load() checked them: no second verification
+        registry.set_default(root, version, verifier=lambda _: None)
+    return saved
 
 
 def default_version(root: Path) -> str:
@@ -220,6 +213,12 @@ def load(root: Path, version: str = "default", *, compiled: bool = True) -> Mode
         labels=meta["labels.json"],
         compiled=model,
     )
+
+
+def verify_files(version: ModelVersion) -> None:
+    """Check every file the manifest lists (the pipeline too, which serving never reads)."""
+    _verified_manifest(version.path, tuple(dict.fromkeys((*JSON_FILES, COMPILED_FILE, PIPELINE_FILE,
+                                                         *version.manifest["files"]))))
 
 
 def load_pipeline(version: ModelVersion):

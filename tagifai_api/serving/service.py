@@ -1,4 +1,10 @@
-"""The model as this worker serves it: loading, warm-up, cache, batching and their failures."""
+"""The model versions this worker serves: loading, warm-up, the default, cache, batching and shadow.
+
+The default and the shadow are whatever ``artifacts/DEFAULT`` and ``artifacts/SHADOW`` say (see
+:mod:`tagifai_api.ml.registry`): a watcher thread re-reads them every ``poll_s`` and loads a new
+default before serving it, so a switch made by any worker or replica reaches this one with no
+signal. Other versions are loaded on first request, at most ``max_loaded`` at a time.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +12,28 @@ import logging
 import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tagifai_api.ml import artifacts
+from tagifai_api.ml import registry
 from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
 from tagifai_api.ml.predict import Predictor
-from tagifai_api.serving.batcher import BatchFailedError, BatchStats, DeadlineError, MicroBatcher
+from tagifai_api.serving.batcher import BatchFailedError, BatchStats, ClosedError, DeadlineError, MicroBatcher
 from tagifai_api.serving.cache import LRUCache
+from tagifai_api.serving.shadow import ShadowObserver, ShadowScorer
 
 log = logging.getLogger(__name__)
 
 _RETRY_LOAD_S = 5.0
 
 
-class ServingObserver(Protocol):
+class ServingObserver(ShadowObserver, Protocol):
     """What the service reports (the web layer implements it with Prometheus metrics)."""
 
-    def batch(self, stats: BatchStats) -> None: ...
+    def batch(self, stats: BatchStats, version: str) -> None: ...
 
     def cache(self, hits: int, misses: int) -> None: ...
 
@@ -32,20 +41,40 @@ class ServingObserver(Protocol):
 
 
 class ModelUnavailableError(Exception):
-    """No model could be loaded; the message says why."""
+    """No default model could be loaded; the message says why."""
+
+
+class Served:
+    """One version loaded in this worker, with its own micro-batcher (batches never mix versions)."""
+
+    __slots__ = ("version", "model", "predictor", "batcher")
+
+    def __init__(self, model: ModelVersion, predictor: Predictor, batcher: MicroBatcher | None) -> None:
+        self.version = model.version
+        self.model = model
+        self.predictor = predictor
+        self.batcher = batcher
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
 
 class ModelService:
-    """Owns this worker's model version, prediction cache and micro-batcher.
+    """Owns this worker's loaded versions, prediction cache, micro-batchers and shadow scorer.
 
     Args:
         artifacts_dir: where model versions live.
-        version: the version to serve, or ``"default"``.
-        batching: use the micro-batcher (else predict in the request thread).
-        max_texts, max_wait_s, queue_size: the batcher's limits.
+        version: ``"default"`` to follow ``artifacts/DEFAULT``, or a version to pin.
+        batching: use micro-batchers (else predict in the request thread).
+        max_texts, max_wait_s, queue_size: each batcher's limits.
         cache_size: LRU entries (0: no cache).
-        observer: told of each model call and of cache look-ups (metrics).
+        observer: told of each model call, cache look-up, default change and shadow outcome.
         predict_hook: wraps the model call (tests inject failures through it).
+        max_loaded: most versions kept loaded; the least recently used goes first, never the
+            default or the shadow.
+        poll_s: how often the watcher re-reads the pointers (0: never; :meth:`refresh` by hand).
+        shadow_queue_size: most requests waiting for the shadow.
     """
 
     def __init__(
@@ -60,110 +89,268 @@ class ModelService:
         cache_size: int = 4096,
         observer: ServingObserver | None = None,
         predict_hook: Callable[[Callable, list], list] | None = None,
+        max_loaded: int = 3,
+        poll_s: float = 1.0,
+        shadow_queue_size: int = 256,
     ) -> None:
         self.artifacts_dir = Path(artifacts_dir)
         self.requested_version = version
-        self.model: ModelVersion | None = None
-        self.predictor: Predictor | None = None
-        self.load_error: str | None = None
-        self.loaded_at: float | None = None
+        self.pinned = None if version == "default" else version
+        self.batching = batching
+        self._batcher_limits = {"max_texts": max_texts, "max_wait_s": max_wait_s, "queue_size": queue_size}
         self.cache = LRUCache(cache_size)
         self._predict_hook = predict_hook
         self.observer = observer
-        self._load_lock = threading.Lock()
-        self._explain_lock = threading.Lock()
+        self.max_loaded = max(1, max_loaded)
+        self.poll_s = poll_s
+        self.default: Served | None = None
+        self.shadow_version: str | None = None
+        self.load_error: str | None = None
+        self.loaded_at: float | None = None
         self._last_attempt = 0.0
-        self.batcher = (
-            MicroBatcher(self._run_model, max_texts=max_texts, max_wait_s=max_wait_s,
-                         queue_size=queue_size,
-                         on_batch=observer.batch if observer is not None else None)
-            if batching
-            else None
-        )
+        self._last_failure: str | None = None
+        self._closed = False
+        self._loaded: OrderedDict[str, Served] = OrderedDict()
+        self.shadow = ShadowScorer(lambda v: self.get(v).predictor, observer, shadow_queue_size, max_texts)
+        self._reset()
+        after_fork = weakref.WeakMethod(self._reset)
+        os.register_at_fork(after_in_child=lambda: (reset := after_fork()) is not None and reset())
         self.try_load()
 
-    def try_load(self) -> bool:
-        """Load and warm up the model; on failure remember why (and retry later, rate-limited)."""
-        with self._load_lock:
-            if self.predictor is not None:
-                return True
-            self._last_attempt = time.monotonic()
-            try:
-                model = artifacts.load(self.artifacts_dir, self.requested_version)
-                predictor = Predictor(model)
-                predictor.predict(["warm-up: a real prediction before the first request"])
-            except ArtifactError as exc:
-                self.load_error = str(exc)
-                log.error("model not loaded: %s", exc)
-                return False
-            except Exception as exc:  # noqa: BLE001 - a broken model must leave the worker up, answering 503
-                self.load_error = f"{type(exc).__name__}: {exc}"
-                log.exception("model not loaded")
-                return False
-            self.model, self.predictor = model, predictor
-            self.loaded_at = time.time()
-            self.load_error = None
-            log.info("model %s loaded in pid %d", model.version, os.getpid())
-            if self.observer is not None:
-                self.observer.model_loaded_now(model.version, self.loaded_at)
-            return True
+    def _reset(self) -> None:
+        """Fresh locks and watcher: nothing is inherited across a fork."""
+        self._lock = threading.Lock()  # guards _loaded and _failures
+        self._explain_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self._failures: dict[str, tuple[float, ArtifactError]] = {}
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.poll_s > 0 and not self._closed:
+            self._watcher = threading.Thread(target=self._watch, name="tagifai-registry-watcher", daemon=True)
+            self._watcher.start()
+
+    # the default version, as the single-version code before it knew them
+    @property
+    def model(self) -> ModelVersion | None:
+        return self.default.model if self.default is not None else None
+
+    @property
+    def predictor(self) -> Predictor | None:
+        return self.default.predictor if self.default is not None else None
+
+    @property
+    def batcher(self) -> MicroBatcher | None:
+        return self.default.batcher if self.default is not None else None
 
     @property
     def ready(self) -> bool:
-        """True once a model is loaded and has answered a warm-up prediction."""
-        return self.predictor is not None
+        """True once a default is loaded and has answered a warm-up prediction."""
+        return self.default is not None
+
+    def loaded_versions(self) -> list[str]:
+        """Versions loaded in this worker, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def try_load(self) -> bool:
+        """Load the default now; on failure remember why (and retry later, rate-limited)."""
+        self._last_attempt = time.monotonic()
+        self.refresh()
+        return self.ready
 
     def maybe_reload(self) -> None:
-        """Retry a failed load, at most every few seconds (a model may be trained after start)."""
-        if self.predictor is None and time.monotonic() - self._last_attempt >= _RETRY_LOAD_S:
+        """Retry a failed default load, at most every few seconds (a model may be trained after start)."""
+        if self.default is None and time.monotonic() - self._last_attempt >= _RETRY_LOAD_S:
             self.try_load()
 
     def require_model(self) -> Predictor:
-        """The predictor, or :class:`ModelUnavailableError` (after a rate-limited reload attempt)."""
-        self.maybe_reload()
-        if self.predictor is None:
-            raise ModelUnavailableError(self.load_error or "the model is not loaded")
-        return self.predictor
+        """The default's predictor, or :class:`ModelUnavailableError`."""
+        return self.get().predictor
 
-    def _run_model(self, cleaned: list[str]) -> list[dict]:
-        predictor = self.predictor
+    def refresh(self) -> None:
+        """Follow ``DEFAULT`` and ``SHADOW``: load a new default before serving it; note the shadow."""
+        with self._refresh_lock:
+            try:
+                default, shadow = registry.pointers(self.artifacts_dir)
+                name = self.pinned or default or registry.default_version(self.artifacts_dir)
+            except ArtifactError as exc:
+                self._default_failed(exc)
+                return
+            if shadow != self.shadow_version:
+                log.info("shadow model %s (was %s) in pid %d", shadow, self.shadow_version, os.getpid())
+                self.shadow_version = shadow
+            if self.default is not None and self.default.version == name:
+                return
+            try:
+                served = self._load(name)
+            except Exception as exc:  # noqa: BLE001 - _load made it an ArtifactError; anything else is a bug
+                self._default_failed(exc)
+                return
+            previous, self.default = self.default, served
+            self.load_error = None
+            self.loaded_at = time.time()
+            log.info("default model %s (was %s) in pid %d", name, previous and previous.version, os.getpid())
+            if self.observer is not None:
+                self.observer.model_loaded_now(name, self.loaded_at)
+
+    def _default_failed(self, exc: Exception) -> None:
+        message = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        if self.default is None:
+            self.load_error = message
+        if message != self._last_failure:  # once per distinct failure, not per poll
+            self._last_failure = message
+            log.error("default model not loaded%s: %s",
+                      f" (still serving {self.default.version})" if self.default else "", message)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any surprise
+                log.exception("reading the registry failed")
+
+    def get(self, version: str | None = None) -> Served:
+        """A loaded version (``None`` or ``"default"``: the default), loading it on first use.
+
+        Raises:
+            ModelUnavailableError: no default is loaded.
+            registry.UnknownVersionError: no such version exists.
+            ArtifactError: it exists but cannot be loaded; the message says why.
+        """
+        if version is None or version == "default":
+            served = self.default
+            if served is None:
+                self.maybe_reload()
+                served = self.default
+                if served is None:
+                    raise ModelUnavailableError(self.load_error or "the model is not loaded")
+            return served
+        with self._lock:
+            served = self._loaded.get(version)
+            if served is not None:
+                self._loaded.move_to_end(version)
+                return served
+        return self._load(version)
+
+    def verify(self, version: str) -> Served:
+        """Check ``version``'s files and warm it up now, even when it is loaded; keep it loaded."""
+        model, predictor = self._verified(version)
+        with self._lock:
+            served = self._loaded.get(version)
+        return served or self._install(model, predictor)
+
+    def _verified(self, version: str) -> tuple[ModelVersion, Predictor]:
+        try:
+            return registry.verify(self.artifacts_dir, version)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a permission error: the version cannot be served
+            raise ArtifactError(f"{self.artifacts_dir / version}: {type(exc).__name__}: {exc}") from None
+
+    def _load(self, version: str) -> Served:
+        registry.require_known(self.artifacts_dir, version)
+        with self._lock:
+            lock = self._loading.setdefault(version, threading.Lock())
+        with lock:  # one load per version at a time; the others wait for it
+            with self._lock:
+                served = self._loaded.get(version)
+                if served is not None:
+                    return served
+                failed = self._failures.get(version)
+                if failed is not None and time.monotonic() - failed[0] < _RETRY_LOAD_S:
+                    raise failed[1]
+            try:
+                model, predictor = self._verified(version)
+            except ArtifactError as exc:
+                with self._lock:
+                    self._failures[version] = (time.monotonic(), exc)
+                raise
+            return self._install(model, predictor)
+
+    def _install(self, model: ModelVersion, predictor: Predictor) -> Served:
+        name = model.version
+        batcher = None
+        if self.batching:
+            on_batch = None
+            if self.observer is not None:
+                observer = self.observer
+
+                def on_batch(stats: BatchStats) -> None:
+                    observer.batch(stats, name)
+
+            batcher = MicroBatcher(lambda cleaned: self._run_model(predictor, cleaned), on_batch=on_batch,
+                                   **self._batcher_limits)
+        served = Served(model, predictor, batcher)
+        with self._lock:
+            self._failures.pop(name, None)
+            self._loaded[name] = served
+            evicted = self._evict(keep=name)
+        for old in evicted:
+            old.close()
+            log.info("model %s unloaded in pid %d", old.version, os.getpid())
+        log.info("model %s loaded in pid %d", name, os.getpid())
+        return served
+
+    def _evict(self, keep: str) -> list[Served]:
+        """Least recently used versions beyond ``max_loaded``, never the default, the shadow or ``keep``."""
+        pinned = {keep, self.shadow_version, self.default.version if self.default is not None else None}
+        evicted = []
+        for name in list(self._loaded):
+            if len(self._loaded) <= self.max_loaded:
+                break
+            if name not in pinned:
+                evicted.append(self._loaded.pop(name))
+        return evicted
+
+    def _run_model(self, predictor: Predictor, cleaned: list[str]) -> list[dict]:
         if self._predict_hook is not None:
             return self._predict_hook(predictor.predict_clean, cleaned)
         return predictor.predict_clean(cleaned)
 
-    def predict(self, texts: Sequence[str], timeout_s: float, arrival=None) -> list[dict]:
+    def predict(self, texts: Sequence[str], timeout_s: float, arrival=None, served: Served | None = None) -> list[dict]:
         """Predictions for raw texts, in order: cache first, then one model call for the rest.
 
         Args:
             texts: raw texts.
             timeout_s: how long the texts may wait in the batcher's queue.
-            arrival: the ``batcher.arriving()`` context the request announced itself with.
+            arrival: the ``served.batcher.arriving()`` context the request announced itself with.
+            served: the version to use (default: the default).
         """
-        predictor = self.require_model()
-        version = predictor.version
+        if served is None:
+            served = self.get()
+        predictor = served.predictor
+        version = served.version
         cleaned = [predictor.clean(t) for t in texts]
         results: list[dict | None] = [self.cache.get((version, c)) for c in cleaned]
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             todo = [cleaned[i] for i in missing]
-            if self.batcher is None:
+            if served.batcher is None:
                 start = time.monotonic()
-                fresh = self._run_model(todo)
+                fresh = self._run_model(predictor, todo)
                 if self.observer is not None:
                     self.observer.batch(BatchStats(texts=len(todo), jobs=1, queue_wait=[0.0],
-                                                   seconds=time.monotonic() - start, expired=0))
-            elif arrival is not None:
-                fresh = arrival.submit(todo, timeout_s)
+                                                   seconds=time.monotonic() - start, expired=0), version)
             else:
-                fresh = self.batcher.submit(todo, timeout_s)
+                try:
+                    fresh = arrival.submit(todo, timeout_s) if arrival is not None else served.batcher.submit(todo, timeout_s)
+                except ClosedError:
+                    if self._closed:
+                        raise
+                    # evicted between the look-up and the submit: load it again
+                    fresh = self.get(version).batcher.submit(todo, timeout_s)
             for i, r in zip(missing, fresh):
                 results[i] = r
                 self.cache.put((version, cleaned[i]), r)
         if self.observer is not None and self.cache.maxsize:
             self.observer.cache(len(texts) - len(missing), len(missing))
+        shadow = self.shadow_version
+        if shadow is not None and shadow != version:
+            self.shadow.submit(version, shadow, texts, results)
         return results  # type: ignore[return-value]
 
-    def explain(self, texts: Sequence[str], timeout_s: float) -> list[dict]:
+    def explain(self, texts: Sequence[str], timeout_s: float, served: Served | None = None) -> list[dict]:
         """Predictions for raw texts with their exact explanations (see :mod:`tagifai_api.ml.explain`).
 
         An explanation is two to three times the work of a prediction and is never the same for
@@ -177,7 +364,7 @@ class ModelService:
             DeadlineError: another explained request held the worker for ``timeout_s``.
             BatchFailedError: the explainer failed (the original is ``__cause__``).
         """
-        predictor = self.require_model()
+        predictor = (served or self.get()).predictor
         if not self._explain_lock.acquire(timeout=timeout_s):
             raise DeadlineError(f"no explanation slot within {timeout_s * 1000:.0f} ms")
         try:
@@ -191,6 +378,11 @@ class ModelService:
             self._explain_lock.release()
 
     def close(self) -> None:
-        """Finish queued work and stop the batching thread."""
-        if self.batcher is not None:
-            self.batcher.close()
+        """Stop the watcher, finish queued work and stop every batching and shadow thread."""
+        self._closed = True
+        self._stop.set()
+        self.shadow.close()
+        with self._lock:
+            loaded = list(self._loaded.values())
+        for served in loaded:
+            served.close()

@@ -9,8 +9,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from tagifai_api import errors
 from tagifai_api.responses import construct_response
 from tagifai_api.serving import batcher
-from tagifai_api.serving.context import get_service
-from tagifai_api.serving.service import ModelUnavailableError
+from tagifai_api.serving.context import get_service, requested
 
 bp = Blueprint("predict", __name__)
 
@@ -30,12 +29,14 @@ def _read_body() -> None:
 
 @bp.post("/predict")
 def predict():
-    """Tag each of ``{"texts": [{"text": ...}, ...], "explain": false}``, in order."""
+    """Tag each of ``{"texts": [{"text": ...}, ...], "explain": false}``, in order, with the default
+    version or ``?version=``."""
     service = get_service()
     _read_body()
+    served = requested()
     # announce the request once its body is here, before parsing it, so that a batch being formed
     # waits for its texts (but never for a client that is still sending)
-    with service.batcher.arriving() if service.batcher is not None else nullcontext() as arrival:
+    with served.batcher.arriving() if served.batcher is not None else nullcontext() as arrival:
         body = current_app.extensions["tagifai_predict_schema"].load(request.get_json())
         texts = [item["text"] for item in body["texts"]]
         g.texts = len(texts)
@@ -44,21 +45,19 @@ def predict():
             if body["explain"]:  # outside the micro-batcher: see ModelService.explain
                 if arrival is not None:
                     arrival.withdraw()
-                results = service.explain(texts, timeout_s)
+                results = service.explain(texts, timeout_s, served)
             else:
-                results = service.predict(texts, timeout_s, arrival)
-        except ModelUnavailableError as exc:
-            raise errors.ModelNotReadyError(f"The model is not loaded: {exc}") from None
+                results = service.predict(texts, timeout_s, arrival, served)
         except batcher.QueueFullError:
             raise errors.OverloadedError(headers=_RETRY_AFTER) from None
         except batcher.DeadlineError:
             raise errors.DeadlineExceededError() from None
         except (batcher.BatchFailedError, batcher.ClosedError) as exc:
             raise errors.InferenceError() from exc
-    version = service.model.version
+    version = served.version
     g.model_version = version
     metrics = current_app.extensions.get("tagifai_metrics")
     if metrics is not None:
-        metrics.request(texts, results)
+        metrics.request(texts, results, version)
     predictions = [{"input_text": text, **result} for text, result in zip(texts, results)]
     return construct_response(HTTPStatus.OK, data={"model_version": version, "predictions": predictions})

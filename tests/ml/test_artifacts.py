@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tagifai_api import settings
-from tagifai_api.ml import artifacts
+from tagifai_api.ml import artifacts, registry
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.ml.predict import Predictor
 
@@ -47,7 +47,7 @@ def test_new_version_becomes_default_and_old_ones_stay(root, trained):
     assert second != first
     assert artifacts.list_versions(root) == sorted([first, second])
     assert artifacts.default_version(root) == second
-    artifacts.set_default(root, first)
+    registry.set_default(root, first)
     assert artifacts.load(root).version == first
 
 

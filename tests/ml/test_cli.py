@@ -66,3 +66,29 @@ def test_predict_explain_prints_exact_explanations(artifacts_dir):
     assert [w["text"] for w in e["words"] if w["dropped"]] == ["with", "for", "."]
     plain = json.loads(_run("--artifacts", str(artifacts_dir), "predict", text).output)["predictions"][0]
     assert "explanation" not in plain
+
+
+def test_set_default_and_rollback_go_through_the_registry(registry_root):
+    root, first, second = registry_root
+    switched = _run("--artifacts", str(root), "set-default", second)
+    assert switched.exit_code == 0, switched.output
+    assert json.loads(switched.output) == {"previous": first, "default": second}
+    assert f"* {second}" in _run("--artifacts", str(root), "versions").output
+    back = _run("--artifacts", str(root), "rollback")
+    assert json.loads(back.output) == {"previous": second, "default": first}
+
+
+def test_refused_switches_are_one_line_and_exit_2(registry_root):
+    import subprocess
+    import sys
+
+    root, first, second = registry_root
+    (root / second / "model.npz").write_bytes(b"damaged")
+    for args, message in ((["set-default", second], "does not match its sha256"),
+                          (["set-default", "nope"], "unknown model version 'nope'"),
+                          (["rollback"], "history is empty")):
+        proc = subprocess.run([sys.executable, "-m", "tagifai_api", "--artifacts", str(root), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc
+        assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
+    assert (root / "DEFAULT").read_text().strip() == first

@@ -7,7 +7,7 @@ class Recorder:
     def __init__(self):
         self.batches, self.caches, self.loaded = [], [], []
 
-    def batch(self, stats):
+    def batch(self, stats, version):
         self.batches.append(stats)
 
     def cache(self, hits, misses):
@@ -51,7 +51,7 @@ def test_any_load_failure_leaves_the_service_up_and_unready(artifacts_dir, monke
     def broken(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("tagifai_api.serving.service.artifacts.load", broken)
+    monkeypatch.setattr("tagifai_api.ml.artifacts.load", broken)
     s = ModelService(artifacts_dir, batching=False)
     try:
         assert not s.ready

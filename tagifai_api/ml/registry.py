@@ -1,0 +1,292 @@
+"""The model registry's state on disk: which versions exist and are sound, the default with its
+history, and the shadow. Plain Python: the CLI and every web worker go through these functions.
+
+The state lives in the artifacts directory, never in a process, so every worker of every replica
+sharing that directory (a shared volume) sees the same thing:
+
+- ``DEFAULT``: the version new requests get, one line, replaced atomically (``os.replace``).
+- ``DEFAULT.history.json``: the defaults it replaced, newest last; a rollback pops it.
+- ``SHADOW``: the version that also scores live traffic, absent when there is none.
+- ``.registry.lock``: writers take it (``flock``), so two replicas switching at once cannot lose a
+  history entry.
+
+Readers never take the lock: each file is replaced whole, so a reader sees the old or the new one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tagifai_api.ml import artifacts
+from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
+from tagifai_api.ml.predict import Predictor
+
+HISTORY_FILE = "DEFAULT.history.json"
+SHADOW_POINTER = "SHADOW"
+LOCK_FILE = ".registry.lock"
+#: older entries are dropped: a rollback goes back at most this far
+HISTORY_LIMIT = 50
+WARM_UP_TEXT = "warm-up: transfer learning with transformers for text classification"
+
+
+class UnknownVersionError(ArtifactError):
+    """No version of that name exists under the artifacts directory."""
+
+    def __init__(self, version: str, valid: list[str]) -> None:
+        self.version = version
+        self.valid = valid
+        super().__init__(f"unknown model version {version!r}; valid versions: {', '.join(valid) or 'none'}")
+
+
+class RegistryConflictError(ArtifactError):
+    """The registry cannot do that in its current state (no history to roll back to)."""
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    fd = os.open(root / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())  # the rename must not reach the disk before the data
+    os.replace(tmp, path)
+
+
+def _read_pointer(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path} ({exc})") from None
+    return artifacts.check_name(text) if text else None
+
+
+def default_version(root: Path) -> str:
+    """The version ``DEFAULT`` names (an :class:`ArtifactError` when there is none)."""
+    return artifacts.default_version(Path(root))
+
+
+def shadow_version(root: Path) -> str | None:
+    """The version ``SHADOW`` names, or ``None``."""
+    return _read_pointer(Path(root) / SHADOW_POINTER)
+
+
+def pointers(root: Path) -> tuple[str | None, str | None]:
+    """``(default, shadow)`` as the files say now; what every worker polls."""
+    root = Path(root)
+    return _read_pointer(root / artifacts.DEFAULT_POINTER), _read_pointer(root / SHADOW_POINTER)
+
+
+def history(root: Path) -> list[dict]:
+    """Earlier defaults, newest last: ``{"version", "replaced_at"}`` each."""
+    try:
+        entries = json.loads((Path(root) / HISTORY_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {Path(root) / HISTORY_FILE} ({exc})") from None
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("version"), str)]
+
+
+def _write_history(root: Path, entries: list[dict]) -> None:
+    _replace(root / HISTORY_FILE, json.dumps(entries[-HISTORY_LIMIT:], indent=1) + "\n")
+
+
+def require_known(root: Path, version: str) -> str:
+    """``version`` if a directory of that name with a manifest exists, else :class:`UnknownVersionError`."""
+    root = Path(root)
+    try:
+        artifacts.check_name(version)
+        known = (root / version / artifacts.MANIFEST).is_file()
+    except ArtifactError:
+        known = False
+    if not known:
+        raise UnknownVersionError(version, [v["version"] for v in describe_all(root) if v["valid"]])
+    return version
+
+
+def verify(root: Path, version: str) -> tuple[ModelVersion, Predictor]:
+    """Check every file of ``version`` against its sha256, load it and make one warm-up prediction.
+
+    Raises:
+        UnknownVersionError: there is no such version.
+        ArtifactError: it exists but cannot be served; the message says why.
+    """
+    root = Path(root)
+    require_known(root, version)
+    model = artifacts.load(root, version)
+    artifacts.verify_files(model)
+    try:
+        predictor = Predictor(model)
+        predictor.predict([WARM_UP_TEXT])
+    except Exception as exc:  # noqa: BLE001 - whatever breaks the warm-up makes the version unservable
+        raise ArtifactError(f"{model.path}: the warm-up prediction failed ({type(exc).__name__}: {exc})") from None
+    return model, predictor
+
+
+Verifier = Callable[[str], object]
+
+
+def _default_verifier(root: Path) -> Verifier:
+    return lambda version: verify(root, version)
+
+
+def set_default(root: Path, version: str, verifier: Verifier | None = None) -> tuple[str | None, str]:
+    """Verify ``version``, then make it the default, keeping the one it replaces in the history.
+
+    Args:
+        verifier: called with the version before anything changes, and must raise
+            :class:`ArtifactError` to refuse it (default: :func:`verify`). A web worker passes
+            one that also keeps the loaded version, so the check is not wasted.
+
+    Returns:
+        ``(previous, new)`` defaults; they are equal when ``version`` already was the default.
+    """
+    root = Path(root)
+    (verifier or _default_verifier(root))(version)
+    with _locked(root):
+        previous = _read_pointer(root / artifacts.DEFAULT_POINTER)
+        if previous == version:
+            return previous, version
+        if previous is not None:
+            entries = history(root)
+            entries.append({"version": previous, "replaced_at": _now()})
+            _write_history(root, entries)
+        _replace(root / artifacts.DEFAULT_POINTER, version + "\n")
+    return previous, version
+
+
+def rollback(root: Path, verifier: Verifier | None = None) -> tuple[str | None, str]:
+    """Make the latest earlier default the default again (verified first), dropping it from the history.
+
+    Raises:
+        RegistryConflictError: there is no earlier default.
+        ArtifactError: the earlier default fails verification; nothing changes.
+    """
+    root = Path(root)
+    with _locked(root):
+        current = _read_pointer(root / artifacts.DEFAULT_POINTER)
+        entries = history(root)
+        while entries and entries[-1]["version"] == current:  # a switch interrupted after the history write
+            entries.pop()
+        if not entries:
+            raise RegistryConflictError("no earlier default to roll back to: the history is empty")
+        target = entries[-1]["version"]
+        (verifier or _default_verifier(root))(target)
+        entries.pop()
+        _write_history(root, entries)
+        _replace(root / artifacts.DEFAULT_POINTER, target + "\n")
+    return current, target
+
+
+def set_shadow(root: Path, version: str, verifier: Verifier | None = None) -> str | None:
+    """Verify ``version`` and make it the shadow; returns the shadow it replaced."""
+    root = Path(root)
+    (verifier or _default_verifier(root))(version)
+    with _locked(root):
+        previous = shadow_version(root)
+        _replace(root / SHADOW_POINTER, version + "\n")
+    return previous
+
+
+def clear_shadow(root: Path) -> str | None:
+    """Stop shadow scoring; returns the shadow it removed (``None`` when there was none)."""
+    root = Path(root)
+    with _locked(root):
+        previous = shadow_version(root)
+        try:
+            (root / SHADOW_POINTER).unlink()
+        except FileNotFoundError:
+            pass
+    return previous
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# validity of each version, remembered while none of its files changes (hashing them is the cost)
+_checked: dict[Path, tuple[tuple, dict]] = {}
+_checked_lock = threading.Lock()
+
+
+def _signature(path: Path) -> tuple:
+    out = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        st = entry.stat()
+        out.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def _summary(root: Path, version: str) -> dict:
+    """A version's listing entry: its metadata when sound, else ``valid: false`` and the reason."""
+    path = root / version
+    try:
+        signature = _signature(path)
+    except OSError as exc:
+        return {"version": version, "valid": False, "reason": f"cannot read {path} ({exc.strerror or exc})"}
+    with _checked_lock:
+        cached = _checked.get(path)
+    if cached is not None and cached[0] == signature:
+        return dict(cached[1])
+    try:
+        model = artifacts.load(root, version, compiled=False)
+        artifacts.verify_files(model)
+    except ArtifactError as exc:
+        entry = {"version": version, "valid": False, "reason": str(exc)}
+        try:
+            entry["created_at"] = json.loads((path / artifacts.MANIFEST).read_text(encoding="utf-8"))["created_at"]
+        except Exception:  # noqa: BLE001 - best effort: the reason already says what is wrong
+            pass
+    else:
+        manifest, overall = model.manifest, model.performance.get("overall", {})
+        entry = {
+            "version": version,
+            "valid": True,
+            "created_at": manifest.get("created_at"),
+            "metrics": {k: overall.get(k) for k in ("f1", "precision", "recall")},
+            "sklearn_version": manifest.get("sklearn_version"),
+            "numpy_version": manifest.get("numpy_version"),
+            "dataset_sha256": manifest.get("dataset_sha256"),
+        }
+    with _checked_lock:
+        _checked[path] = (signature, entry)
+    return dict(entry)
+
+
+def describe_all(root: Path) -> list[dict]:
+    """Every version under ``root``, newest first (names sort by creation time), sound or not."""
+    root = Path(root)
+    return [_summary(root, v) for v in reversed(artifacts.list_versions(root))]
+
+
+def describe(root: Path, version: str) -> dict:
+    """One sound version in full: its listing entry, manifest, args and performance.
+
+    Raises:
+        UnknownVersionError, ArtifactError: as :func:`verify` (without the warm-up).
+    """
+    root = Path(root)
+    require_known(root, version)
+    model = artifacts.load(root, version, compiled=False)
+    artifacts.verify_files(model)
+    return {**_summary(root, version), "manifest": model.manifest, "args": model.args,
+            "performance": model.performance, "labels": model.labels}

@@ -1,0 +1,221 @@
+"""Several versions in one worker: loaded on first use, LRU-bounded, each with its own batches; the
+default followed from disk; the shadow scored off the request's path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tagifai_api.ml import registry
+from tagifai_api.ml.artifacts import ArtifactError
+from tagifai_api.serving.service import ModelService
+from tests.conftest import copy_version
+
+
+class Recorder:
+    def __init__(self):
+        self.batches, self.loaded, self.shadows, self.dropped = [], [], [], []
+
+    def batch(self, stats, version):
+        self.batches.append((version, stats.texts))
+
+    def cache(self, hits, misses):
+        pass
+
+    def model_loaded_now(self, version, loaded_at):
+        self.loaded.append(version)
+
+    def shadow(self, model_version, shadow_version, agree, disagree):
+        self.shadows.append((model_version, shadow_version, agree, disagree))
+
+    def shadow_dropped(self, shadow_version, reason, count):
+        self.dropped.append((shadow_version, reason, count))
+
+
+@pytest.fixture
+def service_factory():
+    services = []
+
+    def make(root, **kwargs):
+        kwargs.setdefault("cache_size", 0)
+        kwargs.setdefault("poll_s", 0)
+        s = ModelService(root, **kwargs)
+        services.append(s)
+        return s
+
+    yield make
+    for s in services:
+        s.close()
+
+
+def wait_for(condition, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_versions_load_on_first_use_and_the_least_recently_used_goes_first(registry_root, service_factory):
+    root, first, second = registry_root
+    third = copy_version(root, second, "v29990101T000000000000Z")
+    fourth = copy_version(root, second, "v29990102T000000000000Z")
+    s = service_factory(root, max_loaded=3)
+    assert s.loaded_versions() == [first]
+    for v in (second, third):
+        assert s.predict(["YOLO"], 5.0, served=s.get(v))
+    assert s.loaded_versions() == [first, second, third]
+    s.get(second)  # used again: now the most recent
+    evicted_batcher = s.get(third).batcher
+    s.get(second)
+    s.get(fourth)
+    assert s.loaded_versions() == [first, second, fourth]  # third went; the default stays though oldest
+    assert evicted_batcher._closed
+    assert s.get() is s.default and s.default.version == first
+
+
+def test_an_evicted_version_still_answers_a_request_that_picked_it_up(registry_root, service_factory):
+    root, first, second = registry_root
+    third = copy_version(root, second, "v29990101T000000000000Z")
+    s = service_factory(root, max_loaded=2)
+    picked = s.get(second)
+    s.get(third)  # evicts second and closes its batcher
+    assert second not in s.loaded_versions()
+    (answer,) = s.predict(["YOLO"], 5.0, served=picked)
+    assert answer == picked.predictor.predict(["YOLO"])[0]
+    assert second in s.loaded_versions()  # loaded again for it
+
+
+def test_batches_never_mix_versions(registry_root, service_factory):
+    root, first, second = registry_root
+    calls = []
+
+    def hook(fn, cleaned):
+        calls.append((fn.__self__.version, list(cleaned)))
+        time.sleep(0.002)  # let requests pile up into batches
+        return fn(cleaned)
+
+    s = service_factory(root, predict_hook=hook, max_wait_s=0.005)
+    sent = {}
+
+    def client(i):
+        version = (first, second)[i % 2]
+        text = f"project {i} about {'images' if i % 2 else 'language'}"
+        served = s.get(version)
+        sent[served.predictor.clean(text)] = version
+        with served.batcher.arriving() as arrival:
+            return s.predict([text], 5.0, arrival, served)
+
+    with ThreadPoolExecutor(16) as pool:
+        assert all(len(r) == 1 for r in pool.map(client, range(200)))
+    assert any(len(texts) > 1 for _, texts in calls), "no batch formed"
+    for version, texts in calls:
+        assert {sent[t] for t in texts if t in sent} <= {version}
+
+
+def test_the_default_is_followed_from_disk_and_a_bad_one_is_not_served(registry_root, service_factory, caplog):
+    root, first, second = registry_root
+    obs = Recorder()
+    s = service_factory(root, poll_s=0.02, observer=obs)
+    registry.set_default(root, second)
+    wait_for(lambda: s.default.version == second)
+    assert obs.loaded == [first, second]
+    # a pointer edited by hand to a damaged version: the worker keeps serving the last good default
+    damaged = copy_version(root, first, "v29990101T000000000000Z")
+    (root / damaged / "model.npz").write_bytes(b"x")
+    (root / "DEFAULT").write_text(damaged + "\n")
+    wait_for(lambda: "default model not loaded (still serving" in caplog.text)
+    assert s.get().version == second and s.ready
+    with pytest.raises(ArtifactError, match="does not match"):
+        s.get(damaged)
+
+
+def test_a_pinned_version_ignores_the_pointer(registry_root, service_factory):
+    root, first, second = registry_root
+    s = service_factory(root, version=second)
+    registry.set_default(root, first)
+    s.refresh()
+    assert s.default.version == second and s.pinned == second
+
+
+def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, service_factory):
+    root, first, second = registry_root
+    obs = Recorder()
+    slow = threading.Event()
+
+    def hook(fn, cleaned):
+        if fn.__self__.version == second:
+            slow.wait(5)  # the shadow is slow: the client must not notice
+        return fn(cleaned)
+
+    s = service_factory(root, observer=obs, predict_hook=hook, batching=False)
+    registry.set_shadow(root, second)
+    s.refresh()
+    assert s.shadow_version == second
+    texts = ["YOLO object detection", "a project", "BERT for question answering", "things"]
+    started = time.monotonic()
+    s.predict(texts, 5.0)
+    assert time.monotonic() - started < 1.0
+    slow.set()
+    wait_for(lambda: obs.shadows)
+    (model_version, shadow_version, agree, disagree), = obs.shadows
+    assert (model_version, shadow_version) == (first, second)
+    assert agree + disagree == len(texts)
+    # the shadow (threshold 0.75) calls the vague texts 'other'; the default does not
+    served = [r["predicted_tag"] for r in s.predict(texts, 5.0, served=s.get(first))]
+    shadow = [r["predicted_tag"] for r in s.get(second).predictor.predict(texts)]
+    assert disagree == sum(a != b for a, b in zip(served, shadow)) > 0
+    assert second in s.loaded_versions()
+
+
+def test_a_full_shadow_queue_drops_and_counts(registry_root, service_factory):
+    root, first, second = registry_root
+    obs = Recorder()
+    gate = threading.Event()
+    s = service_factory(root, observer=obs, batching=False, shadow_queue_size=2)
+    s.shadow.get_predictor = lambda v: _Gated(s.get(v).predictor, gate)
+    registry.set_shadow(root, second)
+    s.refresh()
+    for i in range(10):
+        s.predict([f"text {i}"], 5.0)
+    gate.set()
+    wait_for(lambda: s.shadow.idle() and sum(a + d for *_, a, d in obs.shadows) + s.shadow.dropped >= 10)
+    dropped = sum(c for _, reason, c in obs.dropped if reason == "queue_full")
+    # the thread holds at most one drained batch (at most 1 + 2 requests) while 2 more wait
+    assert dropped >= 5 and s.shadow.dropped == dropped
+    assert sum(a + d for *_, a, d in obs.shadows) == 10 - dropped
+
+
+class _Gated:
+    def __init__(self, predictor, gate):
+        self._predictor, self._gate = predictor, gate
+
+    def predict(self, texts):
+        self._gate.wait(5)
+        return self._predictor.predict(texts)
+
+
+def test_a_broken_shadow_is_counted_and_never_touches_the_answer(registry_root, service_factory):
+    root, first, second = registry_root
+    obs = Recorder()
+    s = service_factory(root, observer=obs, batching=False)
+    registry.set_shadow(root, second)
+    s.refresh()
+    (root / second / "model.npz").write_bytes(b"damaged after it was set")
+    s._loaded.pop(second, None)  # as if evicted: the next use loads it again, and fails
+    assert s.predict(["YOLO"], 5.0)[0]["predicted_tag"] == "computer-vision"
+    wait_for(lambda: obs.dropped)
+    assert obs.dropped == [(second, "error", 1)]
+
+
+def test_requests_of_the_shadow_version_itself_are_not_shadowed(registry_root, service_factory):
+    root, first, second = registry_root
+    obs = Recorder()
+    s = service_factory(root, observer=obs, batching=False)
+    registry.set_shadow(root, second)
+    s.refresh()
+    s.predict(["YOLO"], 5.0, served=s.get(second))
+    time.sleep(0.1)
+    assert obs.shadows == [] and s.shadow.scored == 0
