@@ -1,0 +1,191 @@
+"""The registry under real Gunicorn: a switch, a rollback and the shadow reach every worker (and every
+instance sharing the artifacts directory) with no signal, and a switch under load fails no request."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tagifai_api.ml import registry
+from tests.integration import servers
+
+pytestmark = pytest.mark.integration
+
+TEXT = {"texts": [{"text": "Transfer learning with transformers for text classification."}]}
+SWITCH_DEADLINE_S = 5.0
+
+
+def workers(server: servers.Server) -> set[int]:
+    return {p.pid for p in psutil.Process(server.proc.pid).children()}
+
+
+def every_worker_serves(server: servers.Server, version: str, since: float,
+                        timeout_s: float = 2 * SWITCH_DEADLINE_S) -> float:
+    """Seconds from ``since`` until each worker has answered /health/ready with ``version`` (new
+    connections, so the kernel hands them to both workers)."""
+    pids = workers(server)
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while set(seen) != pids:
+        assert time.monotonic() < deadline, f"workers {pids - set(seen)} still not on {version} after {timeout_s}s"
+        data = requests.get(f"{server.url}/health/ready", headers={"Connection": "close"}, timeout=5).json()["data"]
+        if data["model_version"] == version:
+            seen.setdefault(data["pid"], time.monotonic() - since)
+        time.sleep(0.01)
+    return max(seen.values())
+
+
+def cli(root: Path, *args: str) -> dict:
+    """``python -m tagifai_api`` as an operator would run it on any host sharing the directory."""
+    proc = subprocess.run([sys.executable, "-m", "tagifai_api", "--artifacts", str(root), *args],
+                          capture_output=True, text=True, timeout=60, cwd=servers.ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_root, tmp_path):
+    root, first, second = registry_root
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    with servers.gunicorn(root, workers=2, env=env) as server:
+        assert len(workers(server)) == 2
+        start = time.monotonic()
+        assert cli(root, "set-default", second) == {"previous": first, "default": second}
+        assert every_worker_serves(server, second, start) < SWITCH_DEADLINE_S
+        r = requests.post(f"{server.url}/predict", json=TEXT, timeout=10).json()
+        assert r["data"]["model_version"] == second
+        start = time.monotonic()
+        assert cli(root, "rollback") == {"previous": second, "default": first}
+        assert every_worker_serves(server, first, start) < SWITCH_DEADLINE_S
+        cli(root, "set-default", second)
+    with servers.gunicorn(root, workers=2, env=env) as server:  # the choice is the pointer on disk
+        for _ in range(10):
+            data = requests.get(f"{server.url}/health/ready", headers={"Connection": "close"}, timeout=5).json()
+            assert data["data"]["model_version"] == second
+
+
+def test_two_instances_sharing_one_directory_follow_the_same_default(registry_root, tmp_path):
+    root, first, second = registry_root
+    with servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m1")}) as one, \
+            servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m2")}) as two:
+        assert one.port != two.port
+        start = time.monotonic()
+        registry.set_default(root, second)
+        assert every_worker_serves(one, second, start) < SWITCH_DEADLINE_S
+        assert every_worker_serves(two, second, start) < SWITCH_DEADLINE_S
+        for server in (one, two):
+            assert requests.get(f"{server.url}/models", timeout=5).json()["data"]["default"] == second
+
+
+def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path):
+    root, first, second = registry_root
+    texts = ["YOLO object detection", "a project about things", "BERT for question answering",
+             "Kubernetes pipelines for model deployment", "an idea"]
+    with servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
+        registry.set_shadow(root, second)
+        time.sleep(2 * float(os.environ.get("TAGIFAI_REGISTRY_POLL_S", "1.0")) + 0.5)  # both workers read SHADOW
+        sent = 0
+        for i in range(40):
+            r = requests.post(f"{server.url}/predict", json={"texts": [{"text": texts[i % len(texts)]}]},
+                              headers={"Connection": "close"}, timeout=10)
+            assert r.status_code == 200 and r.json()["data"]["model_version"] == first
+            sent += 1
+        deadline = time.monotonic() + 10
+        while True:
+            data = requests.get(f"{server.url}/models", headers={"Connection": "close"}, timeout=5).json()["data"]
+            if data["shadow_agreement"]["scored"] == sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert data["shadow"] == second
+        agreement = data["shadow_agreement"]
+        assert agreement["scored"] == sent and agreement["dropped"] == 0
+        assert 0 < agreement["disagree"] < sent and agreement["rate"] == round(agreement["agree"] / sent, 4)
+        # every worker gives the same answer (the counts are the shared multiprocess metrics)
+        answers = {}
+        for _ in range(20):
+            d = requests.get(f"{server.url}/models", headers={"Connection": "close"}, timeout=5).json()["data"]
+            pid = requests.get(f"{server.url}/health/live", timeout=5).json()["data"]["pid"]
+            answers[pid] = d["shadow_agreement"]
+        assert all(a == agreement for a in answers.values())
+        scraped = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert f'tagifai_shadow_predictions_total{{model_version="{first}",outcome="agree",shadow_version="{second}"}}' \
+            in scraped
+        registry.clear_shadow(root)
+        time.sleep(2.5)
+        assert requests.get(f"{server.url}/models", timeout=5).json()["data"]["shadow"] is None
+
+
+def access_lines(log: Path) -> list[dict]:
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("logger") == "tagifai_api.access" and entry.get("path") == "/predict":
+            entry["at"] = datetime.fromisoformat(entry["timestamp"]).timestamp()
+            out.append(entry)
+    return out
+
+
+def test_switching_under_load_fails_no_request(registry_root, tmp_path):
+    """64 connections of single-text /predict while the default goes back and forth 10 times."""
+    wrk = servers.require_binary("wrk")
+    root, first, second = registry_root
+    log = tmp_path / "gunicorn.log"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_LOG_LEVEL": "INFO"}
+    switches: list[tuple[float, str]] = []
+    interval_s, count = 1.5, 10
+
+    def switcher():
+        time.sleep(1.0)
+        for i in range(count):
+            target = (second, first)[i % 2]
+            registry.set_default(root, target)
+            switches.append((datetime.now(timezone.utc).timestamp(), target))
+            time.sleep(interval_s)
+
+    with servers.gunicorn(root, workers=2, env=env, log_path=log) as server:
+        pids = workers(server)
+        thread = threading.Thread(target=switcher)
+        thread.start()
+        proc = subprocess.run(
+            [wrk, "-t2", "-c64", f"-d{round(1.0 + count * interval_s + 1)}s", "--timeout", "10s",
+             "-s", str(Path(__file__).with_name("switch.lua")), server.url],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "VERSION_A": first, "VERSION_B": second})
+        thread.join()
+        assert workers(server) == pids  # no worker died or was replaced
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.split("JSON", 1)[1])
+    assert result["not_200"] == 0 and result["unlabelled"] == 0, result
+    assert result["errors_connect"] == result["errors_read"] == result["errors_timeout"] == 0, result
+    assert result["from_a"] > 0 and result["from_b"] > 0
+    # from the access lines: how long after each switch every worker answered with the new default
+    lines = access_lines(log)
+    # wrk stops counting at its deadline; the up to 64 requests then in flight were answered too
+    assert result["requests"] <= len(lines) <= result["requests"] + 64
+    assert {e["worker_pid"] for e in lines} == pids
+    assert all(e["status"] == 200 and e["model_version"] in (first, second) for e in lines)
+    delays = []
+    for at, target in switches:
+        per_worker = []
+        for pid in pids:
+            first_new = min(e["at"] for e in lines if e["worker_pid"] == pid and e["at"] >= at
+                            and e["model_version"] == target)
+            per_worker.append(first_new - at)
+        delays.append(max(per_worker))
+    figures = {"requests": result["requests"], "non_200": result["not_200"], "p50_ms": result["p50_ms"],
+               "p99_ms": result["p99_ms"], "switches": len(switches),
+               "every_worker_on_new_default_s": {"max": round(max(delays), 3),
+                                                 "median": round(sorted(delays)[len(delays) // 2], 3)}}
+    print("SWITCH-UNDER-LOAD", json.dumps(figures))
+    assert max(delays) < SWITCH_DEADLINE_S, figures
