@@ -213,7 +213,7 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
         return out
 
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
-                              ("post", "/predict")}
+                              ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}")}
     assert secured("admin") == set()
     assert secured("off") == set()
 
