@@ -190,7 +190,8 @@ class ModelService:
             previous, self.default = self.default, served
             self.load_error = None
             self.loaded_at = time.time()
-            log.info("default model %s (was %s) in pid %d", name, previous and previous.version, os.getpid())
+            log.info("default model %s (was %s) in pid %d", name, previous and previous.version, os.getpid(),
+                     extra={"event": "default_switched", "model_version": name})
             if self.observer is not None:
                 self.observer.model_loaded_now(name, self.loaded_at)
 
