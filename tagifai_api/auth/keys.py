@@ -159,15 +159,21 @@ class KeyStore:
     @contextmanager
     def _locked(self) -> Iterator[list[ApiKey]]:
         """The current keys, under an exclusive lock; what the block leaves in the list is written."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise KeyFileError(f"keys file {self.path} cannot be written: {exc.strerror}") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             keys = list(read_keys(self.path))
             before = list(keys)
             yield keys
             if keys != before:
-                write_keys(self.path, keys)
+                try:
+                    write_keys(self.path, keys)
+                except OSError as exc:
+                    raise KeyFileError(f"keys file {self.path} cannot be written: {exc.strerror}") from None
         finally:
             os.close(lock)
 

@@ -226,3 +226,9 @@ def test_invalid_mode_is_refused(make_app):
 def test_require_role_refuses_an_unknown_role():
     with pytest.raises(ValueError, match="unknown role 'root'"):
         require_role("root")
+
+
+def test_metrics_stay_open_in_mode_all(make_app, keys_file, keyset):
+    client = make_app(AUTH="all", API_KEYS_FILE=str(keys_file)).test_client()
+    r = client.get("/metrics")
+    assert r.status_code == 200 and b"# HELP" in r.data

@@ -83,3 +83,12 @@ def test_malformed_file_is_one_line_and_exit_2(keys_file, monkeypatch, capsys):
     code, _, err = run(monkeypatch, capsys, "keys", "list")
     assert code == 2
     assert err.startswith(f"error: keys file {keys_file} is not valid JSON") and err.count("\n") == 1
+
+
+def test_unwritable_place_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(monkeypatch, capsys, "keys", "--file", str(blocker / "keys.json"), "create",
+                       "--name", "x", "--role", "admin")
+    assert code == 2
+    assert err.startswith(f"error: keys file {blocker / 'keys.json'} cannot be written:") and err.count("\n") == 1

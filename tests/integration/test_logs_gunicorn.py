@@ -15,7 +15,8 @@ import requests
 from tests.integration.servers import gunicorn
 
 SECRET = "Confidential project zebra-7f3a: graph neural networks for fraud rings"
-ACCESS_FIELDS = {"request_id", "method", "path", "status", "latency_ms", "worker_pid", "texts", "model_version"}
+ACCESS_FIELDS = {"request_id", "method", "path", "status", "latency_ms", "worker_pid", "texts", "model_version",
+                 "key_name"}
 
 
 def run(tmp_path: Path, env: dict) -> tuple[list[dict], str, str]:
