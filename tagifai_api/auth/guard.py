@@ -6,20 +6,21 @@ See the package docstring for how views use :func:`require_role` and :func:`publ
 from __future__ import annotations
 
 import functools
-import re
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask, current_app, g, request
 
+from tagifai_api import settings
 from tagifai_api.auth.keys import ROLES, ApiKey, KeyRing, role_allows
 from tagifai_api.errors import TagifaiError
 
 log = logging.getLogger("tagifai_api.auth")
 
 EXTENSION = "tagifai_auth"
-MODES = ("admin", "all", "off")
+MODES = settings.CHOICES["AUTH"]
 _ROLE_ATTR = "_tagifai_role"
 _PUBLIC_ATTR = "_tagifai_public"
 #: endpoints outside the check in mode ``all``: probes, metrics, and the docs (a browser cannot
