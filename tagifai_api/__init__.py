@@ -15,7 +15,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from tagifai_api import errors, logs, metrics, openapi, responses, schemas, settings
+    from tagifai_api import demo, errors, logs, metrics, openapi, responses, schemas, settings
     from tagifai_api.access import register_access_log
     from tagifai_api.auth import guard
     from tagifai_api.registry import views as registry_views
@@ -55,7 +55,7 @@ def create_app(config: Mapping[str, object] | None = None):
         int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"])
     )
 
-    for module in (index, performance, args, predict, health, docs, registry_views):
+    for module in (index, performance, args, predict, health, docs, registry_views, demo):
         app.register_blueprint(module.bp)
     errors.register_error_handlers(app)
     register_access_log(app)

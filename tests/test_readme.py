@@ -81,7 +81,7 @@ def curl_examples() -> list[tuple[str, int | str]]:
 def test_every_route_has_a_curl_example():
     paths = {p for c, _ in curl_examples() for p in re.findall(r"localhost:8000(/[\w/.-]*)", c)}
     routes = {"/", "/performance", "/args", "/args/threshold", "/predict", "/health/live", "/health/ready",
-              "/openapi.json", "/metrics", "/docs"}
+              "/openapi.json", "/metrics", "/docs", "/demo"}
     assert routes <= paths, routes - paths
 
 

@@ -6,6 +6,7 @@ chromium is the browser.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -29,6 +30,7 @@ class DevTools:
         # no Origin header: Chromium refuses devtools websockets from origins it was not told to allow
         self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self.ids = itertools.count(1)
+        self.events: list[dict] = []  # every event received while waiting for answers, in order
 
     def call(self, method: str, **params) -> dict:
         msg_id = next(self.ids)
@@ -39,6 +41,8 @@ class DevTools:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
+            if "method" in message:
+                self.events.append(message)
 
     def evaluate(self, expression: str):
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -69,6 +73,19 @@ class DevTools:
         )
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", type=kind, x=box["x"], y=box["y"], button="left", clickCount=1)
+
+    def press(self, key: str, code: int, text: str = "", modifiers: int = 0) -> None:
+        """A real key press on whatever has the focus (``code``: the Windows virtual key code)."""
+        self.call("Input.dispatchKeyEvent", type="keyDown", key=key, code=key, windowsVirtualKeyCode=code,
+                  text=text, modifiers=modifiers)
+        self.call("Input.dispatchKeyEvent", type="keyUp", key=key, code=key, windowsVirtualKeyCode=code,
+                  modifiers=modifiers)
+
+    def screenshot(self, path: Path) -> None:
+        """The whole page as a PNG at ``path``."""
+        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
 
     def close(self) -> None:
         self.ws.close()
