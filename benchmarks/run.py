@@ -8,6 +8,7 @@ when absolute numbers drift with the machine's load. Results: a table on stdout 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -173,14 +175,21 @@ TARGETS = {  # name -> how to serve it; each has 2 Gunicorn workers
     "tagifai, batching off": {"app": "wsgi:app", "conf": "gunicorn.conf.py", "env": {"TAGIFAI_BATCHING": "false"}},
     # what a user would write first: scikit-learn per request, Gunicorn's default (sync) workers
     "minimal Flask + sklearn": {"app": "benchmarks.peers.flask_minimal:app", "conf": None, "args": []},
+    # what production guides recommend for model serving: FastAPI + an asyncio dynamic batcher
+    # (2 uvicorn workers, the same scikit-learn pipeline as the minimal Flask app)
+    "asyncio batcher (FastAPI)": {"app": "benchmarks.peers.fastapi_batcher:app", "server": "uvicorn",
+                                  "args": ["--no-access-log"]},
     # the framework's ceiling: a JSON echo on the same worker type as the service
     "bare Flask echo": {"app": "benchmarks.peers.flask_echo:app", "conf": None,
                         "args": ["-k", "gthread", "--threads", "16"]},
 }
+MODEL_PEERS = ("minimal Flask + sklearn", "asyncio batcher (FastAPI)")  # peers that serve the model
 
 
-def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path], tmp: Path) -> dict:
-    """Serve one target under Gunicorn on loopback and run every scenario against it."""
+@contextlib.contextmanager
+def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Serve one target (Gunicorn, or uvicorn for the FastAPI peer) on a free loopback port, until the
+    block ends; the process has the port as ``.port``."""
     target = TARGETS[name]
     port = _free_port()
     env = {
@@ -191,25 +200,45 @@ def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path
         "WEB_CONCURRENCY": "2",
         "BENCH_ARTIFACTS_DIR": str(root),
     }
-    if target["conf"]:
+    bindir = Path(sys.executable).parent
+    if target.get("server") == "uvicorn":
+        cmd = [str(bindir / "uvicorn"), target["app"], "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+               *target["args"]]
+    elif target["conf"]:
         env.update({"TAGIFAI_ARTIFACTS_DIR": str(root),
                     "TAGIFAI_CACHE_SIZE": "0",  # rotating texts: measure the model, not a cache
                     **target["env"]})
-        cmd = ["-c", target["conf"], target["app"]]
+        cmd = [str(bindir / "gunicorn"), "-c", target["conf"], target["app"]]
     else:
         empty = tmp / "empty.conf.py"  # not the service's gunicorn.conf.py
         empty.write_text("")
-        cmd = ["-c", str(empty), "-w", "2", "-b", f"127.0.0.1:{port}", *target["args"], target["app"]]
+        cmd = [str(bindir / "gunicorn"), "-c", str(empty), "-w", "2", "-b", f"127.0.0.1:{port}", *target["args"],
+               target["app"]]
+    env.update(extra_env or {})
     log = tempfile.NamedTemporaryFile(prefix="tagifai-bench-", suffix=".log", delete=False)
-    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), *cmd],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    sampler = RssSampler(server.pid)
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server.port = port
     try:
         _wait_ready(port, server)
+        yield server
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        os.unlink(log.name)
+
+
+def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path], tmp: Path) -> dict:
+    """Run every scenario against one target."""
+    with serve(name, root, tmp) as server:
+        sampler = RssSampler(server.pid)
         sampler.start()
         results = {}
         for scenario, conns, threads, per_request in HTTP_SCENARIOS:
-            r = _wrk(wrk, port, conns, threads, seconds, bodies[per_request])
+            r = _wrk(wrk, server.port, conns, threads, seconds, bodies[per_request])
             results[scenario] = {
                 "req_per_s": round(r["req_per_s"], 1),
                 "texts_per_s": round(r["req_per_s"] * per_request),
@@ -221,14 +250,6 @@ def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path
         sampler.join(1)
         results["peak_rss_mb"] = round(sampler.peak / 2**20, 1)
         return results
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-        os.unlink(log.name)
 
 
 def median_of_rounds(rounds: list[dict]) -> dict:
@@ -259,7 +280,7 @@ def _wait_ready(port: int, server: subprocess.Popen) -> None:
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    raise TimeoutError("gunicorn did not become ready")
+    raise TimeoutError("the server did not become ready")
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -275,37 +296,59 @@ def table(result: dict) -> str:
     lines.append("")
     lines += explain_cost.table(result["explain"])
     lines.append("")
-    lines.append(f"Over HTTP, Gunicorn 2 workers each, wrk on loopback, median of {result['rounds']} interleaved rounds:")
-    lines.append(f"  {'scenario':<19} {'service':<24} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    lines.append(f"Over HTTP, 2 workers each, wrk on loopback, median of {result['rounds']} interleaved rounds:")
+    lines.append(f"  {'scenario':<19} {'service':<26} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
     for scenario, *_ in HTTP_SCENARIOS:
         for name in TARGETS:
             r = result["http"][name][scenario]
-            lines.append(f"  {scenario:<19} {name:<24} {r['req_per_s']:>8,.0f} {r['texts_per_s']:>8,.0f} "
+            lines.append(f"  {scenario:<19} {name:<26} {r['req_per_s']:>8,.0f} {r['texts_per_s']:>8,.0f} "
                          f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['errors']:>6}")
     lines.append("  peak RSS, master + workers: " + ", ".join(
         f"{name} {result['http'][name]['peak_rss_mb']:.0f} MB" for name in TARGETS))
     lines.append("")
     lines.append("Ratios (batching on):")
     for label, value in ratios(result).items():
-        lines.append(f"  {label:<58} {value}")
+        lines.append(f"  {label:<60} {value}")
     return "\n".join(lines)
 
 
+def _ratio(label: str, value: float, target: str | None = None, met: bool | None = None) -> tuple[str, str]:
+    text = f"{value:.2f}x"
+    if target is not None:
+        text += f" (target {target}: {'met' if met else 'MISSED'})"
+    return label, text
+
+
 def ratios(result: dict) -> dict[str, str]:
-    on = result["http"]["tagifai, batching on"]
-    off = result["http"]["tagifai, batching off"]
-    minimal = result["http"]["minimal Flask + sklearn"]
-    echo = result["http"]["bare Flask echo"]
-    c64, c1, big = "1 text, 64 conns", "1 text, 1 conn", "100 texts, 4 conns"
+    """The figures the service is held to, each as a ratio to a peer measured in the same run."""
+    http = result["http"]
+    on, off = http["tagifai, batching on"], http["tagifai, batching off"]
+    minimal, batcher, echo = http["minimal Flask + sklearn"], http["asyncio batcher (FastAPI)"], http["bare Flask echo"]
+    c64, c16, c1, big = "1 text, 64 conns", "1 text, 16 conns", "1 text, 1 conn", "100 texts, 4 conns"
     sk2 = result["in_process"]["sklearn_batch_100_two_processes_texts_per_s"]
-    return {
-        "1 text, 64 conns, req/s vs minimal Flask + sklearn": f"{on[c64]['req_per_s'] / minimal[c64]['req_per_s']:.2f}x",
-        "1 text, 64 conns, req/s vs bare Flask echo": f"{on[c64]['req_per_s'] / echo[c64]['req_per_s']:.2f}x",
-        "1 text, 64 conns, req/s batching on vs off": f"{on[c64]['req_per_s'] / off[c64]['req_per_s']:.2f}x",
-        "1 text, 1 conn, p50 vs minimal Flask + sklearn": f"{on[c1]['p50_ms'] / minimal[c1]['p50_ms']:.2f}x",
-        "100 texts, 4 conns, texts/s vs scikit-learn in 2 processes": f"{on[big]['texts_per_s'] / sk2:.2f}x",
-        "peak RSS vs minimal Flask + sklearn": f"{on['peak_rss_mb'] / minimal['peak_rss_mb']:.2f}x",
-    }
+    r64 = on[c64]["req_per_s"] / batcher[c64]["req_per_s"]
+    p99 = on[c64]["p99_ms"] / batcher[c64]["p99_ms"]
+    r16 = on[c16]["req_per_s"] / batcher[c16]["req_per_s"]
+    p50 = on[c1]["p50_ms"] / minimal[c1]["p50_ms"]
+    big_ratio = on[big]["texts_per_s"] / sk2
+    errors = sum(run[s]["errors"] for runs in result["http_rounds"].values() for run in runs for s, *_ in HTTP_SCENARIOS)
+    out = dict([
+        _ratio("1 text, 64 conns, req/s vs asyncio batcher", r64, ">= 1.3x", r64 >= 1.3),
+        _ratio("1 text, 64 conns, p99 vs asyncio batcher", p99, "<= 1.0x", p99 <= 1.0),
+        _ratio("1 text, 16 conns, req/s vs asyncio batcher", r16, ">= 1.5x", r16 >= 1.5),
+        _ratio("1 text, 1 conn, p50 vs minimal Flask + sklearn", p50, "<= 0.6x", p50 <= 0.6),
+        _ratio("100 texts, 4 conns, texts/s vs scikit-learn in 2 processes", big_ratio, ">= 1.5x", big_ratio >= 1.5),
+    ])
+    for peer in MODEL_PEERS:
+        rss = on["peak_rss_mb"] / http[peer]["peak_rss_mb"]
+        out.update([_ratio(f"peak RSS vs {peer}", rss, "< 1.0x", rss < 1.0)])
+    out["answers other than 200, every service and round"] = f"{errors} (target 0: {'met' if errors == 0 else 'MISSED'})"
+    out.update([
+        _ratio("1 text, 64 conns, req/s vs minimal Flask + sklearn", on[c64]["req_per_s"] / minimal[c64]["req_per_s"]),
+        _ratio("1 text, 64 conns, req/s vs bare Flask echo", on[c64]["req_per_s"] / echo[c64]["req_per_s"]),
+        _ratio("1 text, 64 conns, req/s batching on vs off", on[c64]["req_per_s"] / off[c64]["req_per_s"]),
+    ])
+    return out
 
 
 def main() -> None:
@@ -327,6 +370,7 @@ def main() -> None:
                     "processor": platform.processor() or platform.machine()},
         "model_version": artifacts.default_version(opts.artifacts),
         "rounds": opts.rounds,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min: others' work skews figures
     }
     print("in-process ...", file=sys.stderr)
     result["in_process"] = in_process(opts.artifacts, opts.inproc_seconds)
@@ -343,13 +387,15 @@ def main() -> None:
                 rounds[name].append(http(name, opts.artifacts, wrk, opts.seconds, bodies, Path(tmp)))
         result["http_rounds"] = rounds
         result["http"] = {name: median_of_rounds(r) for name, r in rounds.items()}
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["ratios"] = ratios(result)
     result["seconds"] = round(time.time() - started, 1)
     REPORTS.mkdir(parents=True, exist_ok=True)
     out = REPORTS / f"bench-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
-    print(f"\n{result['seconds']} s; written to {out.relative_to(ROOT)}")
+    print(f"\nload average (1, 5, 15 min) before {result['load_average_before']}, after {result['load_average_after']}")
+    print(f"{result['seconds']} s; written to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
