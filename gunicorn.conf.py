@@ -44,7 +44,14 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048)
 
 # workers: inference is CPU-bound, so one process per core; threads let a worker batch concurrent requests
 workers = _env_int("WEB_CONCURRENCY", os.cpu_count() or 1)
-worker_class = "gthread"
+# Gunicorn's gthread with one write per response and kept-alive connections served in place
+# (tagifai_api/worker.py; pinned to the Gunicorn version); GUNICORN_WORKER_CLASS=gthread for the original
+worker_class = _env_str("GUNICORN_WORKER_CLASS", "tagifai_api.worker.ThreadWorker")
+if worker_class == "tagifai_api.worker.ThreadWorker":
+    try:
+        import tagifai_api.worker  # noqa: E402, F401 - refuses a Gunicorn version it was not written for
+    except RuntimeError as _exc:
+        sys.exit(f"error: {_exc}")
 threads = _env_int("GUNICORN_THREADS", 16)
 worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
 # Each worker loads its own model after forking: a HUP then reloads the default model version with

@@ -31,12 +31,13 @@ PROFILES = run.ROOT / "reports" / "profiles"
 # such as socket or threading count for whoever called them)
 LAYERS = (  # matched against shortened frames: "func (package/module.py)"
     ("model", re.compile(r"\((tagifai_api/ml/|numpy/|sklearn/|scipy/)")),
-    ("gunicorn I/O", re.compile(r"\((gunicorn/|tagifai_api/server/)")),
+    ("gunicorn I/O", re.compile(r"\((gunicorn/|tagifai_api/worker)")),
     ("flask + app", re.compile(r"\((flask|werkzeug|marshmallow|prometheus|tagifai_api|orjson)")),
 )
 # a sample whose leaf is one of these is a thread blocked with the GIL released (waiting for work, a
 # batch or the poller), not CPU spent: counted apart
-WAITS = re.compile(r"^(Condition\.wait|Event\.wait|\w*Selector\.select|wait|_wait_for_tstate_lock|sleep) ")
+WAITS = re.compile(r"^(Condition\.wait|Event\.wait|\w*Selector\.select|wait|_wait_for_tstate_lock|sleep) |"
+                   r"^_worker \(concurrent/futures/thread\.py\)")  # an idle pool thread, in the queue's get()
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 

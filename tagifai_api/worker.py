@@ -1,0 +1,177 @@
+"""Gunicorn's ``gthread`` worker with fewer system calls per keep-alive request.
+
+Profiled at 64 connections, most of a single-text request's worker time was not Flask or the model
+but Gunicorn moving bytes: the response left in two ``sendall`` calls (headers, then body), and
+every kept-alive connection went back to the main loop between requests (a pipe write and a wake-up,
+a ``fcntl`` and an ``epoll_ctl`` to register it, another to unregister it, a thread-pool hand-off).
+Each of those calls releases the GIL, and under load getting it back means waiting for the other
+threads. This worker changes two things and nothing else:
+
+- a response whose body comes as one chunk (every response of this app) leaves in one ``sendall``,
+  headers and body together; streamed, chunked and ``sendfile`` responses keep Gunicorn's writes;
+- after answering on a kept-alive connection, the thread serves the connection's next request
+  itself when it is already buffered or arrives within :data:`LINGER_S`, and only while no other
+  connection is waiting for a thread (otherwise the connection goes back to the main loop, as in
+  ``gthread``). A stopping or recycling worker answers with ``Connection: close`` as before.
+
+It subclasses Gunicorn's own classes and overrides methods whose behaviour it must reproduce, so it
+is tied to the Gunicorn version it was written and tested against: importing it with another
+version raises :class:`GunicornVersionError`. Standard library and Gunicorn only (the master
+imports this module; the web app is never imported there).
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+import threading
+from datetime import datetime
+
+import gunicorn
+from gunicorn import util
+from gunicorn.http import wsgi
+from gunicorn.http.body import LengthReader
+from gunicorn.workers import gthread
+
+#: The Gunicorn release this worker reproduces parts of; any other is refused.
+GUNICORN_VERSION = (27, 0, 1)
+
+#: How long a thread waits on its kept-alive connection for the next request before handing the
+#: connection back to the main loop. Short: it only has to cover a client that answers at once.
+LINGER_S = 0.002
+
+
+class GunicornVersionError(RuntimeError):
+    """The installed Gunicorn is not the one this worker was written for."""
+
+
+def check_gunicorn_version(found: tuple = tuple(gunicorn.version_info)) -> None:
+    """Refuse any Gunicorn but :data:`GUNICORN_VERSION`."""
+    if tuple(found) != GUNICORN_VERSION:
+        want, got = ".".join(map(str, GUNICORN_VERSION)), ".".join(map(str, found))
+        raise GunicornVersionError(
+            f"tagifai_api.worker.ThreadWorker is written for gunicorn=={want}, found {got}: "
+            f"install gunicorn=={want} (requirements.txt) or set GUNICORN_WORKER_CLASS=gthread")
+
+
+check_gunicorn_version()
+
+
+class OneWriteResponse(wsgi.Response):
+    """A response whose headers go out with the first body chunk, in one ``sendall``."""
+
+    _head: bytes | None = None
+
+    def write(self, arg):
+        if self.headers_sent or self._omits_body or not isinstance(arg, bytes):
+            return super().write(arg)  # later chunks, HEAD/204/304, bad input: Gunicorn's own path
+        tosend = self.default_headers()
+        tosend.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        tosend.append("\r\n")
+        self._head = "".join(tosend).encode("latin-1")
+        self.headers_sent = True  # from here Gunicorn's write() frames the body and calls _emit_body
+        try:
+            return super().write(arg)
+        finally:
+            if self._head is not None:  # no body bytes went out with it (an empty first chunk)
+                head, self._head = self._head, None
+                util.write(self.sock, head)
+
+    def _emit_body(self, data):
+        head = self._head
+        if head is None:
+            return super()._emit_body(data)
+        self._head = None
+        if self.chunked:
+            data = b"%X\r\n%s\r\n" % (len(data), data)
+        self.sock.sendall(head + data)
+
+
+class ThreadWorker(gthread.ThreadWorker):
+    """``gthread`` with one write per response and kept-alive connections served in place."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._waiting = 0  # connections submitted to the thread pool and not yet picked up
+        self._waiting_lock = threading.Lock()
+
+    def enqueue_req(self, conn):
+        with self._waiting_lock:
+            self._waiting += 1
+        super().enqueue_req(conn)
+
+    def handle(self, conn):
+        with self._waiting_lock:
+            self._waiting -= 1
+        keepalive = super().handle(conn)
+        while keepalive is True and self._next_request_ready(conn):
+            keepalive = super().handle(conn)
+        return keepalive
+
+    def _next_request_ready(self, conn) -> bool:
+        """Whether this thread should serve the connection's next request itself, now."""
+        if not self.alive or self._waiting > 0 or conn.is_http2:
+            return False  # stopping (the main loop closes it politely), or others need the thread
+        if conn.parser.unreader.buf.getvalue():
+            return True  # pipelined: already read
+        poller = select.poll()
+        poller.register(conn.sock, select.POLLIN)
+        try:
+            return bool(poller.poll(LINGER_S * 1000.0))
+        except OSError:
+            return False
+
+    def _keepalive_after(self, conn, keepalive):
+        """Gunicorn drains an unread body under a timeout (two ``fcntl`` calls) after every
+        request; a body the app read to its end needs none of that."""
+        body = getattr(conn.parser.mesg, "body", None)
+        if (keepalive and body is not None and not body.failed and isinstance(body.reader, LengthReader)
+                and body.reader.length == 0 and not body.buf.tell()):
+            return True
+        return super()._keepalive_after(conn, keepalive)
+
+    def handle_request(self, req, conn):
+        """``gthread``'s request handling, with :class:`OneWriteResponse` as the response."""
+        environ, resp = {}, None
+        try:
+            self.cfg.pre_request(self, req)
+            started = datetime.now()
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg,
+                                        response_class=OneWriteResponse)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests and self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - started)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                self.log.debug("Closing connection.")
+                return False
+            return True
+        except OSError:
+            util.reraise(*sys.exc_info())
+        except (Exception, SystemExit):
+            if resp is not None and resp.headers_sent:
+                # part of the answer is on the wire: a 500 now would corrupt it
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:  # noqa: BLE001 - a hook's failure must not fail the request
+                self.log.exception("Exception in post_request hook")
