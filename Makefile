@@ -12,7 +12,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest newman clean score
+.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak newman clean score
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench: model ## Benchmark in-process and over HTTP (results in reports/bench/)
 
 loadtest: model ## Locust, headless and bounded, against a live server (reports in reports/locust/)
 	$(BIN)/python -m benchmarks.loadtest
+
+soak: model ## 10 minutes of mixed traffic against 2 recycling workers: unexpected answers and worker RSS (not in CI)
+	$(BIN)/python -m benchmarks.soak
 
 clean: ## Remove the virtualenv, caches and reports (model versions stay)
 	rm -rf $(VENV) .pytest_cache reports node_modules

@@ -57,14 +57,16 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
 
 
 @contextmanager
-def gunicorn(workers: int, artifacts: str | None, log_path: Path) -> Iterator[str]:
+def gunicorn(workers: int, artifacts: str | None, log_path: Path, env: dict | None = None) -> Iterator[str]:
     """Gunicorn with the repository's config on a free loopback port; yields its base URL."""
     port = _free_port()
+    overrides = env or {}
     env = {**os.environ, "PORT": str(port), "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if artifacts:
         env["TAGIFAI_ARTIFACTS_DIR"] = artifacts
+    env.update(overrides)
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
