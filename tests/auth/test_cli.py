@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +94,13 @@ def test_unwritable_place_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
                        "--name", "x", "--role", "admin")
     assert code == 2
     assert err.startswith(f"error: keys file {blocker / 'keys.json'} cannot be written:") and err.count("\n") == 1
+
+
+def test_the_default_keys_file_is_never_committed():
+    from tagifai_api import settings
+
+    default = Path(str(settings.DEFAULTS["API_KEYS_FILE"]))
+    assert default == settings.ROOT / "config" / "api_keys.json"
+    for path in (default, default.parent / f".{default.name}.lock", default.parent / f".{default.name}.x1y2"):
+        out = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=settings.ROOT, capture_output=True)
+        assert out.returncode == 0, f"{path} is not git-ignored"

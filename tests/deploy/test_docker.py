@@ -125,9 +125,10 @@ def test_healthcheck_probes_a_real_readiness_route_with_python(instructions, app
 def test_dockerignore_keeps_local_state_out():
     patterns = dockerignore_patterns()
     for path in (".venv", ".venv/bin/python", "artifacts", "artifacts/DEFAULT", ".git", "reports/locust",
-                 "node_modules", "tagifai_api/__pycache__/x.pyc"):
+                 "node_modules", "tagifai_api/__pycache__/x.pyc", "config/api_keys.json", "config/.api_keys.json.lock"):
         assert is_dockerignored(path, patterns), path
-    for path in ("tagifai_api/__init__.py", "requirements.txt", "gunicorn.conf.py", "wsgi.py", "data/dataset.csv"):
+    for path in ("tagifai_api/__init__.py", "requirements.txt", "gunicorn.conf.py", "wsgi.py", "data/dataset.csv",
+                 "config/args.json"):
         assert not is_dockerignored(path, patterns), path
 
 
