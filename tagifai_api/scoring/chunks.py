@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,28 @@ def init_worker(config: ScorerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+    tune_malloc()
     _scorer = ChunkScorer(config)
+
+
+def tune_malloc() -> None:
+    """Keep a batch's arrays on the heap between batches (glibc only; explicit MALLOC_* env wins).
+
+    The same tuning as ``gunicorn.conf.py``'s (which must not import this package): glibc serves
+    the model's larger per-batch arrays with fresh mmaps and trims the heap after each batch, and
+    the page faults cost about 15% of a scoring process's time at batch 100, measured with
+    ``/usr/bin/time`` (system time 0.95 s -> 0.05 s for 200,000 rows).
+    """
+    if any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 8 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def score_in_worker(chunk: Chunk) -> ChunkResult:

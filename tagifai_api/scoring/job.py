@@ -24,7 +24,15 @@ from pathlib import Path
 from tagifai_api.ml import artifacts
 from tagifai_api.ml.predict import Predictor
 from tagifai_api.scoring import journal
-from tagifai_api.scoring.chunks import ChunkResult, ChunkScorer, Columns, ScorerConfig, init_worker, score_in_worker
+from tagifai_api.scoring.chunks import (
+    ChunkResult,
+    ChunkScorer,
+    Columns,
+    ScorerConfig,
+    init_worker,
+    score_in_worker,
+    tune_malloc,
+)
 from tagifai_api.scoring.formats import CSV, FormatError, Reader, format_of, is_gzip_name, open_input
 from tagifai_api.scoring.progress import Progress
 
@@ -342,6 +350,7 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
         with _Signals() as signals:
             try:
                 if opts.workers == 1:
+                    tune_malloc()
                     for chunk in chunks:
                         result = local.score(chunk)
                         with signals.protected():
