@@ -12,7 +12,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak newman clean score
+.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak newman clean score bench-score
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ test-fast: $(STAMP) ## Unit and API tests only (no real servers)
 
 bench: model ## Benchmark in-process and over HTTP (results in reports/bench/)
 	$(BIN)/python -m benchmarks.run
+
+bench-score: model ## Benchmark `score` on 1,000,000 rows against the fast path (results in reports/bench/)
+	$(BIN)/python -m benchmarks.score
 
 loadtest: model ## Locust, headless and bounded, against a live server (reports in reports/locust/)
 	$(BIN)/python -m benchmarks.loadtest
