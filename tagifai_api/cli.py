@@ -196,6 +196,10 @@ cli.add_command(keys)
               help="Texts per model call.")
 @click.option("--chunk-size", type=click.IntRange(1, 1_000_000), default=5000, show_default=True,
               help="Rows per chunk: the unit handed to a worker and committed.")
+@click.option("--explain", is_flag=True,
+              help="Add the explained tag and its top words, as /predict's explanation gives them.")
+@click.option("--top-words", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="How many words --explain lists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same OUTPUT.")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUTPUT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
@@ -204,7 +208,7 @@ cli.add_command(keys)
 @click.pass_obj
 def score(obj: dict, input_path: str, output: Path, input_format: str | None, text_column: str | None,
           title_column: str | None, description_column: str | None, id_column: str | None, version: str,
-          workers: int | None, batch_size: int, chunk_size: int, resume: bool,
+          workers: int | None, batch_size: int, chunk_size: int, explain: bool, top_words: int, resume: bool,
           force: bool, quiet: bool, progress_interval: float) -> None:
     """Tag every row of a CSV or JSON Lines file (plain, .gz, or - for standard input).
 
@@ -221,7 +225,7 @@ def score(obj: dict, input_path: str, output: Path, input_format: str | None, te
         input_format=input_format, text_column=text_column, title_column=title_column or "title",
         description_column=description_column or "description", id_column=id_column,
         batch_size=batch_size, chunk_rows=chunk_size, workers=workers or job.default_workers(),
-        quiet=quiet, resume=resume, force=force,
+        explain=top_words if explain else 0, quiet=quiet, resume=resume, force=force,
         progress_interval=progress_interval,
     )
     try:

@@ -28,17 +28,18 @@ GZIP_LEVEL = 6
 
 @dataclass(frozen=True)
 class Columns:
-    """Where a record's text and id are: CSV column positions, or JSON keys.
+    """Where a record's text and id are: positions in the fields the reader kept of a CSV row
+    (see :meth:`~tagifai_api.scoring.formats.Reader.keep`), or JSON keys.
 
     ``text`` is one column (``--text-column``) or two (title, description), joined as in training.
-    ``expected_fields`` is the CSV header's width (0 for JSON Lines).
+    ``header_positions`` are those fields' places in the CSV header (empty for JSON Lines).
     """
 
     text: tuple
     id: object | None
     names: tuple[str, ...]
     id_name: str | None = None
-    expected_fields: int = 0
+    header_positions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ScorerConfig:
     columns: Columns
     max_text_length: int
     batch_size: int
+    explain: int = 0  # top words per row (0: no explanation)
 
 
 @dataclass
@@ -111,9 +113,7 @@ class ChunkScorer:
         """The id and the text columns of one record's payload."""
         cols = self.config.columns
         if self.config.input_format == CSV:
-            fields: list[str] = payload  # type: ignore[assignment]
-            if len(fields) != cols.expected_fields:
-                raise _Rejected(f"not valid CSV: expected {cols.expected_fields} fields, found {len(fields)}")
+            fields: tuple[str, ...] = payload  # type: ignore[assignment]
             texts = [fields[i] for i in cols.text]
             ident = fields[cols.id] if cols.id is not None else None
             return ident, texts
@@ -159,9 +159,9 @@ class ChunkScorer:
     def score(self, chunk: Chunk) -> ChunkResult:
         """Score every record of ``chunk``; bad records go to the error lines, never stop it."""
         ids: list[object] = []
-        cleaned: list[str] = []
+        texts: list[str] = []  # cleaned, or as sent when explaining (the explainer cleans them itself)
         errors: list[bytes] = []
-        clean = self.predictor.clean
+        prepare = (lambda t: t) if self.config.explain else self.predictor.clean
         for offset, (line, payload, error) in enumerate(chunk.items):
             row = chunk.first_row + offset
             ident = None
@@ -172,22 +172,34 @@ class ChunkScorer:
                     error, ident = str(exc), exc.ident
                 else:
                     ids.append(ident)
-                    cleaned.append(clean(text))
+                    texts.append(prepare(text))
                     continue
             errors.append(orjson.dumps({"line": line, "row": row, "id": _json_safe(ident), "reason": error}) + b"\n")
+        predict = self._explained if self.config.explain else self.predictor.predict_clean
         predictions: list[dict] = []
         size = self.config.batch_size
-        for start in range(0, len(cleaned), size):
-            predictions.extend(self.predictor.predict_clean(cleaned[start:start + size]))
+        for start in range(0, len(texts), size):
+            predictions.extend(predict(texts[start:start + size]))
         data = self.format_rows(ids, predictions)
         if self.config.gzip_output:
             data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
         return ChunkResult(index=chunk.index, rows=len(chunk.items), data=data, errors=b"".join(errors),
                            scored=len(ids), rejected=len(errors), position=chunk.position)
 
+    def _explained(self, texts: list[str]) -> list[dict]:
+        """Predictions as ``/predict`` with ``explain: true`` makes them, with the explanation cut
+        down to the explained tag and its top words (a whole explanation per row is too large)."""
+        out = self.predictor.explain(texts)
+        for p in out:
+            explanation = p.pop("explanation")
+            p["explained_tag"] = explanation["tag"]
+            p["top_words"] = top_words(explanation["words"], self.config.explain)
+        return out
+
     def format_rows(self, ids: list[object], predictions: list[dict]) -> bytes:
         """Output rows, in the output's format."""
         version = self.predictor.version
+        explain = bool(self.config.explain)
         if self.config.output_format == CSV:
             buf = io.StringIO()
             writer = csv.writer(buf, lineterminator="\n")
@@ -195,12 +207,17 @@ class ChunkScorer:
             rows = []
             for ident, p in zip(ids, predictions):
                 probs = p["probabilities"]
-                rows.append([ident, p["predicted_tag"], p["confidence"], *[probs[c] for c in classes],
-                             "true" if p["low_confidence"] else "false", version])
+                row = [ident, p["predicted_tag"], p["confidence"], *[probs[c] for c in classes],
+                       "true" if p["low_confidence"] else "false", version]
+                if explain:  # words are runs of letters and digits: no spaces or colons inside
+                    row += [p["explained_tag"], " ".join(f"{w}:{c:.4f}" for w, c in p["top_words"])]
+                rows.append(row)
             writer.writerows(rows)
             return buf.getvalue().encode("utf-8")
         out = []
         for ident, p in zip(ids, predictions):
+            if explain:
+                p["top_words"] = [{"word": w, "contribution": c} for w, c in p["top_words"]]
             out.append(orjson.dumps({"id": ident, **p, "model_version": version}))
             out.append(b"\n")
         return b"".join(out)
@@ -211,8 +228,28 @@ class ChunkScorer:
             return b""
         names = ["id", "predicted_tag", "confidence", *[f"probability_{c}" for c in self.classes],
                  "low_confidence", "model_version"]
+        if self.config.explain:
+            names += ["explained_tag", "top_words"]
         data = (",".join(names) + "\n").encode("utf-8")
         return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0) if self.config.gzip_output else data
+
+
+def top_words(words: list[dict], k: int) -> list[tuple[str, float]]:
+    """The ``k`` words that pushed the explained tag's score up the most, largest first.
+
+    ``words`` is an explanation's per-word list (:mod:`tagifai_api.ml.explain`); the same word
+    met several times (case aside) counts once, with its contributions added up, and is shown as
+    first written. Dropped pieces (stop words, links, symbols) and words pulling the other way are
+    left out.
+    """
+    totals: dict[str, list] = {}
+    for w in words:
+        if w["dropped"]:
+            continue
+        entry = totals.setdefault(w["text"].lower(), [w["text"], 0.0])
+        entry[1] += w["contribution"]
+    ranked = sorted((e for e in totals.values() if e[1] > 0), key=lambda e: -e[1])
+    return [(text, value) for text, value in ranked[:k]]
 
 
 def _json_safe(ident: object) -> object:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import operator
 import os
 import sys
 from collections.abc import Iterator
@@ -129,6 +130,7 @@ class Reader:
         self.fmt = fmt
         self.header: list[str] | None = None
         self.first_object: dict | None = None  # JSON Lines: the first object, to check columns against
+        self._keep: tuple[int, ...] = ()
         if fmt == CSV:
             self._text = io.TextIOWrapper(source.stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
             csv.field_size_limit(_CSV_FIELD_LIMIT)
@@ -168,8 +170,16 @@ class Reader:
                 self.first_object = obj
                 return
 
+    def keep(self, positions: tuple[int, ...]) -> None:
+        """CSV: keep only these fields of each row, in this order (the others are dropped at once,
+        so they cost no memory and are never sent to a worker)."""
+        self._keep = positions
+
     def _csv_records(self) -> Iterator[tuple[int, object, str | None]]:
         reader = self._csv
+        width = len(self.header or ())
+        keep = self._keep
+        pick = (lambda f: (f[keep[0]],)) if len(keep) == 1 else operator.itemgetter(*keep)
         while True:
             start = reader.line_num + 1
             try:
@@ -179,8 +189,10 @@ class Reader:
             except csv.Error as exc:
                 yield start, None, f"not valid CSV: {exc}"
                 continue
-            if fields:  # a blank line is no record
-                yield start, fields, None
+            if len(fields) == width:
+                yield start, pick(fields), None
+            elif fields:  # a blank line is no record
+                yield start, None, f"not valid CSV: expected {width} fields, found {len(fields)}"
 
     def _jsonl_records(self) -> Iterator[tuple[int, object, str | None]]:
         line_no = 0

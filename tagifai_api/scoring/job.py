@@ -85,6 +85,7 @@ class ScoreOptions:
     chunk_rows: int = 5000
     chunk_bytes: int = 8 << 20
     workers: int = field(default_factory=default_workers)
+    explain: int = 0
     quiet: bool = False
     resume: bool = False
     force: bool = False
@@ -235,9 +236,9 @@ def _columns(reader: Reader, opts: ScoreOptions) -> Columns:
             hint = "" if opts.text_column else "; use --text-column, or --title-column and --description-column"
             raise UsageError(f"unknown column {missing[0]!r}: the input has {', '.join(map(repr, available))}{hint}")
     if reader.header is not None:
-        return Columns(text=tuple(header.index(n) for n in names),
-                       id=header.index(opts.id_column) if opts.id_column else None,
-                       names=names, id_name=opts.id_column, expected_fields=len(header))
+        # the reader keeps only these fields of each row, text columns first, then the id
+        return Columns(text=tuple(range(len(names))), id=len(names) if opts.id_column else None, names=names,
+                       id_name=opts.id_column, header_positions=tuple(header.index(n) for n in wanted))
     return Columns(text=names, id=opts.id_column, names=names, id_name=opts.id_column)
 
 
@@ -317,12 +318,12 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
     config = ScorerConfig(
         artifacts_dir=str(opts.artifacts_dir), version=predictor.version, input_format=in_format,
         output_format=out_format, gzip_output=is_gzip_name(str(opts.output)), columns=_columns(reader, opts),
-        max_text_length=opts.max_text_length, batch_size=opts.batch_size)
+        max_text_length=opts.max_text_length, batch_size=opts.batch_size, explain=opts.explain)
     identity = {
         "input": source.identity, "input_format": in_format, "output_format": out_format,
         "gzip_output": config.gzip_output, "columns": list(config.columns.names), "id_column": opts.id_column,
         "batch_size": opts.batch_size, "chunk_size": opts.chunk_rows, "chunk_bytes": opts.chunk_bytes,
-        "max_text_length": opts.max_text_length, "model_version": predictor.version,
+        "explain": opts.explain, "max_text_length": opts.max_text_length, "model_version": predictor.version,
     }
     committed = None
     if recorded is not None:
@@ -345,6 +346,7 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
     resumed_from = output.committed.rows
     progress = Progress(source.size, output.committed.position or 0, resumed_from,
                         Progress.mode_for(opts.quiet), opts.progress_interval)
+    reader.keep(config.columns.header_positions)
     chunks = reader.chunks(opts.chunk_rows, opts.chunk_bytes, skip_rows=resumed_from)
     try:
         with _Signals() as signals:

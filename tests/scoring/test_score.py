@@ -240,3 +240,34 @@ def test_progress_bar_on_a_terminal(artifacts_dir, dataset_csv, tmp_path):
     assert proc.returncode == 0
     text = shown.decode("utf-8", "replace")
     assert "100%|" in text and "rows/s" in text and "<00:00]" in text, text
+
+
+def test_explain_gives_predict_explanations_top_words(score, client, dataset_csv, tmp_path):
+    """--explain: /predict's explained predictions, with the explanation's words summed per word
+    (case aside) and the largest positive ones listed, largest first."""
+    rows = read_csv(dataset_csv)[:40]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"title": r["title"], "description": r["description"]}) + b"\n"
+                             for r in rows))
+    proc = score(src, "-o", tmp_path / "out.jsonl", "--explain", "--top-words", "3", "--workers", "2",
+                 "--chunk-size", "16")
+    assert proc.returncode == 0, proc.stderr
+    scored = read_jsonl((tmp_path / "out.jsonl").read_bytes())
+    texts = [f"{r['title']} {r['description']}".strip() for r in rows]
+    resp = client.post("/predict", json={"texts": [{"text": t} for t in texts], "explain": True})
+    assert resp.status_code == 200
+    for mine, theirs in zip(scored, resp.get_json()["data"]["predictions"], strict=True):
+        assert mine["predicted_tag"] == theirs["predicted_tag"]
+        for tag, p in theirs["probabilities"].items():
+            assert mine["probabilities"][tag] == pytest.approx(p, abs=1e-9)
+        explanation = theirs["explanation"]
+        assert mine["explained_tag"] == explanation["tag"]
+        totals: dict[str, float] = {}
+        for w in explanation["words"]:
+            if not w["dropped"]:
+                totals[w["text"].lower()] = totals.get(w["text"].lower(), 0.0) + w["contribution"]
+        best = sorted((v for v in totals.values() if v > 0), reverse=True)[:3]
+        listed = mine["top_words"]
+        assert [w["contribution"] for w in listed] == pytest.approx(best, abs=1e-9)
+        for w in listed:
+            assert totals[w["word"].lower()] == pytest.approx(w["contribution"], abs=1e-9)
