@@ -5,14 +5,17 @@ but Gunicorn moving bytes: the response left in two ``sendall`` calls (headers, 
 every kept-alive connection went back to the main loop between requests (a pipe write and a wake-up,
 a ``fcntl`` and an ``epoll_ctl`` to register it, another to unregister it, a thread-pool hand-off).
 Each of those calls releases the GIL, and under load getting it back means waiting for the other
-threads. This worker changes two things and nothing else:
+threads. This worker changes three things and nothing else:
 
 - a response whose body comes as one chunk (every response of this app) leaves in one ``sendall``,
   headers and body together; streamed, chunked and ``sendfile`` responses keep Gunicorn's writes;
 - after answering on a kept-alive connection, the thread serves the connection's next request
   itself when it is already buffered or arrives within :data:`LINGER_S`, and only while no other
   connection is waiting for a thread (otherwise the connection goes back to the main loop, as in
-  ``gthread``). A stopping or recycling worker answers with ``Connection: close`` as before.
+  ``gthread``). A stopping or recycling worker answers with ``Connection: close`` as before;
+- new connections go to the worker with the fewest open ones: workers publish their count in
+  memory shared from the master, and a busier worker leaves a new connection to a less busy one
+  for up to :data:`BALANCE_MAX_WAIT_S` before taking it anyway.
 
 It subclasses Gunicorn's own classes and overrides methods whose behaviour it must reproduce, so it
 is tied to the Gunicorn version it was written and tested against: importing it with another
@@ -22,9 +25,12 @@ imports this module; the web app is never imported there).
 
 from __future__ import annotations
 
+import mmap
 import select
+import struct
 import sys
 import threading
+import time
 from datetime import datetime
 
 import gunicorn
@@ -39,6 +45,21 @@ GUNICORN_VERSION = (27, 0, 1)
 #: How long a thread waits on its kept-alive connection for the next request before handing the
 #: connection back to the main loop. Short: it only has to cover a client that answers at once.
 LINGER_S = 0.002
+
+
+#: A worker with more open connections than another leaves a new connection to it this long...
+BALANCE_WAIT_S = 0.005
+#: ...and accepts it anyway once it has waited this long (the other may be busy or stuck).
+BALANCE_MAX_WAIT_S = 0.05
+#: A worker's slot not updated for this long is a worker that is gone (its loop turns every second).
+_FRESH_S = 2.0
+
+# One slot per worker: pid, open connections (-1 when not accepting), monotonic time of the update.
+# An anonymous shared mapping made when the master imports this module, so every forked worker
+# sees the others'. A torn read only skews one accept decision.
+_SLOT = struct.Struct("=iid")
+_SLOTS = 64
+_BOARD = mmap.mmap(-1, _SLOT.size * _SLOTS)
 
 
 class GunicornVersionError(RuntimeError):
@@ -88,12 +109,72 @@ class OneWriteResponse(wsgi.Response):
 
 
 class ThreadWorker(gthread.ThreadWorker):
-    """``gthread`` with one write per response and kept-alive connections served in place."""
+    """``gthread`` with one write per response, kept-alive connections served in place and new
+    connections spread over the workers."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._waiting = 0  # connections submitted to the thread pool and not yet picked up
         self._waiting_lock = threading.Lock()
+        self._slot = self.age % _SLOTS
+        self._paused_until = 0.0  # accepting is paused until then, for a less loaded worker
+        self._deferring_since = 0.0
+        self._last_deferral = 0.0
+
+    # --- accepting: new connections go to the worker with the fewest open ones -----------------
+    # Workers share the listening socket and whichever wakes first accepts, so a burst of new
+    # connections (a client opening its pool, nginx its upstream keep-alives) can all land on one
+    # worker, leaving the other cores idle for as long as those connections live.
+
+    def _publish(self, now: float) -> None:
+        open_conns = self.nr_conns if self.alive and self.nr_conns < self.worker_connections else -1
+        _SLOT.pack_into(_BOARD, self._slot * _SLOT.size, self.pid, open_conns, now)
+
+    def _leave_to_another(self, now: float) -> bool:
+        """Whether a live worker with fewer open connections should take the next one."""
+        if now - self._last_deferral > 2 * BALANCE_WAIT_S + 0.01:
+            self._deferring_since = now  # a new connection, not the one deferred a moment ago
+        elif now - self._deferring_since >= BALANCE_MAX_WAIT_S:
+            return False
+        for slot in range(_SLOTS):
+            if slot == self._slot:
+                continue
+            pid, open_conns, updated = _SLOT.unpack_from(_BOARD, slot * _SLOT.size)
+            if pid and pid != self.pid and 0 <= open_conns < self.nr_conns and now - updated < _FRESH_S:
+                self._last_deferral = now
+                return True
+        return False
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            _SLOT.pack_into(_BOARD, self._slot * _SLOT.size, 0, -1, 0.0)  # gone: nobody waits for this worker
+
+    def accept(self, listener):
+        now = time.monotonic()
+        if self.alive and self._leave_to_another(now):
+            self._paused_until = now + BALANCE_WAIT_S
+            self.set_accept_enabled(False)
+            return
+        super().accept(listener)
+
+    def set_accept_enabled(self, enabled):
+        if enabled and self._paused_until:
+            return  # run() asks every turn; the pause ends in wait_for_and_dispatch_events
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout):
+        now = time.monotonic()
+        self._publish(now)
+        if self._paused_until:
+            if now >= self._paused_until:
+                self._paused_until = 0.0
+                if self.alive and self.nr_conns < self.worker_connections:
+                    self.set_accept_enabled(True)
+            else:
+                timeout = min(timeout, self._paused_until - now)
+        super().wait_for_and_dispatch_events(timeout)
 
     def enqueue_req(self, conn):
         with self._waiting_lock:

@@ -1,15 +1,17 @@
 """The service's Gunicorn worker class (tagifai_api/worker.py) under real Gunicorn, over raw sockets:
 pipelined and kept-alive requests, ``Connection: close``, large and chunked bodies, files, HEAD,
-Gunicorn's own error answers, recycling and a graceful stop."""
+Gunicorn's own error answers, connections spread over the workers, recycling and a graceful stop."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from swagger_ui_bundle import swagger_ui_path
@@ -192,3 +194,33 @@ def test_a_graceful_stop_answers_a_kept_alive_connection_then_closes_it(artifact
             assert status == 200 and headers["connection"] == "close"
             assert reader.closed()
         assert srv.proc.wait(30) == 0
+
+
+def _wait_for_workers(log: Path, count: int, timeout_s: float = 60.0) -> None:
+    """Until ``count`` workers have loaded their model (a booting worker cannot take connections)."""
+    deadline = time.monotonic() + timeout_s
+    while len(set(re.findall(r"loaded in pid (\d+)", log.read_text(errors="replace")))) < count:
+        assert time.monotonic() < deadline, "the workers did not all start"
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
+def test_a_burst_of_new_connections_is_spread_over_the_workers(artifacts_dir, tmp_path):
+    """A client opening its pool at once (wrk, nginx's upstream keep-alives) gets both workers,
+    not one worker with every connection and an idle core (Gunicorn's gthread: often 16 and 0)."""
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(artifacts_dir, workers=2, log_path=log) as srv:
+        _wait_for_workers(log, 2)
+        workers = psutil.Process(srv.proc.pid).children()
+        socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=15) for _ in range(16)]
+        try:
+            for sock in socks:
+                sock.sendall(_request("GET", "/health/ready"))
+            assert all(Reader(sock).response()[0] == 200 for sock in socks)
+            ours = {sock.getsockname()[1] for sock in socks}
+            per_worker = [sum(1 for c in w.net_connections("tcp") if c.raddr and c.raddr.port in ours)
+                          for w in workers]
+        finally:
+            for sock in socks:
+                sock.close()
+    assert sum(per_worker) == 16 and min(per_worker) >= 6, per_worker
