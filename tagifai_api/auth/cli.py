@@ -24,7 +24,10 @@ def keys(ctx: click.Context, keys_file: Path | None) -> None:
 @click.option("--role", required=True, type=click.Choice(ROLES), help="predict: read and predict; admin: everything.")
 @click.pass_obj
 def create(store: KeyStore, name: str, role: str) -> None:
-    """Create a key and print it: the only time it is shown (only its hash is stored)."""
+    """Create a key and print it, once.
+
+    Only its hash is stored: the key cannot be shown again, only revoked and replaced.
+    """
     key = store.create(name, role)
     click.echo(key)
     click.echo(f"created {role} key {name!r} in {store.path}; it is not shown again", err=True)
@@ -33,7 +36,10 @@ def create(store: KeyStore, name: str, role: str) -> None:
 @keys.command("list")
 @click.pass_obj
 def list_keys(store: KeyStore) -> None:
-    """List keys: name, role and creation time (never the key or its hash)."""
+    """List keys: names, roles, creation times.
+
+    Never the keys or their hashes.
+    """
     entries = store.list()
     if not entries:
         click.echo(f"no keys in {store.path}", err=True)
