@@ -1,9 +1,15 @@
 # TagIfAI API. `make serve` and `make test` set everything up themselves.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The first of these that is Python 3.11 or newer builds .venv; PYTHON=/path/to/python wins.
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3
+ifndef PYTHON
+PYTHON := $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(if $(shell command -v $(p) >/dev/null 2>&1 && $(p) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo y),$(p))))
+endif
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# two stamps: serving needs requirements.txt only; tests and benchmarks add requirements-dev.txt
+STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
 PORT ?= 8000
 ARTIFACTS := artifacts
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -12,19 +18,27 @@ export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak newman clean score bench-score
+.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak check-pins newman clean score bench-score
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt
-	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "error: no Python 3.11 or newer found (tried $(PYTHON_CANDIDATES)); set PYTHON=/path/to/python3.x" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "error: PYTHON=$(PYTHON) is not Python 3.11 or newer (or not found)" >&2; exit 1; }
+	@echo "Creating $(VENV) with $(PYTHON) ($$($(PYTHON) -c 'import sys; print(sys.version.split()[0])'))"
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-install: $(STAMP) ## Create .venv and install the pinned dependencies
+install: $(DEV_STAMP) ## Create .venv and install the pinned dependencies, test tools included
 
 model: $(STAMP) ## Train the default model version unless a usable one exists
 	$(BIN)/python -m tagifai_api ensure-model
@@ -47,23 +61,32 @@ serve: model ## Set up and run the service under Gunicorn on PORT (default 8000)
 serve-dev: model ## Run Flask's development server with reloading
 	$(BIN)/flask --app tagifai_api run --debug --port $(PORT)
 
-test: model ## Set up and run the whole test suite
+test: model $(DEV_STAMP) ## Set up and run the whole test suite
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) ## Unit and API tests only (no real servers)
+test-fast: $(DEV_STAMP) ## Unit and API tests only (no real servers)
 	$(BIN)/python -m pytest -m "not integration"
 
-bench: model ## Benchmark in-process and over HTTP (results in reports/bench/)
+bench: model $(DEV_STAMP) ## Benchmark in-process and over HTTP (results in reports/bench/)
 	$(BIN)/python -m benchmarks.run
 
-bench-score: model ## Benchmark `score` on 1,000,000 rows against the fast path (results in reports/bench/)
+bench-score: model $(DEV_STAMP) ## Benchmark `score` on 1,000,000 rows against the fast path (results in reports/bench/)
 	$(BIN)/python -m benchmarks.score
 
-loadtest: model ## Locust, headless and bounded, against a live server (reports in reports/locust/)
+loadtest: model $(DEV_STAMP) ## Locust, headless and bounded, against a live server (reports in reports/locust/)
 	$(BIN)/python -m benchmarks.loadtest
 
-soak: model ## 10 minutes of mixed traffic against 2 recycling workers: unexpected answers and worker RSS (not in CI)
+soak: model $(DEV_STAMP) ## 10 minutes of mixed traffic against 2 recycling workers: unexpected answers and worker RSS (not in CI)
 	$(BIN)/python -m benchmarks.soak
+
+PIN_PYTHONS ?= 3.12 3.13
+check-pins: | $(BIN)/python ## Every pinned package has a wheel for Python 3.12 and 3.13 too (needs PyPI)
+	@set -e; for v in $(PIN_PYTHONS); do \
+	  dir=$$(mktemp -d); \
+	  $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $$v \
+	    -r requirements-dev.txt -d $$dir || { rm -rf $$dir; echo "error: the pins do not all install on Python $$v" >&2; exit 1; }; \
+	  rm -rf $$dir; echo "pins install on Python $$v"; \
+	done
 
 clean: ## Remove the virtualenv, caches and reports (model versions stay)
 	rm -rf $(VENV) .pytest_cache reports node_modules
