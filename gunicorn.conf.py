@@ -8,7 +8,6 @@ import ctypes
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 from gunicorn.glogging import Logger as _GunicornLogger
 
@@ -26,7 +25,12 @@ _gunicorn_util.write_error = _json_write_error
 
 def _env_int(name, default):
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        sys.exit(f"error: {name}: expected a whole number such as {default}, got {value!r}")
 
 
 def _env_str(name, default):
@@ -98,25 +102,16 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempd
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
-def _refuse_bad_settings():
-    """A bad ``TAGIFAI_*`` setting or keys file: one line on stderr and exit 2, before any worker
-    starts (each worker would otherwise fail to boot with a traceback)."""
-    from tagifai_api import settings
-    from tagifai_api.auth.keys import read_keys  # standard library only
-
-    try:
-        read_keys(Path(str(settings.from_env()["API_KEYS_FILE"])))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 def on_starting(server):
-    """Refuse bad settings; start without the samples of a previous run, which would be counted again.
+    """Refuse what the service cannot start with (a bad ``TAGIFAI_*`` setting, a missing artifacts
+    directory, an unreadable keys file, a port in use) in one line on stderr, before any worker
+    starts; then start without the samples of a previous run, which would be counted again.
 
     Only the sample files go: the directory may be one an operator chose, with other files in it.
     """
-    _refuse_bad_settings()
+    from tagifai_api import startup  # standard library only
+
+    startup.check_or_exit(server.cfg.address)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):

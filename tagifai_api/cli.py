@@ -31,6 +31,10 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+#: commands that need model versions to exist (train and ensure-model create the directory)
+_READS_ARTIFACTS = frozenset({"evaluate", "predict", "versions", "set-default", "rollback", "score"})
+
+
 @click.group()
 @click.option("--artifacts", "artifacts_dir", type=click.Path(path_type=Path), default=None,
               help="Artifacts directory (default: TAGIFAI_ARTIFACTS_DIR or ./artifacts).")
@@ -39,7 +43,12 @@ def _echo_json(obj) -> None:
 def cli(ctx: click.Context, artifacts_dir: Path | None, verbose: bool) -> None:
     """TagIfAI: tag ML project descriptions."""
     _setup_logging(verbose)
-    ctx.obj = {"artifacts": artifacts_dir or Path(settings.from_env()["ARTIFACTS_DIR"])}
+    root = artifacts_dir or Path(settings.from_env()["ARTIFACTS_DIR"])
+    if ctx.invoked_subcommand in _READS_ARTIFACTS and not root.is_dir():
+        where = "--artifacts" if artifacts_dir else "TAGIFAI_ARTIFACTS_DIR"
+        raise artifacts.ArtifactError(f"{where}: {root} is not a directory of model versions; "
+                                      "train one with `python -m tagifai_api train` (or `make model`)")
+    ctx.obj = {"artifacts": root}
 
 
 @cli.command()
@@ -253,7 +262,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def main() -> None:
-    """Entry point: every error is one clear line on standard error (exit 2 for usage, artifact and key errors)."""
+    """Entry point: every error is one clear line on standard error (exit 2 for usage, setting,
+    artifact and key errors)."""
     try:
         code = cli.main(prog_name="python -m tagifai_api", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -266,7 +276,7 @@ def main() -> None:
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
-    except (artifacts.ArtifactError, KeyFileError, KeyStoreError) as exc:
+    except (artifacts.ArtifactError, KeyFileError, KeyStoreError, settings.SettingError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

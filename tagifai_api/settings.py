@@ -6,6 +6,7 @@ all read from here.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -48,6 +49,10 @@ CHOICES: dict[str, tuple[str, ...]] = {"AUTH": ("admin", "all", "off")}
 DEFAULTS: dict[str, object] = {key: default for key, (default, _) in SETTINGS.items()}
 
 
+class SettingError(ValueError):
+    """A ``TAGIFAI_*`` variable the service cannot use; the message names it and what would be valid."""
+
+
 def _parse(raw: str, default: object) -> object:
     """Read an environment value as the type of its default."""
     if isinstance(default, bool):
@@ -55,11 +60,17 @@ def _parse(raw: str, default: object) -> object:
             return True
         if raw.strip().lower() in {"0", "false", "no", "off", ""}:
             return False
-        raise ValueError(f"expected a boolean, got {raw!r}")
+        raise ValueError(f"expected a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}")
     if isinstance(default, int):
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number such as {default}, got {raw!r}") from None
     if isinstance(default, float):
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number such as {default}, got {raw!r}") from None
     if isinstance(default, str):
         return raw
     return json.loads(raw)
@@ -74,11 +85,13 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
             continue
         key = name[len(ENV_PREFIX):]
         if key not in SETTINGS:
-            raise ValueError(f"unknown setting {name}; known: {', '.join(ENV_PREFIX + k for k in SETTINGS)}")
+            close = difflib.get_close_matches(key, SETTINGS, n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+            raise SettingError(f"unknown setting {name}{hint}; valid: {', '.join(ENV_PREFIX + k for k in SETTINGS)}")
         try:
             values[key] = _parse(raw, DEFAULTS[key])
         except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+            raise SettingError(f"{name}: {exc}") from None
     _check_choices(values)
     return values
 
@@ -86,7 +99,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
 def _check_choices(values: Mapping[str, object]) -> None:
     for key, allowed in CHOICES.items():
         if values[key] not in allowed:
-            raise ValueError(f"{ENV_PREFIX}{key}: expected one of {', '.join(allowed)}, got {values[key]!r}")
+            raise SettingError(f"{ENV_PREFIX}{key}: expected one of {', '.join(allowed)}, got {values[key]!r}")
 
 
 def resolve(overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> dict:

@@ -84,7 +84,7 @@ def test_created_and_revoked_keys_reach_both_workers_within_5s(artifacts_dir, tm
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"TAGIFAI_AUTH": "sometimes"}, "error: TAGIFAI_AUTH: expected one of admin, all, off, got 'sometimes'"),
-    ({"TAGIFAI_API_KEYS_FILE": "{tmp}/bad.json"}, "error: keys file {tmp}/bad.json is not valid JSON"),
+    ({"TAGIFAI_API_KEYS_FILE": "{tmp}/bad.json"}, "error: TAGIFAI_API_KEYS_FILE: keys file {tmp}/bad.json is not valid JSON"),
 ])
 def test_bad_mode_or_keys_file_stops_the_start_in_one_line(tmp_path, env, message):
     (tmp_path / "bad.json").write_text("{not json")
