@@ -275,17 +275,20 @@ class Explainer:
 
     def _top(self, scored: Scored, contrib: np.ndarray) -> dict:
         k = self.top_k
-        order = np.argsort(contrib).tolist()
-        values = contrib.tolist()
-        negative = [i for i in order[:k] if values[i] < 0]
-        positive = [i for i in reversed(order[-k:]) if values[i] > 0]
-        feats, counts = scored.feats.tolist(), scored.counts.tolist()
+        order = np.argsort(contrib)
+        # only the few features listed are turned into Python objects
+        chosen = np.concatenate([order[::-1][:k], order[:k]])
+        values = contrib[chosen].tolist()
+        feats = scored.feats[chosen].tolist()
+        counts = scored.counts[chosen].tolist()
+        n = min(k, len(order))
 
-        def entry(i: int) -> dict:
-            kind, feature = self._feature(feats[i])
-            return {"feature": feature, "kind": kind, "count": counts[i], "contribution": values[i]}
+        def entry(j: int) -> dict:
+            kind, feature = self._feature(feats[j])
+            return {"feature": feature, "kind": kind, "count": counts[j], "contribution": values[j]}
 
-        return {"positive": [entry(i) for i in positive], "negative": [entry(i) for i in negative]}
+        return {"positive": [entry(j) for j in range(n) if values[j] > 0],
+                "negative": [entry(j) for j in range(n, 2 * n) if values[j] < 0]}
 
     def _feature(self, i: int) -> tuple[str, str]:
         """(kind, text) of global feature ``i``."""
