@@ -273,9 +273,9 @@ def main() -> None:
         hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
+    except click.Abort:  # Ctrl-C outside a command's own handling (click turns it into Abort)
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
     except (artifacts.ArtifactError, KeyFileError, KeyStoreError, settings.SettingError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -50,6 +50,10 @@ class ScoreFailed(Exception):
     """The run stopped on an error after committing what it had (exit code 1, resumable)."""
 
 
+class OutputError(Exception):
+    """The output, errors or progress file could not be written (disk full, permissions)."""
+
+
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM: committed work is kept and ``--resume`` continues (exit 128 + signal)."""
 
@@ -163,26 +167,38 @@ class _Output:
         self._pending = journal.Committed(**vars(committed))  # written, not yet fsync'ed
         self._last_commit = time.monotonic()
         self._errors = None
-        if fresh:  # the progress file exists before any output does
-            journal.write(self.journal_path, identity, committed)
-            self._out = open(path, "wb")  # noqa: SIM115 - closed in close()
-            self._write(ChunkResult(index=-1, rows=0, data=header, errors=b"", scored=0, rejected=0,
-                                    position=committed.position))
-            self.commit()
-        else:
-            self._out = open(path, "r+b")  # noqa: SIM115
-            self._out.truncate(committed.output_bytes)
-            self._out.seek(0, os.SEEK_END)
-            if self.errors_path.exists():
-                with open(self.errors_path, "r+b") as fh:
-                    fh.truncate(committed.errors_bytes)
+        self._out = None
+        with self._writing(path):
+            if fresh:  # the progress file exists before any output does
+                journal.write(self.journal_path, identity, committed)
+                self._out = open(path, "wb")  # noqa: SIM115 - closed in close()
+                self._write(ChunkResult(index=-1, rows=0, data=header, errors=b"", scored=0, rejected=0,
+                                        position=committed.position))
+                self.commit()
+            else:
+                self._out = open(path, "r+b")  # noqa: SIM115
+                self._out.truncate(committed.output_bytes)
+                self._out.seek(0, os.SEEK_END)
+                if self.errors_path.exists():
+                    with open(self.errors_path, "r+b") as fh:
+                        fh.truncate(committed.errors_bytes)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _writing(path: Path):
+        """An OSError while writing becomes one clear :class:`OutputError`."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
 
     def _write(self, result: ChunkResult) -> None:
-        self._out.write(result.data)
-        if result.errors:
-            if self._errors is None:
-                self._errors = open(self.errors_path, "ab")  # noqa: SIM115
-            self._errors.write(result.errors)
+        with self._writing(self.path):
+            self._out.write(result.data)
+            if result.errors:
+                if self._errors is None:
+                    self._errors = open(self.errors_path, "ab")  # noqa: SIM115
+                self._errors.write(result.errors)
         p = self._pending
         p.rows += result.rows
         p.output_bytes += len(result.data)
@@ -200,26 +216,39 @@ class _Output:
 
     def commit(self) -> None:
         """Make every written chunk durable, then record it in the progress file."""
-        for fh in (self._out, self._errors):
-            if fh is not None:
-                fh.flush()
-                os.fsync(fh.fileno())
-        self.committed = journal.Committed(**vars(self._pending))
-        journal.write(self.journal_path, self.identity, self.committed)
+        with self._writing(self.path):
+            for fh in (self._out, self._errors):
+                if fh is not None:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            committed = journal.Committed(**vars(self._pending))
+            journal.write(self.journal_path, self.identity, committed)
+        self.committed = committed
         self._last_commit = time.monotonic()
+
+    def commit_if_possible(self) -> None:
+        """Commit on the way out of a failed run; if even that fails, the last commit stands."""
+        try:
+            self.commit()
+        except OutputError:
+            pass
 
     def close(self) -> None:
         for fh in (self._out, self._errors):
             if fh is not None:
-                fh.close()
+                try:
+                    fh.close()
+                except OSError:
+                    pass  # bytes past the last commit; a resumed run truncates them anyway
 
     def finish(self) -> None:
         """The run is complete: no progress file, and no errors file when nothing was rejected."""
         self.commit()
         self.close()
-        journal.remove(self.journal_path)
-        if self.committed.errors_bytes == 0:
-            self.errors_path.unlink(missing_ok=True)
+        with self._writing(self.journal_path):
+            journal.remove(self.journal_path)
+            if self.committed.errors_bytes == 0:
+                self.errors_path.unlink(missing_ok=True)
 
 
 def _columns(reader: Reader, opts: ScoreOptions) -> Columns:
@@ -342,7 +371,10 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
             raise UsageError(f"cannot resume: {errors_path} is shorter than its committed "
                              f"{committed.errors_bytes} bytes; use --force to start over")
     local = ChunkScorer(config, predictor)
-    output = _Output(opts.output, identity, committed, local.header())
+    try:
+        output = _Output(opts.output, identity, committed, local.header())
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
     resumed_from = output.committed.rows
     progress = Progress(source.size, output.committed.position or 0, resumed_from,
                         Progress.mode_for(opts.quiet), opts.progress_interval)
@@ -361,21 +393,26 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
                 else:
                     _score_in_pool(opts.workers, config, chunks, output, progress, signals)
             except KeyboardInterrupt:
-                output.commit()
+                output.commit_if_possible()
                 raise Interrupted(signals.received or signal.SIGINT, output.committed.rows) from None
+            except OutputError as exc:
+                raise ScoreFailed(f"{exc}; {output.committed.rows} rows are committed") from None
             except (OSError, EOFError, FormatError) as exc:
-                output.commit()
+                output.commit_if_possible()
                 raise ScoreFailed(f"cannot read the input after row {output.committed.rows}: {exc}") from None
             except BrokenProcessPool as exc:
-                output.commit()
+                output.commit_if_possible()
                 raise ScoreFailed(f"a worker process died ({exc}); {output.committed.rows} rows are committed") \
                     from None
             except Exception as exc:  # noqa: BLE001 - any failure inside scoring keeps the committed rows
-                output.commit()
+                output.commit_if_possible()
                 log.debug("scoring failed", exc_info=True)
                 raise ScoreFailed(f"scoring failed after row {output.committed.rows}: "
                                   f"{type(exc).__name__}: {exc}") from None
-            output.finish()
+            try:
+                output.finish()
+            except OutputError as exc:
+                raise ScoreFailed(f"{exc}; {output.committed.rows} rows are committed") from None
     finally:
         progress.close()
         output.close()

@@ -129,3 +129,30 @@ def test_ctrl_c_stops_cleanly_and_resumes_byte_identical_gzip(artifacts_dir, sco
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after {rows:,}" in resumed.stderr
     assert out.read_bytes() == reference("out.csv.gz")
+
+
+def test_a_full_disk_stops_with_one_line_and_resumes_byte_identical(artifacts_dir, score, data, reference, tmp_path):
+    """Writes that fail (here: a file-size limit, as a full disk would) stop the run with the
+    committed rows kept; a resumed run finishes the same file."""
+    import re
+    import resource
+
+    src = tmp_path / "in.csv"
+    src.write_bytes(data)
+    out = tmp_path / "out.csv"
+    limit = 150_000  # bytes: a few chunks of output fit
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(command(artifacts_dir, src, "-o", out, *ARGS), cwd=ROOT, capture_output=True,
+                          timeout=120, preexec_fn=small_disk)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.startswith(f"error: cannot write {out}: File too large; ") and stderr.count("\n") == 1, stderr
+    assert "run the same command with --resume" in stderr and "Traceback" not in stderr
+    committed = int(re.search(r"; ([\d,]+) rows are committed", stderr).group(1).replace(",", ""))
+    assert 0 < committed < 4 * 764
+    resumed = score(src, "-o", out, *ARGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == reference("out.csv")
