@@ -152,7 +152,7 @@ def test_a_full_disk_stops_with_one_line_and_resumes_byte_identical(artifacts_di
     assert stderr.startswith(f"error: cannot write {out}: File too large; ") and stderr.count("\n") == 1, stderr
     assert "run the same command with --resume" in stderr and "Traceback" not in stderr
     committed = int(re.search(r"; ([\d,]+) rows are committed", stderr).group(1).replace(",", ""))
-    assert 0 < committed < 4 * 764
+    assert committed < 4 * 764  # how many depends on the clock: commits are at most a second apart
     resumed = score(src, "-o", out, *ARGS, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == reference("out.csv")
