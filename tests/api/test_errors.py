@@ -82,49 +82,66 @@ def test_no_model_is_503(make_app, tmp_path):
     check_envelope(client.get("/"), 200)
 
 
-def _slow_hook(predict, items):
-    time.sleep(0.3)
-    return predict(items)
+class GatedHook:
+    """A model call that signals it has started and then holds until released (no sleeps, no timing)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, predict, items):
+        self.entered.set()
+        assert self.release.wait(30)
+        return predict(items)
+
+
+def _post_in_thread(app, i: int, out: list) -> threading.Thread:
+    def call():
+        r = app.test_client().post("/predict", json={"texts": [{"text": f"text number {i}"}]})
+        out.append((r.status_code, r.headers.get("Retry-After"), r.get_json()["status-code"]))
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    return t
+
+
+def _wait_queued(app, texts: int) -> None:
+    batcher = app.extensions["tagifai"].batcher
+    deadline = time.monotonic() + 30  # bounds a broken run only
+    while batcher._queued_items < texts:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
 
 
 def test_full_queue_is_503_with_retry_after(make_app):
-    client = make_app(PREDICT_HOOK=_slow_hook, BATCH_QUEUE_SIZE=1, CACHE_SIZE=0).test_client()
-    app = client.application
-    statuses = []
-
-    def call(i):
-        c = app.test_client()
-        r = c.post("/predict", json={"texts": [{"text": f"text number {i}"}]})
-        statuses.append((r.status_code, r.headers.get("Retry-After"), r.get_json()["status-code"]))
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-        time.sleep(0.02)
-    for t in threads:
-        t.join(10)
-    assert (503, "1", 503) in statuses
-    assert any(s[0] == 200 for s in statuses)
+    hook = GatedHook()
+    app = make_app(PREDICT_HOOK=hook, BATCH_QUEUE_SIZE=1, CACHE_SIZE=0)
+    statuses: list = []
+    running = _post_in_thread(app, 0, statuses)  # holds the model
+    assert hook.entered.wait(30)
+    queued = _post_in_thread(app, 1, statuses)  # fills the one-text queue
+    _wait_queued(app, 1)
+    refused = _post_in_thread(app, 2, statuses)
+    refused.join(30)
+    assert statuses == [(503, "1", 503)]
+    hook.release.set()
+    for t in (running, queued):
+        t.join(30)
+    assert sorted(statuses) == [(200, None, 200), (200, None, 200), (503, "1", 503)]
 
 
 def test_deadline_passed_in_queue_is_504(make_app):
-    client = make_app(PREDICT_HOOK=_slow_hook, PREDICT_TIMEOUT_MS=100, CACHE_SIZE=0).test_client()
-    app = client.application
-    results = []
-
-    def call(i):
-        r = app.test_client().post("/predict", json={"texts": [{"text": f"text number {i}"}]})
-        results.append(r.get_json())
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-        time.sleep(0.02)
-    for t in threads:
-        t.join(10)
-    codes = sorted(b["status-code"] for b in results)
-    assert 504 in codes
-    assert codes[0] == 200
+    hook = GatedHook()
+    app = make_app(PREDICT_HOOK=hook, PREDICT_TIMEOUT_MS=100, CACHE_SIZE=0)
+    results: list = []
+    running = _post_in_thread(app, 0, results)
+    assert hook.entered.wait(30)
+    late = _post_in_thread(app, 1, results)  # queued behind a model call that does not end
+    late.join(30)
+    assert [r[0] for r in results] == [504]
+    hook.release.set()
+    running.join(30)
+    assert sorted(r[0] for r in results) == [200, 504]
 
 
 @pytest.mark.parametrize("path", ["/", "/predict", "/args/threshold"])

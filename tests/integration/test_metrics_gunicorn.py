@@ -143,3 +143,69 @@ def test_gunicorn_check_config(tmp_path):
     result = subprocess.run([str(VENV_BIN / "gunicorn"), "--check-config", "-c", "gunicorn.conf.py", "wsgi:app"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_error_cache_and_fallback_counters_move_exactly(artifacts_dir, tmp_path):
+    """tagifai_errors_total by type, the cache's hits and misses, and the low-confidence count
+    equal what the requests made happen, summed over both workers."""
+    from tagifai_api.auth.keys import KeyStore
+
+    keys_file = tmp_path / "keys.json"
+    key = KeyStore(keys_file).create("metrics", "predict")
+    env = {"TAGIFAI_CACHE_SIZE": "64", "TAGIFAI_MAX_CONTENT_LENGTH": "4096", "TAGIFAI_AUTH": "all",
+           "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+    auth = {"Authorization": f"Bearer {key}"}
+    errors = {  # type: (how many, status, request)
+        "ValidationError": (3, 422, dict(method="POST", path="/predict", json={"texts": []})),
+        "BadRequest": (2, 400, dict(method="POST", path="/predict", data=b'{"texts": [',
+                                    headers={"Content-Type": "application/json"})),
+        "UnsupportedMediaType": (1, 415, dict(method="POST", path="/predict", data=b"texts",
+                                              headers={"Content-Type": "text/plain"})),
+        "NotFound": (4, 404, dict(method="GET", path="/no/such/route")),
+        "NotFoundError": (3, 404, dict(method="GET", path="/args/no_such_arg")),
+        "MethodNotAllowed": (2, 405, dict(method="GET", path="/predict")),
+        "RequestEntityTooLarge": (1, 413, dict(method="POST", path="/predict", data=b"x" * 5000,
+                                               headers={"Content-Type": "application/json"})),
+        "UnauthorizedError": (2, 401, dict(method="GET", path="/args", headers={})),
+    }
+    low_confidence = 0
+
+    def predict(session: requests.Session, texts: list[str]) -> None:
+        nonlocal low_confidence
+        r = session.post(f"{server.url}/predict", json={"texts": [{"text": t} for t in texts]}, timeout=10)
+        assert r.status_code == 200, (r.text, (tmp_path / "gunicorn.log").read_text()[-4000:])
+        for p in r.json()["data"]["predictions"]:
+            low_confidence += p["low_confidence"]
+            assert p["predicted_tag"] == "other" or not p["low_confidence"]
+
+    with gunicorn(artifacts_dir, workers=2, env=env, log_path=tmp_path / "gunicorn.log") as server:
+        before = scrape(server.url)
+        with requests.Session() as session:  # one kept-alive connection: one worker, one cache
+            session.headers.update(auth)
+            for text, times in (("Object detection with YOLO on video frames.", 5),
+                                ("Machine translation with transformers.", 3)):
+                for _ in range(times):
+                    predict(session, [text])
+        with requests.Session() as session:
+            session.headers.update(auth)
+            predict(session, ["hello", "qwxz vbnm plok", "a", TEXTS[0]])  # the first three fall back to other
+        for kind, (times, status, call) in errors.items():
+            for _ in range(times):
+                headers = call.get("headers", auth if kind != "UnauthorizedError" else {})
+                headers = {**auth, **headers} if kind != "UnauthorizedError" else headers
+                r = requests.request(call["method"], f"{server.url}{call['path']}", json=call.get("json"),
+                                     data=call.get("data"), headers=headers, timeout=10)
+                assert r.status_code == status, (kind, r.text)
+        after = scrape(server.url)
+
+    def delta(name: str, labels: dict | None = None) -> float:
+        return value(after, name, labels) - value(before, name, labels)
+
+    for kind, (times, _, _) in errors.items():
+        assert delta("tagifai_errors_total", {"type": kind}) == times, kind
+    assert delta("tagifai_errors_total") == sum(times for times, _, _ in errors.values())
+    assert delta("tagifai_cache_misses_total") == 2 + 4  # each text once; the last request's four are new
+    assert delta("tagifai_cache_hits_total") == 4 + 2
+    assert low_confidence >= 3
+    assert delta("tagifai_low_confidence_predictions_total") == low_confidence

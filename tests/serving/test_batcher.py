@@ -43,6 +43,29 @@ def make_batcher():
         b.close()
 
 
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until true; the timeout only bounds a broken run, no test relies on timing."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
+def in_thread(fn, *args) -> tuple[threading.Thread, dict]:
+    """Run ``fn(*args)`` in a thread; the dict gets its ``result`` or ``error``."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
 def _submit_in_threads(batcher, jobs, timeout_s=5.0):
     results, errors = {}, {}
 
@@ -60,10 +83,10 @@ def _submit_in_threads(batcher, jobs, timeout_s=5.0):
 
 def test_lone_request_runs_at_once(make_batcher):
     model = FakeModel()
-    b = make_batcher(model, max_wait_s=5.0)  # a long window must not apply when nobody else is coming
-    start = time.monotonic()
-    assert b.submit(["a", "b"], 5.0) == ["r:a", "r:b"]
-    assert time.monotonic() - start < 1.0
+    b = make_batcher(model, max_wait_s=3600.0)  # a window that applied would hold it for an hour
+    t, out = in_thread(b.submit, ["a", "b"], 3600.0)
+    t.join(30)
+    assert out == {"result": ["r:a", "r:b"]}
     assert model.calls == [["a", "b"]]
 
 
@@ -76,9 +99,7 @@ def test_concurrent_requests_share_a_call_and_keep_their_order(make_batcher):
     assert model.entered.wait(5)  # the model is busy with x: the next requests queue up
     jobs = {i: [f"{i}-{j}" for j in range(i + 1)] for i in range(5)}
     threads, results, errors = _submit_in_threads(b, jobs)
-    deadline = time.monotonic() + 5
-    while b._queued_items < 15 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: b._queued_items == 15)
     gate.set()
     for t in [first, *threads]:
         t.join(5)
@@ -102,11 +123,8 @@ def test_batch_limit_counts_texts_and_never_splits_a_request(make_batcher):
         t, got, failed = _submit_in_threads(b, {key: jobs[key]})
         threads += t
         results[key], errors[key] = got, failed
-        deadline = time.monotonic() + 5
-        while sum(len(j.items) for j in b._queue) < sum(len(jobs[k]) for k in jobs if k <= key and k != "big") and \
-                time.monotonic() < deadline and key != "big":
-            time.sleep(0.005)
-    time.sleep(0.05)
+        queued = sum(len(jobs[k]) for k in jobs if k <= key)
+        wait_until(lambda: b._queued_items == queued)
     gate.set()
     for t in [blocker, *threads]:
         t.join(5)
@@ -122,27 +140,25 @@ def test_batch_limit_counts_texts_and_never_splits_a_request(make_batcher):
 
 def test_window_waits_for_announced_requests(make_batcher):
     model = FakeModel()
-    b = make_batcher(model, max_wait_s=0.5)
+    b = make_batcher(model, max_wait_s=3600.0)  # the window cannot run out during the test
     arrival = b.arriving().__enter__()  # a request is being parsed
-    results = {}
-    t = threading.Thread(target=lambda: results.setdefault("first", b.submit(["a"], 5.0)))
-    t.start()
-    time.sleep(0.05)
+    t, first = in_thread(b.submit, ["a"], 3600.0)
+    wait_until(lambda: b._busy)  # the batching thread took it and holds the batch open
     assert model.calls == []  # the batch waits for the announced request...
-    results["second"] = arrival.submit(["b"], 5.0)  # ...which arrives and joins it
+    second = arrival.submit(["b"], 5.0)  # ...which arrives and joins it
     arrival.__exit__(None, None, None)
-    t.join(5)
+    t.join(30)
     assert model.calls == [["a", "b"]]
-    assert results == {"first": ["r:a"], "second": ["r:b"]}
+    assert first == {"result": ["r:a"]} and second == ["r:b"]
 
 
 def test_window_is_bounded(make_batcher):
     model = FakeModel()
     b = make_batcher(model, max_wait_s=0.05)
-    with b.arriving():  # announced, but never submits
-        start = time.monotonic()
-        assert b.submit(["a"], 5.0) == ["r:a"]
-        assert time.monotonic() - start < 1.0
+    with b.arriving():  # announced, but never submits: the batch goes when the window closes
+        t, out = in_thread(b.submit, ["a"], 3600.0)
+        t.join(30)
+        assert out == {"result": ["r:a"]}
 
 
 def test_full_queue_is_refused_at_once(make_batcher):
@@ -153,13 +169,11 @@ def test_full_queue_is_refused_at_once(make_batcher):
     blocker.start()
     assert model.entered.wait(5)
     threads, results, errors = _submit_in_threads(b, {"a": ["1", "2", "3"]})
-    deadline = time.monotonic() + 5
-    while b._queued_items < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    start = time.monotonic()
-    with pytest.raises(QueueFullError):
-        b.submit(["4", "5"], 5.0)
-    assert time.monotonic() - start < 0.5
+    wait_until(lambda: b._queued_items == 3)
+    # refused while the model is still held: a submit that waited for room would never return here
+    t, out = in_thread(b.submit, ["4", "5"], 3600.0)
+    t.join(30)
+    assert isinstance(out.get("error"), QueueFullError)
     gate.set()
     for t in [blocker, *threads]:
         t.join(5)
@@ -198,9 +212,7 @@ def test_failing_batches_on_the_batching_thread_fail_alone(make_batcher, poison)
     threads, results, errors = _submit_in_threads(b, {"first": ["first"]})
     assert model.entered.wait(5)  # "first" holds the model: the next ones queue for the batching thread
     more, results2, errors2 = _submit_in_threads(b, {"bad": [poison], "good": ["good"]})
-    deadline = time.monotonic() + 5
-    while b._queued_items < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: b._queued_items == 2)
     gate.set()
     for t in threads + more:
         t.join(10)
@@ -251,6 +263,7 @@ def test_close_finishes_queued_work(make_batcher):
     b = make_batcher(model)
     threads, results, errors = _submit_in_threads(b, {"a": ["1"], "b": ["2"]})
     assert model.entered.wait(5)
+    wait_until(lambda: b._queued_items == 1)  # one runs, the other is queued: close must finish it
     closer = threading.Thread(target=b.close)
     closer.start()
     gate.set()
