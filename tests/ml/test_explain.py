@@ -208,3 +208,26 @@ def test_a_cleaning_the_alignment_does_not_know_is_caught(monkeypatch):
     monkeypatch.setattr(explain, "clean_text", lambda text, stopwords: "something else")
     with pytest.raises(AlignmentError):
         align("a text", frozenset())
+
+
+def test_served_explanations_agree_with_plain_predictions_on_every_text(trained, texts, tmp_path):
+    """Predictor.explain (what /predict serves) in batches of 100: the plain answer, plus an exact explanation."""
+    from tagifai_api.ml import artifacts
+    from tagifai_api.ml.predict import Predictor
+
+    artifacts.save(tmp_path, trained, "0" * 64)
+    predictor = Predictor(artifacts.load(tmp_path))
+    decision = trained.pipeline.decision_function([trained.compiled.clean(t) for t in texts])
+    for start in range(0, len(texts), 100):
+        batch = texts[start:start + 100]
+        for plain, explained, row in zip(predictor.predict(batch), predictor.explain(batch), decision[start:]):
+            assert explained["predicted_tag"] == plain["predicted_tag"]
+            assert explained["low_confidence"] == plain["low_confidence"]
+            for tag, p in plain["probabilities"].items():
+                assert explained["probabilities"][tag] == pytest.approx(p, abs=1e-12)
+            e = explained["explanation"]
+            c = predictor.classes.index(e["tag"])
+            assert e["tag"] == max(plain["probabilities"], key=plain["probabilities"].get)
+            assert e["score"] == pytest.approx(row[c], abs=1e-9)
+            assert e["intercept"] + sum(w["contribution"] for w in e["words"]) == pytest.approx(e["score"], abs=1e-9)
+            assert ("note" in e) is plain["low_confidence"]
