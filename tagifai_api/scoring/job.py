@@ -290,9 +290,7 @@ def _prepare(opts: ScoreOptions) -> tuple[str | None, tuple[dict, journal.Commit
     journal_path = journal.path_for(output)
     existing = [p for p in (output, errors_path, journal_path) if p.exists()]
     if opts.force:
-        for p in existing:
-            p.unlink()
-        return out_format, None
+        return out_format, None  # the old files go once the new run is known to be able to start
     if opts.resume and journal_path.exists():
         try:
             return out_format, journal.read(journal_path)
@@ -372,9 +370,15 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
                              f"{committed.errors_bytes} bytes; use --force to start over")
     local = ChunkScorer(config, predictor)
     try:
+        if opts.force:
+            for path in (opts.output, opts.output.with_name(opts.output.name + ".errors.jsonl"),
+                         journal.path_for(opts.output)):
+                path.unlink(missing_ok=True)
         output = _Output(opts.output, identity, committed, local.header())
     except OutputError as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot remove {exc.filename}: {exc.strerror or exc}") from None
     resumed_from = output.committed.rows
     progress = Progress(source.size, output.committed.position or 0, resumed_from,
                         Progress.mode_for(opts.quiet), opts.progress_interval)

@@ -197,6 +197,8 @@ def test_existing_output_is_refused_without_force_or_resume(score, tmp_path):
     assert out.read_text() == "keep me"
     nothing = score(src, "-o", out, "--resume")
     assert nothing.returncode == 2 and "nothing to resume" in nothing.stderr
+    failed = score(src, "-o", out, "--force", "--text-column", "body")
+    assert failed.returncode == 2 and out.read_text() == "keep me"  # a usage error removes nothing
     forced = score(src, "-o", out, "--force")
     assert forced.returncode == 0, forced.stderr
     assert out.read_text().startswith("id,predicted_tag,")
