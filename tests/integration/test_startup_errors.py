@@ -19,8 +19,12 @@ pytestmark = pytest.mark.integration
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any TAGIFAI_*/GUNICORN_* variable of the caller, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGIFAI_", "GUNICORN_", "PROMETHEUS_"))}
+    """The environment without any TAGIFAI_*/GUNICORN_* variable of the caller, plus ``extra``.
+
+    Make's own variables go too: under `make test` (as CI runs the suite) a child `make serve` would
+    otherwise run as a sub-make and close with ``make[1]: ***`` instead of what a user sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGIFAI_", "GUNICORN_", "PROMETHEUS_"))
+           and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
