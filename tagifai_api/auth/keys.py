@@ -93,6 +93,8 @@ def _parse(path: Path, raw: bytes) -> tuple[ApiKey, ...]:
         doc = json.loads(raw)
     except ValueError as exc:
         raise KeyFileError(f"keys file {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # the standard parser recurses once per nesting level
+        raise KeyFileError(f"keys file {path} is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise KeyFileError(f'keys file {path} must be a JSON object with a "keys" list')
     keys: list[ApiKey] = []

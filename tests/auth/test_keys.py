@@ -105,6 +105,7 @@ def test_missing_file_means_no_keys(path):
 
 @pytest.mark.parametrize(("content", "message"), [
     ("{", "not valid JSON"),
+    ("[" * 100_000, "not valid JSON: nested too deeply"),
     ("[]", 'a "keys" list'),
     ('{"keys": [{"name": "a"}]}', "entry 0: expected exactly"),
     ('{"keys": [{"name": "a", "role": "root", "created_at": "", "sha256": "' + "0" * 64 + '"}]}', "invalid role"),
