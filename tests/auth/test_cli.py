@@ -104,3 +104,10 @@ def test_the_default_keys_file_is_never_committed():
     for path in (default, default.parent / f".{default.name}.lock", default.parent / f".{default.name}.x1y2"):
         out = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=settings.ROOT, capture_output=True)
         assert out.returncode == 0, f"{path} is not git-ignored"
+
+
+def test_a_bad_setting_in_the_environment_is_one_line_and_exit_2(keys_file, monkeypatch, capsys):
+    monkeypatch.setenv("TAGIFAI_AUTH", "sometimes")
+    code, out, err = run(monkeypatch, capsys, "keys", "list")
+    assert code == 2 and out == ""
+    assert err == "error: TAGIFAI_AUTH: expected one of admin, all, off, got 'sometimes'\n"
