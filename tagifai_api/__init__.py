@@ -26,6 +26,9 @@ def create_app(config: Mapping[str, object] | None = None):
     app = Flask(__name__)
     app.json = responses.OrjsonProvider(app)
     app.make_default_options_response = responses.options_response
+    # "/args//threshold" is a 404 envelope: merging the slashes would answer a 308 in HTML, to a
+    # Location built from the client-set (forwarded) host; set before any route is added
+    app.url_map.merge_slashes = False
     app.config.update(settings.resolve(config))
     app.config["PROPAGATE_EXCEPTIONS"] = False  # every failure answers in the envelope, tests included
     logs.configure(str(app.config["LOG_LEVEL"]))

@@ -28,6 +28,14 @@ def test_error_envelopes(client, method, path, kwargs, status):
     assert "<" not in body["message"] and "Traceback" not in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("path", ["/args//threshold", "/health//live", "/models//default"])
+def test_doubled_slashes_are_a_404_envelope_not_an_html_redirect(client, path):
+    """Werkzeug would answer 308 in HTML, to a Location built from the (forwarded, client-set) host."""
+    response = client.get(path, headers={"X-Forwarded-Host": "elsewhere.example"})
+    check_envelope(response, 404)
+    assert "Location" not in response.headers
+
+
 def test_405_lists_allowed_methods(client):
     response = client.get("/predict")
     assert "POST" in response.headers["Allow"]
