@@ -27,15 +27,31 @@ def keys_cli(keys_file: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-def probe(url: str, key: str, label: str, seconds: float) -> list[tuple[str, float, int]]:
-    """(request id, seconds since start, status) of requests sent on fresh connections for ``seconds``."""
+def one_session_per_worker(url: str, workers: int = 2) -> list[requests.Session]:
+    """Kept-alive connections, one to each worker. Sequential fresh connections are not enough: a
+    new connection goes to the worker with the fewest open ones, a tie whenever none is open."""
+    sessions: dict[int, requests.Session] = {}
+    opened = []
+    for _ in range(20):
+        session = requests.Session()
+        opened.append(session)
+        pid = session.get(f"{url}/health/ready", timeout=10).json()["data"]["pid"]
+        sessions.setdefault(pid, session)
+        if len(sessions) == workers:
+            return list(sessions.values())
+    pytest.fail(f"20 connections reached only the workers {sorted(sessions)}")
+
+
+def probe(url: str, sessions: list[requests.Session], key: str, label: str,
+          seconds: float) -> list[tuple[str, float, int]]:
+    """(request id, seconds since start, status) of requests sent on each session in turn for ``seconds``."""
     start = time.monotonic()
     sent = []
     n = 0
     while (elapsed := time.monotonic() - start) < seconds:
         rid = f"{label}-{n}"
-        r = requests.get(f"{url}/args/threshold", headers={"Authorization": f"Bearer {key}", "X-Request-ID": rid,
-                                                           "Connection": "close"}, timeout=10)
+        r = sessions[n % len(sessions)].get(f"{url}/args/threshold", timeout=10,
+                                            headers={"Authorization": f"Bearer {key}", "X-Request-ID": rid})
         sent.append((rid, elapsed, r.status_code))
         n += 1
         time.sleep(0.03)
@@ -66,10 +82,11 @@ def test_created_and_revoked_keys_reach_both_workers_within_5s(artifacts_dir, tm
     with servers.gunicorn(artifacts_dir, workers=2, env=env, log_path=log) as server:
         r = requests.get(f"{server.url}/args/threshold", headers={"Authorization": "Bearer tagifai_x"}, timeout=10)
         assert r.status_code == 401
+        sessions = one_session_per_worker(server.url)
         key = keys_cli(keys_file, "create", "--name", "probe", "--role", "predict")
-        created = probe(server.url, key, "created", DEADLINE_S + 1.5)
+        created = probe(server.url, sessions, key, "created", DEADLINE_S + 1.5)
         keys_cli(keys_file, "revoke", "probe")
-        revoked = probe(server.url, key, "revoked", DEADLINE_S + 1.5)
+        revoked = probe(server.url, sessions, key, "revoked", DEADLINE_S + 1.5)
     for sent, status in ((created, 200), (revoked, 401)):
         workers = by_worker(log, sent)
         assert len(workers) == 2, f"one worker answered every request: {workers.keys()}"
@@ -97,3 +114,4 @@ def test_bad_mode_or_keys_file_stops_the_start_in_one_line(tmp_path, env, messag
     assert out.returncode == 2
     assert out.stderr.startswith(message.format(tmp=tmp_path)) and out.stderr.count("\n") == 1, out.stderr
     assert "Booting worker" not in out.stdout
+
