@@ -139,8 +139,18 @@ def _tune_malloc():
         pass  # not glibc
 
 
+def _keys_file_broken_since_start_refuses_keys():
+    """on_starting refused a broken keys file. A worker started later (a crash, recycling, TTIN) that
+    finds it broken since must not fail to boot, which halts the whole server: it starts refusing
+    every key, logs why, and follows the file once it is fixed (the running workers keep their keys)."""
+    from tagifai_api.auth import guard
+
+    guard.STRICT_KEYS_FILE = False
+
+
 def post_fork(server, worker):
     _tune_malloc()
+    _keys_file_broken_since_start_refuses_keys()
     server.log.info("worker %s started", worker.pid)
 
 

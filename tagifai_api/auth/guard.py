@@ -27,6 +27,9 @@ _PUBLIC_ATTR = "_tagifai_public"
 #: attach a key to a page load, and without the page its "Authorize" button cannot be reached)
 OPEN_ENDPOINTS = frozenset({"index.index", "health.live", "health.ready", "prometheus_metrics",
                             "docs.docs", "docs.static", "docs.openapi"})
+#: a broken keys file when the app is made: refuse to start (True), or start refusing every key until
+#: it is fixed (False: Gunicorn workers, whose master refused a broken file at start; see gunicorn.conf.py)
+STRICT_KEYS_FILE = True
 
 
 class UnauthorizedError(TagifaiError):
@@ -56,7 +59,7 @@ class AuthState:
         self.mode = mode
         self.keys_file = Path(keys_file)
         # the file is read even when off, so a broken one is refused at start-up whatever the mode
-        self.ring = KeyRing(self.keys_file)
+        self.ring = KeyRing(self.keys_file, strict=STRICT_KEYS_FILE)
 
 
 def _state() -> AuthState:

@@ -212,18 +212,29 @@ class KeyRing:
     they have. So a new or revoked key takes effect in every worker about a second after the file
     changes, and a request costs a ``stat`` at most once a second per worker. A file that turns
     unreadable or invalid while running leaves the last good keys in force and is logged once per
-    change of the file; at construction it raises :class:`KeyFileError`.
+    change of the file. At construction it raises :class:`KeyFileError`, unless ``strict`` is false:
+    then it starts with no keys (every key refused) and logs why, until the file is fixed. That is
+    for a Gunicorn worker, whose master refused a broken file at start: a worker started later (a
+    crash, recycling) must not take the whole server down over a file broken since.
     """
 
-    def __init__(self, path: Path, check_interval_s: float = 1.0, clock=time.monotonic) -> None:
+    def __init__(self, path: Path, check_interval_s: float = 1.0, clock=time.monotonic,
+                 strict: bool = True) -> None:
         self.path = Path(path)
         self.check_interval_s = check_interval_s
         self._clock = clock
         self._lock = threading.Lock()
         self._signature = self._stat()
-        self._keys = read_keys(self.path)
-        self._next_check = clock() + check_interval_s
         self._failed_signature: tuple | None = None
+        try:
+            self._keys = read_keys(self.path)
+        except KeyFileError as exc:
+            if strict:
+                raise
+            self._keys = ()
+            self._failed_signature = self._signature
+            log.error("%s; starting with no keys (every key refused) until it is fixed", exc)
+        self._next_check = clock() + check_interval_s
 
     @property
     def keys(self) -> tuple[ApiKey, ...]:

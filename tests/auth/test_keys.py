@@ -208,3 +208,23 @@ def test_deleting_the_file_revokes_every_key(path):
     path.unlink()
     clock.now += 1.0
     assert ring.lookup(key) is None
+
+
+def test_a_lenient_ring_starts_with_no_keys_from_a_broken_file_and_follows_its_fix(path, caplog):
+    store = KeyStore(path)
+    key = store.create("a", "admin")
+    good = path.read_bytes()
+    path.write_text("{ broken")
+    with pytest.raises(KeyFileError):
+        KeyRing(path)
+    clock = Clock()
+    with caplog.at_level(logging.ERROR, logger="tagifai_api.auth"):
+        ring = KeyRing(path, clock=clock, strict=False)
+        for _ in range(3):
+            clock.now += 1.0
+            assert ring.lookup(key) is None and not ring.has_role("predict")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "not valid JSON" in errors[0] and "no keys" in errors[0]
+    keys.write_keys(path, keys._parse(path, good))
+    clock.now += 1.0
+    assert ring.lookup(key).name == "a"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,3 +116,34 @@ def test_bad_mode_or_keys_file_stops_the_start_in_one_line(tmp_path, env, messag
     assert out.stderr.startswith(message.format(tmp=tmp_path)) and out.stderr.count("\n") == 1, out.stderr
     assert "Booting worker" not in out.stdout
 
+
+def test_a_worker_restarted_while_the_keys_file_is_broken_keeps_the_server_up(artifacts_dir, tmp_path):
+    """The master refuses a broken file at start; a worker started later (a crash, recycling, TTIN)
+    must not take the whole server down: it refuses every key until the file is fixed."""
+    keys_file = tmp_path / "api_keys.json"
+    key = keys_cli(keys_file, "create", "--name", "ops", "--role", "admin")
+    good = keys_file.read_text()
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+    auth = {"Authorization": f"Bearer {key}"}
+    with servers.gunicorn(artifacts_dir, workers=1, env=env, log_path=tmp_path / "gunicorn.log") as server:
+        worker = requests.get(f"{server.url}/health/ready", timeout=10).json()["data"]["pid"]
+        keys_file.write_text("{ broken")
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert server.proc.poll() is None, (tmp_path / "gunicorn.log").read_text()[-2000:]
+            try:
+                ready = requests.get(f"{server.url}/health/ready", timeout=5)
+                if ready.status_code == 200 and ready.json()["data"]["pid"] != worker:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("no new worker answered")
+        refused = requests.get(f"{server.url}/args", headers=auth, timeout=10)
+        assert refused.status_code == 401 and refused.json()["status-code"] == 401
+        keys_file.write_text(good)
+        time.sleep(DEADLINE_S)
+        assert requests.get(f"{server.url}/args", headers=auth, timeout=10).status_code == 200
+    assert key not in (tmp_path / "gunicorn.log").read_text()
