@@ -28,19 +28,22 @@ def keys_cli(keys_file: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-def one_session_per_worker(url: str, workers: int = 2) -> list[requests.Session]:
+def one_session_per_worker(url: str, workers: int = 2, timeout_s: float = 30.0) -> list[requests.Session]:
     """Kept-alive connections, one to each worker. Sequential fresh connections are not enough: a
-    new connection goes to the worker with the fewest open ones, a tie whenever none is open."""
+    new connection goes to the worker with the fewest open ones, a tie whenever none is open. The
+    connections held meanwhile steer the next to another worker, once it has booted."""
     sessions: dict[int, requests.Session] = {}
-    opened = []
-    for _ in range(20):
+    held = []  # the extra connections, open until this returns
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         session = requests.Session()
-        opened.append(session)
+        held.append(session)
         pid = session.get(f"{url}/health/ready", timeout=10).json()["data"]["pid"]
         sessions.setdefault(pid, session)
         if len(sessions) == workers:
             return list(sessions.values())
-    pytest.fail(f"20 connections reached only the workers {sorted(sessions)}")
+        time.sleep(0.1)
+    pytest.fail(f"for {timeout_s}s new connections reached only the workers {sorted(sessions)}")
 
 
 def probe(url: str, sessions: list[requests.Session], key: str, label: str,
