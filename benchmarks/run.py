@@ -354,7 +354,7 @@ def ratios(result: dict) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each HTTP scenario")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all services")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all services")
     parser.add_argument("--inproc-seconds", type=float, default=2.0, help="duration of each in-process measurement")
     parser.add_argument("--artifacts", type=Path, default=Path(settings.DEFAULTS["ARTIFACTS_DIR"]))
     opts = parser.parse_args()
