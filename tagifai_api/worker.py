@@ -13,9 +13,10 @@ threads. This worker changes three things and nothing else:
   itself when it is already buffered or arrives within :data:`LINGER_S`, and only while no other
   connection is waiting for a thread (otherwise the connection goes back to the main loop, as in
   ``gthread``). A stopping or recycling worker answers with ``Connection: close`` as before;
-- new connections go to the worker with the fewest open ones: workers publish their count in
-  memory shared from the master, and a busier worker leaves a new connection to a less busy one
-  for up to :data:`BALANCE_MAX_WAIT_S` before taking it anyway.
+- new connections go to the worker with the fewest busy ones (being served or waiting for a thread;
+  idle kept-alive connections cost nothing): workers publish their count in memory shared from the
+  master, and a busier worker leaves a new connection to a less busy one for up to
+  :data:`BALANCE_MAX_WAIT_S` before taking it anyway.
 
 It subclasses Gunicorn's own classes and overrides methods whose behaviour it must reproduce, so it
 is tied to the Gunicorn version it was written and tested against: importing it with another
@@ -47,14 +48,14 @@ GUNICORN_VERSION = (27, 0, 1)
 LINGER_S = 0.002
 
 
-#: A worker with more open connections than another leaves a new connection to it this long...
+#: A worker with more busy connections than another leaves a new connection to it this long...
 BALANCE_WAIT_S = 0.005
 #: ...and accepts it anyway once it has waited this long (the other may be busy or stuck).
 BALANCE_MAX_WAIT_S = 0.05
 #: A worker's slot not updated for this long is a worker that is gone (its loop turns every second).
 _FRESH_S = 2.0
 
-# One slot per worker: pid, open connections (-1 when not accepting), monotonic time of the update.
+# One slot per worker: pid, busy connections (-1 when not accepting), monotonic time of the update.
 # An anonymous shared mapping made when the master imports this module, so every forked worker
 # sees the others'. A torn read only skews one accept decision.
 _SLOT = struct.Struct("=iid")
@@ -121,26 +122,31 @@ class ThreadWorker(gthread.ThreadWorker):
         self._deferring_since = 0.0
         self._last_deferral = 0.0
 
-    # --- accepting: new connections go to the worker with the fewest open ones -----------------
+    # --- accepting: new connections go to the worker with the fewest busy ones -----------------
     # Workers share the listening socket and whichever wakes first accepts, so a burst of new
     # connections (a client opening its pool, nginx its upstream keep-alives) can all land on one
     # worker, leaving the other cores idle for as long as those connections live.
 
+    def _busy_conns(self) -> int:
+        """Connections being served or waiting for a thread: idle kept-alive ones cost nothing."""
+        return self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
+
     def _publish(self, now: float) -> None:
-        open_conns = self.nr_conns if self.alive and self.nr_conns < self.worker_connections else -1
-        _SLOT.pack_into(_BOARD, self._slot * _SLOT.size, self.pid, open_conns, now)
+        busy = self._busy_conns() if self.alive and self.nr_conns < self.worker_connections else -1
+        _SLOT.pack_into(_BOARD, self._slot * _SLOT.size, self.pid, busy, now)
 
     def _leave_to_another(self, now: float) -> bool:
-        """Whether a live worker with fewer open connections should take the next one."""
+        """Whether a live worker with fewer busy connections should take the next one."""
         if now - self._last_deferral > 2 * BALANCE_WAIT_S + 0.01:
             self._deferring_since = now  # a new connection, not the one deferred a moment ago
         elif now - self._deferring_since >= BALANCE_MAX_WAIT_S:
             return False
+        mine = self._busy_conns()
         for slot in range(_SLOTS):
             if slot == self._slot:
                 continue
-            pid, open_conns, updated = _SLOT.unpack_from(_BOARD, slot * _SLOT.size)
-            if pid and pid != self.pid and 0 <= open_conns < self.nr_conns and now - updated < _FRESH_S:
+            pid, busy, updated = _SLOT.unpack_from(_BOARD, slot * _SLOT.size)
+            if pid and pid != self.pid and 0 <= busy < mine and now - updated < _FRESH_S:
                 self._last_deferral = now
                 return True
         return False
