@@ -135,7 +135,7 @@ def test_reload_scale_recycle_and_kill_under_load(artifacts_dir, tmp_path):
             time.sleep(1)
         counted = value(scrape(server.url), *PREDICT_COUNT)
         ready = requests.get(f"{server.url}/health/ready", timeout=5).status_code
-        live = workers(master)
+        live = wait_workers(master, 2)  # a worker recycled just now is being replaced: wait for it
 
     lost = [o for o in load.outcomes if o.status is None]
     in_window = [o for o in lost if killed_at <= o.ended_at <= killed_at + KILL_WINDOW_S]
