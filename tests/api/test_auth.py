@@ -153,6 +153,14 @@ def test_other_authorization_values_are_no_key(auth_app, value):
     assert r.status_code == 401 and "invalid_token" not in r.headers["WWW-Authenticate"]
 
 
+@pytest.mark.parametrize("param", ["api_key", "key", "token", "access_token", "X-API-Key", "Authorization"])
+def test_a_key_in_the_url_is_never_accepted(auth_app, keyset, param):
+    client = auth_app("all").test_client()
+    for query in (f"{param}={keyset['admin']}", f"{param}=Bearer%20{keyset['admin']}"):
+        assert client.get(f"/args?{query}").status_code == 401
+        assert client.put(f"/test/admin?{query}").status_code == 401
+
+
 def test_refusals_are_counted_as_errors_by_type(make_app, keys_file, keyset, monkeypatch):
     app = make_app(AUTH="all", API_KEYS_FILE=str(keys_file), METRICS=False)
     seen = []
