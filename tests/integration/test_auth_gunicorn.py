@@ -29,18 +29,17 @@ def keys_cli(keys_file: Path, *args: str) -> str:
 
 
 def one_session_per_worker(url: str, workers: int = 2, timeout_s: float = 30.0) -> list[requests.Session]:
-    """Kept-alive connections, one to each worker. Sequential fresh connections are not enough: a
-    new connection goes to the worker with the fewest open ones, a tie whenever none is open. The
-    connections held meanwhile steer the next to another worker, once it has booted."""
+    """Kept-alive connections, one to each worker, so a probe sent over each reaches every worker.
+    A new connection goes to a less busy worker, or on a tie to whichever wakes first: connections
+    are opened until each worker has one (the second may still be booting)."""
     sessions: dict[int, requests.Session] = {}
-    held = []  # the extra connections, open until this returns
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         session = requests.Session()
-        held.append(session)
         pid = session.get(f"{url}/health/ready", timeout=10).json()["data"]["pid"]
-        sessions.setdefault(pid, session)
-        if len(sessions) == workers:
+        if sessions.setdefault(pid, session) is not session:
+            session.close()
+        elif len(sessions) == workers:
             return list(sessions.values())
         time.sleep(0.1)
     pytest.fail(f"for {timeout_s}s new connections reached only the workers {sorted(sessions)}")
