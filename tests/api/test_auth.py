@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from flask import Blueprint
 
 from tagifai_api import access
+from tagifai_api.auth import guard
 from tagifai_api.auth.guard import public, require_role
 from tagifai_api.auth.keys import KeyStore
 from tagifai_api.responses import construct_response
@@ -151,6 +153,43 @@ def test_bearer_scheme_is_case_insensitive(auth_app, keyset, header):
 def test_other_authorization_values_are_no_key(auth_app, value):
     r = auth_app("all").test_client().get("/args", headers={"Authorization": value})
     assert r.status_code == 401 and "invalid_token" not in r.headers["WWW-Authenticate"]
+
+
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def write_routes(app) -> list[tuple[str, str, str]]:
+    """(path, method, endpoint) of every route that may change state: each write method of each rule
+    but POST /predict (which only reads the model), with a sample value in any variable part."""
+    out = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<[^<>]+>", "x", rule.rule)
+        for method in sorted(rule.methods & WRITE_METHODS):
+            if (path, method) != ("/predict", "POST"):
+                out.append((path, method, rule.endpoint))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["admin", "all"])
+def test_every_route_that_changes_state_needs_an_admin_key_in_every_spelling(auth_app, keyset, mode):
+    app = auth_app(mode)
+    routes = write_routes(app)
+    assert ("/test/admin", "PUT", "admin_test.admin_route") in routes  # the check sees blueprints' routes
+    client = app.test_client()
+    for path, method, endpoint in routes:
+        assert guard.needed_role(app, endpoint, mode) == "admin", (method, path)
+        spellings = {path, path + "/", path.replace("/", "//"), re.sub(r"([a-z])", lambda m: f"%{ord(m[1]):02x}", path, 1)}
+        for who, status in (("none", 401), ("predict", 403)):
+            headers = credentials(keyset, who, "bearer")
+            r = client.open(path, method=method, headers=headers, json={"version": "x"})
+            assert r.status_code == status and r.get_json()["status-code"] == status, (method, path, who)
+            for spelling in spellings:
+                r = client.open(spelling, method=method, headers=headers, json={"version": "x"})
+                assert r.status_code in {status, 404}, (method, spelling, who, r.status_code)
+            for override in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"):
+                for via in ("GET", "POST"):
+                    r = client.open(path, method=via, headers={**headers, override: method}, json={"version": "x"})
+                    assert not 200 <= r.status_code < 400, (via, override, method, path, r.status_code)
 
 
 @pytest.mark.parametrize("param", ["api_key", "key", "token", "access_token", "X-API-Key", "Authorization"])
