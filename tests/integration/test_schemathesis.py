@@ -7,6 +7,8 @@ is repeatable and takes seconds, not minutes.
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 
 import pytest
@@ -38,22 +40,33 @@ def run_schemathesis(url: str, cwd, headers: dict[str, str] | None = None) -> su
 
 def test_service_conforms_to_its_openapi_document(artifacts_dir, tmp_path):
     """Every route with an admin key, in the mode where every route needs one: admin routes are
-    exercised, and schemathesis's ignored_auth check sends each secured one without the key too."""
-    from tagifai_api.auth.keys import KeyStore
+    exercised, and schemathesis's ignored_auth check sends each secured one without the key too.
 
+    The service gets its own copy of the model versions (admin routes may switch what is served), and
+    path parameters naming a version get a real one, so routes about a version reach it, not only 404s.
+    """
+    from tagifai_api.auth.keys import KeyStore
+    from tagifai_api.ml import artifacts
+
+    models = tmp_path / "artifacts"
+    shutil.copytree(artifacts_dir, models, symlinks=True)
+    (tmp_path / "schemathesis.toml").write_text(
+        f'[parameters]\n"path.version" = "{artifacts.default_version(models)}"\n')
     keys_file = tmp_path / "api_keys.json"
     key = KeyStore(keys_file).create("schemathesis", "admin")
     env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
-    with gunicorn(artifacts_dir, workers=2, env=env) as server:
+    with gunicorn(models, workers=2, env=env) as server:
         result = run_schemathesis(server.url, tmp_path, {"Authorization": f"Bearer {key}"})
         still_ready = requests.get(f"{server.url}/health/ready", timeout=5).status_code
     summary = result.stdout[-3000:]
     print(summary)
+    # the exit status is non-zero on any failure or error (warnings, such as a route that often
+    # answered 404 to generated input, are shown but are not findings)
     assert result.returncode == 0, summary
-    assert "No issues found" in result.stdout, summary
+    generated = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert generated and generated[1] == generated[2] and int(generated[1]) > 500, summary
     # every operation the document lists was exercised
-    assert "Tested: " in result.stdout and "Selected: " in result.stdout
-    selected = result.stdout.split("Selected: ")[1].split()[0]  # "7/7"
-    tested = result.stdout.split("Tested: ")[1].split()[0]
-    assert selected.split("/")[0] == selected.split("/")[1] == tested, summary
+    selected = re.search(r"Selected: (\d+)/(\d+)", result.stdout)
+    tested = re.search(r"Tested: (\d+)", result.stdout)
+    assert selected and tested and selected[1] == selected[2] == tested[1], summary
     assert still_ready == 200
