@@ -6,6 +6,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from tagifai_api import schemas
+from tagifai_api.registry.schemas import VersionRequestSchema
 
 _EXAMPLE = {
     "texts": [
@@ -50,6 +51,7 @@ def build_spec(max_texts: int, max_text_length: int) -> dict:
     spec.components.schema("Envelope", schema=schemas.EnvelopeSchema)
     spec.components.schema("PredictRequest", schema=schemas.predict_request_schema(max_texts, max_text_length))
     spec.components.schema("PredictResponse", schema=schemas.PredictResponseSchema)
+    spec.components.schema("VersionRequest", schema=VersionRequestSchema)
     ok = {"description": "OK", "content": {"application/json": {"schema": "Envelope"}}}
     spec.path(path="/", operations={"get": {"summary": "Health check", "tags": ["health"], "responses": {"200": ok}}})
     spec.path(path="/health/live", operations={"get": {"summary": "Liveness probe", "tags": ["health"],
@@ -80,6 +82,26 @@ def build_spec(max_texts: int, max_text_length: int) -> dict:
         "parameters": [{"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
                         "description": "A version, or `default`.", "example": "default"}],
         "responses": {"200": ok, **_version_errors()}}})
+    version_body = {"required": True, "content": {"application/json": {"schema": "VersionRequest"}}}
+    switched = {"description": "Switched: data.previous and data.default",
+                "content": {"application/json": {"schema": "Envelope"}}}
+    spec.path(path="/models/default", operations={"put": {
+        "summary": "Verify a version (checksums, a warm-up prediction), then make it the default of every worker "
+                   "and replica within seconds", "tags": ["registry"], "requestBody": version_body,
+        "responses": {"200": switched, "404": _error("Unknown version; data.valid lists the valid ones"),
+                      "409": _error("The version failed verification, or the service pins its version; "
+                                    "nothing changed"),
+                      "422": _error("Invalid body")}}})
+    spec.path(path="/models/default/rollback", operations={"post": {
+        "summary": "Make the previous default the default again", "tags": ["registry"],
+        "responses": {"200": switched, "409": _error("No earlier default, or it failed verification; nothing changed")}}})
+    spec.path(path="/models/shadow", operations={
+        "put": {"summary": "Verify a version, then score every /predict with it too, in the background",
+                "tags": ["registry"], "requestBody": version_body,
+                "responses": {"200": ok, "404": _error("Unknown version; data.valid lists the valid ones"),
+                              "409": _error("The version failed verification, or is the default; nothing changed"),
+                              "422": _error("Invalid body")}},
+        "delete": {"summary": "Stop shadow scoring", "tags": ["registry"], "responses": {"200": ok}}})
     spec.path(path="/predict", operations={"post": {
         "summary": "Tag texts", "tags": ["model"], "parameters": [_VERSION_PARAM],
         "requestBody": {"required": True, "content": {"application/json": {

@@ -49,12 +49,27 @@ class RegistryConflictError(ArtifactError):
     """The registry cannot do that in its current state (no history to roll back to)."""
 
 
+class RegistryWriteError(ArtifactError):
+    """The registry's files cannot be written (a read-only or full volume, wrong ownership)."""
+
+
+def _cannot_write(root: Path, exc: OSError) -> RegistryWriteError:
+    return RegistryWriteError(f"cannot write the registry's state in {root} ({exc.strerror or exc})")
+
+
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    fd = os.open(root / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    """Hold the writers' lock; a failed write inside is a :class:`RegistryWriteError`."""
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise _cannot_write(root, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            yield
+        except OSError as exc:
+            raise _cannot_write(root, exc) from None
     finally:
         os.close(fd)
 
@@ -123,8 +138,13 @@ def require_known(root: Path, version: str) -> str:
     return version
 
 
-def verify(root: Path, version: str) -> tuple[ModelVersion, Predictor]:
-    """Check every file of ``version`` against its sha256, load it and make one warm-up prediction.
+def verify(root: Path, version: str, *, every_file: bool = True) -> tuple[ModelVersion, Predictor]:
+    """Check the files of ``version`` against their sha256, load it and make one warm-up prediction.
+
+    Args:
+        every_file: also check the files serving never reads (the scikit-learn pipeline): before
+            a version becomes the default or the shadow, yes; when a worker loads a version to
+            serve it, the files it reads are enough (and half the work).
 
     Raises:
         UnknownVersionError: there is no such version.
@@ -133,7 +153,8 @@ def verify(root: Path, version: str) -> tuple[ModelVersion, Predictor]:
     root = Path(root)
     require_known(root, version)
     model = artifacts.load(root, version)
-    artifacts.verify_files(model)
+    if every_file:
+        artifacts.verify_files(model)
     try:
         predictor = Predictor(model)
         predictor.predict([WARM_UP_TEXT])

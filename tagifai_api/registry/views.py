@@ -1,18 +1,36 @@
-"""``/models``: what versions exist, which one is the default, and which one shadows it."""
+"""``/models``: what versions exist, which one is the default, and which one shadows it; switching,
+rolling back and shadowing need an admin key (see :mod:`tagifai_api.auth`).
+
+A write changes the files in the artifacts directory (:mod:`tagifai_api.ml.registry`), then this
+worker follows at once; every other worker and replica follows within ``TAGIFAI_REGISTRY_POLL_S``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 
-from tagifai_api.errors import ConflictError, NotFoundError
+from tagifai_api.auth.guard import require_role
+from tagifai_api.errors import ConflictError, NotFoundError, TagifaiError
 from tagifai_api.ml import registry
 from tagifai_api.ml.artifacts import ArtifactError
+from tagifai_api.registry.schemas import VersionRequestSchema
 from tagifai_api.responses import construct_response
 from tagifai_api.serving.context import get_service, unknown_version
+from tagifai_api.serving.service import ModelService
 
 bp = Blueprint("registry", __name__, url_prefix="/models")
+
+_body = VersionRequestSchema()
+
+
+class RegistryWriteFailed(TagifaiError):
+    """The artifacts directory is not writable by the service: a deployment fault, not the client's."""
+
+    status = 500
 
 
 def _default_name() -> str | None:
@@ -73,3 +91,79 @@ def get_model(version: str):
     shadow = registry.shadow_version(root)
     return construct_response(HTTPStatus.OK, data={**described, "default": name == _default_name(),
                                                    "shadow": name == shadow})
+
+
+def _requested_version() -> str:
+    return _body.load(request.get_json())["version"]
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A version that does not exist is 404; one that fails verification, or a state that does not
+    allow the change, is 409 and nothing changed."""
+    try:
+        yield
+    except registry.UnknownVersionError as exc:
+        raise unknown_version(exc) from None
+    except registry.RegistryWriteError as exc:
+        raise RegistryWriteFailed(f"Nothing changed: {exc}.") from None
+    except registry.RegistryConflictError as exc:
+        raise ConflictError(f"Nothing changed: {exc}.") from None
+    except ArtifactError as exc:
+        raise ConflictError(f"Nothing changed: the version failed verification: {exc}",
+                            data={"reason": str(exc)}) from None
+
+
+def _switchable() -> ModelService:
+    service = get_service()
+    if service.pinned:
+        raise ConflictError(f"This service is pinned to {service.pinned} by TAGIFAI_MODEL_VERSION; unset it to "
+                            "switch the default through the registry.")
+    return service
+
+
+@bp.put("/default")
+@require_role("admin")
+def set_default():
+    """Verify a version (every checksum, a warm-up prediction), then make it the default everywhere."""
+    service = _switchable()
+    version = _requested_version()
+    with _refusals():
+        previous, current = registry.set_default(service.artifacts_dir, version, verifier=service.verify)
+    service.refresh()
+    return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})
+
+
+@bp.post("/default/rollback")
+@require_role("admin")
+def rollback():
+    """Make the previous default the default again (verified first); 409 when there is none."""
+    service = _switchable()
+    with _refusals():
+        previous, current = registry.rollback(service.artifacts_dir, verifier=service.verify)
+    service.refresh()
+    return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})
+
+
+@bp.put("/shadow")
+@require_role("admin")
+def set_shadow():
+    """Verify a version, then have it score every /predict in the background (its answers are only counted)."""
+    service = get_service()
+    version = _requested_version()
+    if version == _default_name():
+        raise ConflictError(f"{version} is the default already; a shadow is scored against the default.")
+    with _refusals():
+        previous = registry.set_shadow(service.artifacts_dir, version, verifier=service.verify)
+    service.refresh()
+    return construct_response(HTTPStatus.OK, data={"previous": previous, "shadow": version})
+
+
+@bp.delete("/shadow")
+@require_role("admin")
+def clear_shadow():
+    """Stop shadow scoring (200 also when there was no shadow)."""
+    service = get_service()
+    previous = registry.clear_shadow(service.artifacts_dir)
+    service.refresh()
+    return construct_response(HTTPStatus.OK, data={"previous": previous, "shadow": None})

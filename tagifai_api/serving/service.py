@@ -235,15 +235,15 @@ class ModelService:
         return self._load(version)
 
     def verify(self, version: str) -> Served:
-        """Check ``version``'s files and warm it up now, even when it is loaded; keep it loaded."""
-        model, predictor = self._verified(version)
+        """Check every file of ``version`` and warm it up now, even when it is loaded; keep it loaded."""
+        model, predictor = self._verified(version, every_file=True)
         with self._lock:
             served = self._loaded.get(version)
         return served or self._install(model, predictor)
 
-    def _verified(self, version: str) -> tuple[ModelVersion, Predictor]:
+    def _verified(self, version: str, every_file: bool = False) -> tuple[ModelVersion, Predictor]:
         try:
-            return registry.verify(self.artifacts_dir, version)
+            return registry.verify(self.artifacts_dir, version, every_file=every_file)
         except ArtifactError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a permission error: the version cannot be served

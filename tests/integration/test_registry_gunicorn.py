@@ -16,13 +16,27 @@ import psutil
 import pytest
 import requests
 
-from tagifai_api.ml import registry
+from tagifai_api.auth.keys import KeyStore
 from tests.integration import servers
 
 pytestmark = pytest.mark.integration
 
 TEXT = {"texts": [{"text": "Transfer learning with transformers for text classification."}]}
 SWITCH_DEADLINE_S = 5.0
+
+
+@pytest.fixture
+def admin(tmp_path) -> tuple[dict, dict]:
+    """``(env, headers)``: a keys file holding one admin key, and the header that sends it."""
+    keys_file = tmp_path / "api_keys.json"
+    key = KeyStore(keys_file).create("ops", "admin")
+    return {"TAGIFAI_API_KEYS_FILE": str(keys_file)}, {"Authorization": f"Bearer {key}"}
+
+
+def call(server: servers.Server, method: str, path: str, headers: dict, **kwargs) -> dict:
+    r = requests.request(method, f"{server.url}{path}", headers=headers, timeout=30, **kwargs)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
 
 
 def workers(server: servers.Server) -> set[int]:
@@ -53,46 +67,57 @@ def cli(root: Path, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_root, tmp_path):
+def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_root, tmp_path, admin):
     root, first, second = registry_root
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **admin[0]}
     with servers.gunicorn(root, workers=2, env=env) as server:
         assert len(workers(server)) == 2
         start = time.monotonic()
-        assert cli(root, "set-default", second) == {"previous": first, "default": second}
+        assert call(server, "PUT", "/models/default", admin[1], json={"version": second}) == \
+            {"previous": first, "default": second}
         assert every_worker_serves(server, second, start) < SWITCH_DEADLINE_S
         r = requests.post(f"{server.url}/predict", json=TEXT, timeout=10).json()
         assert r["data"]["model_version"] == second
         start = time.monotonic()
-        assert cli(root, "rollback") == {"previous": second, "default": first}
+        assert call(server, "POST", "/models/default/rollback", admin[1]) == {"previous": second, "default": first}
         assert every_worker_serves(server, first, start) < SWITCH_DEADLINE_S
-        cli(root, "set-default", second)
+        # the command line takes the same path, from any host sharing the directory
+        start = time.monotonic()
+        assert cli(root, "set-default", second) == {"previous": first, "default": second}
+        assert every_worker_serves(server, second, start) < SWITCH_DEADLINE_S
+        assert call(server, "GET", "/models", {})["history"] == [first]  # the rollback took the first entry
     with servers.gunicorn(root, workers=2, env=env) as server:  # the choice is the pointer on disk
         for _ in range(10):
             data = requests.get(f"{server.url}/health/ready", headers={"Connection": "close"}, timeout=5).json()
             assert data["data"]["model_version"] == second
 
 
-def test_two_instances_sharing_one_directory_follow_the_same_default(registry_root, tmp_path):
+def test_two_instances_sharing_one_directory_follow_the_same_default(registry_root, tmp_path, admin):
     root, first, second = registry_root
-    with servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m1")}) as one, \
-            servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m2")}) as two:
+    env, headers = admin
+    with servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m1"), **env}) as one, \
+            servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m2"), **env}) as two:
         assert one.port != two.port
-        start = time.monotonic()
-        registry.set_default(root, second)
-        assert every_worker_serves(one, second, start) < SWITCH_DEADLINE_S
-        assert every_worker_serves(two, second, start) < SWITCH_DEADLINE_S
-        for server in (one, two):
-            assert requests.get(f"{server.url}/models", timeout=5).json()["data"]["default"] == second
+        for source, target, version in ((one, two, second), (two, one, first)):
+            start = time.monotonic()
+            call(source, "PUT", "/models/default", headers, json={"version": version})
+            assert every_worker_serves(target, version, start) < SWITCH_DEADLINE_S
+            assert call(target, "GET", "/models", {})["default"] == version
+        call(two, "PUT", "/models/shadow", headers, json={"version": second})
+        deadline = time.monotonic() + SWITCH_DEADLINE_S
+        while call(one, "GET", "/models", {})["shadow"] != second:
+            assert time.monotonic() < deadline, "the shadow set through one instance never reached the other"
+            time.sleep(0.1)
 
 
-def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path):
+def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path, admin):
     root, first, second = registry_root
     texts = ["YOLO object detection", "a project about things", "BERT for question answering",
              "Kubernetes pipelines for model deployment", "an idea"]
-    with servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
-        registry.set_shadow(root, second)
-        time.sleep(2 * float(os.environ.get("TAGIFAI_REGISTRY_POLL_S", "1.0")) + 0.5)  # both workers read SHADOW
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **admin[0]}
+    with servers.gunicorn(root, workers=2, env=env) as server:
+        assert call(server, "PUT", "/models/shadow", admin[1], json={"version": second})["shadow"] == second
+        time.sleep(1.5)  # the other worker reads SHADOW within TAGIFAI_REGISTRY_POLL_S (1 s)
         sent = 0
         for i in range(40):
             r = requests.post(f"{server.url}/predict", json={"texts": [{"text": texts[i % len(texts)]}]},
@@ -113,15 +138,16 @@ def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path)
         answers = {}
         for _ in range(20):
             d = requests.get(f"{server.url}/models", headers={"Connection": "close"}, timeout=5).json()["data"]
-            pid = requests.get(f"{server.url}/health/live", timeout=5).json()["data"]["pid"]
-            answers[pid] = d["shadow_agreement"]
+            pid = requests.get(f"{server.url}/health/live", headers={"Connection": "close"}, timeout=5).json()
+            answers[pid["data"]["pid"]] = d["shadow_agreement"]
         assert all(a == agreement for a in answers.values())
         scraped = requests.get(f"{server.url}/metrics", timeout=5).text
         assert f'tagifai_shadow_predictions_total{{model_version="{first}",outcome="agree",shadow_version="{second}"}}' \
             in scraped
-        registry.clear_shadow(root)
-        time.sleep(2.5)
-        assert requests.get(f"{server.url}/models", timeout=5).json()["data"]["shadow"] is None
+        assert call(server, "DELETE", "/models/shadow", admin[1]) == {"previous": second, "shadow": None}
+        assert call(server, "GET", "/models", {})["shadow"] is None
+    with servers.gunicorn(root, workers=2, env=env) as server:  # cleared for good, restart included
+        assert call(server, "GET", "/models", {})["shadow"] is None
 
 
 def log_lines(log: Path) -> list[dict]:
@@ -138,30 +164,35 @@ def log_lines(log: Path) -> list[dict]:
     return out
 
 
-def test_switching_under_load_fails_no_request(registry_root, tmp_path):
+def test_switching_under_load_fails_no_request(registry_root, tmp_path, admin):
     """64 connections of single-text /predict while the default goes back and forth 10 times."""
     wrk = servers.require_binary("wrk")
     root, first, second = registry_root
     log = tmp_path / "gunicorn.log"
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_LOG_LEVEL": "INFO"}
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_LOG_LEVEL": "INFO", **admin[0]}
     switches: list[tuple[float, str]] = []
+    put_seconds: list[float] = []
     interval_s, count = 1.5, 10
 
-    def switcher():
-        time.sleep(1.0)
-        for i in range(count):
-            target = (second, first)[i % 2]
-            registry.set_default(root, target)
-            switches.append((datetime.now(timezone.utc).timestamp(), target))
-            time.sleep(interval_s)
+    def switcher(url):
+        begin = time.monotonic()
+        with requests.Session() as http:
+            for i in range(count):
+                time.sleep(max(0.0, begin + 1.0 + i * interval_s - time.monotonic()))  # on schedule, however slow
+                target = (second, first)[i % 2]
+                sent = datetime.now(timezone.utc).timestamp()  # workers may switch before the answer is back
+                r = http.put(f"{url}/models/default", json={"version": target}, headers=admin[1], timeout=30)
+                assert r.status_code == 200, r.text
+                switches.append((sent, target))
+                put_seconds.append(r.elapsed.total_seconds())
 
     with servers.gunicorn(root, workers=2, env=env, log_path=log) as server:
         pids = workers(server)
-        thread = threading.Thread(target=switcher)
+        thread = threading.Thread(target=switcher, args=(server.url,))
         thread.start()
         try:
             proc = subprocess.run(
-                [wrk, "-t2", "-c64", f"-d{round(1.0 + count * interval_s + 1)}s", "--timeout", "10s",
+                [wrk, "-t2", "-c64", f"-d{round(1.0 + count * interval_s + 3)}s", "--timeout", "10s",
                  "-s", str(Path(__file__).with_name("switch.lua")), server.url],
                 capture_output=True, text=True, timeout=120,
                 env={**os.environ, "VERSION_A": first, "VERSION_B": second})
@@ -169,6 +200,7 @@ def test_switching_under_load_fails_no_request(registry_root, tmp_path):
             thread.join()
         assert workers(server) == pids  # no worker died or was replaced
     assert proc.returncode == 0, proc.stderr
+    assert len(switches) == count
     result = json.loads(proc.stdout.split("JSON", 1)[1])
     assert result["not_200"] == 0 and result["unlabelled"] == 0, result
     assert result["errors_connect"] == result["errors_read"] == result["errors_timeout"] == 0, result
@@ -187,12 +219,15 @@ def test_switching_under_load_fails_no_request(registry_root, tmp_path):
                                 and e["model_version"] == target), default=None) for pid in pids}
         assert None not in per_worker.values(), f"a worker never switched to {target}: {per_worker}"
         delays.append(max(per_worker.values()) - at)
-        answered.append(min(e["at"] for e in lines if e["at"] >= at and e["model_version"] == target) - at)
+        answered.append(min((e["at"] for e in lines if e["at"] >= at and e["model_version"] == target),
+                            default=float("inf")) - at)
     figures = {"requests": result["requests"], "non_200": result["not_200"], "p50_ms": result["p50_ms"],
                "p99_ms": result["p99_ms"], "switches": len(switches),
+               "put_seconds": {"max": round(max(put_seconds), 3),
+                               "median": round(sorted(put_seconds)[len(put_seconds) // 2], 3)},
                "every_worker_on_new_default_s": {"max": round(max(delays), 3),
                                                  "median": round(sorted(delays)[len(delays) // 2], 3)},
                "first_answer_from_new_default_s": {"max": round(max(answered), 3),
                                                    "median": round(sorted(answered)[len(answered) // 2], 3)}}
-    print("SWITCH-UNDER-LOAD", json.dumps(figures))
+    print("SWITCH-UNDER-LOAD", json.dumps(figures), [round(d, 3) for d in delays])
     assert max(delays) < SWITCH_DEADLINE_S, figures
