@@ -51,11 +51,11 @@ def test_collection_covers_every_route_and_the_main_errors(app):
                 for code in re.findall(r"to\.have\.status\((\d+)\)", line)}
     assert {200, 400, 401, 404, 405, 415, 422} <= statuses
     env = json.loads(ENVIRONMENT.read_text())
-    assert [v["key"] for v in env["values"]] == ["baseUrl", "apiKey"]
-    assert env["values"][1]["value"] == ""  # a key is never committed
+    assert [v["key"] for v in env["values"]] == ["baseUrl", "apiKey", "adminKey"]
+    assert env["values"][1]["value"] == env["values"][2]["value"] == ""  # a key is never committed
 
 
-def test_newman_runs_the_collection_clean(artifacts_dir, tmp_path):
+def test_newman_runs_the_collection_clean(registry_root, tmp_path):
     servers.require_binary("node", "nodejs")
     if not NEWMAN.exists():
         npm = servers.require_binary("npm")
@@ -66,11 +66,13 @@ def test_newman_runs_the_collection_clean(artifacts_dir, tmp_path):
     # every route behind a key, so the collection's key handling is exercised too
     keys_file = tmp_path / "api_keys.json"
     key = KeyStore(keys_file).create("newman", "predict")
+    admin_key = KeyStore(keys_file).create("newman-admin", "admin")
     env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
-    with servers.gunicorn(artifacts_dir, workers=1, env=env) as api:
+    root, first, second = registry_root  # two versions, so the registry's requests switch for real
+    with servers.gunicorn(root, workers=1, env=env) as api:
         run = subprocess.run(
             [str(NEWMAN), "run", str(COLLECTION), "-e", str(ENVIRONMENT), "--env-var", f"baseUrl={api.url}",
-             "--env-var", f"apiKey={key}",
+             "--env-var", f"apiKey={key}", "--env-var", f"adminKey={admin_key}",
              "--reporters", "cli,json", "--reporter-json-export", str(report), "--color", "off",
              "--timeout-request", "10000", "--bail"],
             cwd=servers.ROOT, capture_output=True, text=True, timeout=120,
@@ -82,3 +84,7 @@ def test_newman_runs_the_collection_clean(artifacts_dir, tmp_path):
     assert stats["assertions"]["total"] >= 50
     ran = {e["item"]["name"] for e in result["executions"] if e.get("response")}
     assert {"No key (401)", "Unknown key (401)", "With the key (X-API-Key)"} <= ran
+    assert {"Switch the default (admin)", "Roll back (admin)", "Shadow a candidate (admin)", "Stop shadowing (admin)",
+            "Switch with a predict key (403)", "Switch without a key (401)"} <= ran
+    # the collection undoes its own changes
+    assert (root / "DEFAULT").read_text().strip() == first and not (root / "SHADOW").exists()
