@@ -45,7 +45,13 @@ COPY config/ config/
 COPY data/ data/
 COPY gunicorn.conf.py wsgi.py ./
 COPY --from=model /app/artifacts/ artifacts/
-# the code and the model stay root-owned and read-only to the service
+# the code and the model versions stay root-owned and read-only to the service; the artifacts
+# directory itself is the service's, so the registry can replace DEFAULT and SHADOW in it when the
+# image runs alone (compose and Kubernetes mount a shared volume instead, seeded from here)
+# /var/lib/tagifai/artifacts is where compose mounts its shared volume: a new named volume takes
+# this directory's owner, so the service can write there
+RUN chown tagifai:tagifai /app/artifacts \
+ && mkdir -p /var/lib/tagifai/artifacts && chown tagifai:tagifai /var/lib/tagifai/artifacts
 USER tagifai
 # one more check as the runtime user: the model loads from the read-only copy
 RUN python -m tagifai_api ensure-model

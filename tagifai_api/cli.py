@@ -261,6 +261,21 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+@cli.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_obj
+def seed(obj: dict, source: Path) -> None:
+    """Copy SOURCE's versions that the artifacts directory lacks (and its default, if it has none).
+
+    For a fresh shared volume: the Kubernetes init container and the compose file run it with the
+    versions the image was built with.
+    """
+    from tagifai_api.ml import registry
+
+    copied = registry.seed(obj["artifacts"], source)
+    _echo_json({"copied": copied, "default": registry.default_version(obj["artifacts"])})
+
+
 def main() -> None:
     """Entry point: every error is one clear line on standard error (exit 2 for usage, setting,
     artifact and key errors)."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -238,6 +240,41 @@ def clear_shadow(root: Path) -> str | None:
         except FileNotFoundError:
             pass
     return previous
+
+
+def seed(root: Path, source: Path) -> list[str]:
+    """Copy into ``root`` the versions of ``source`` it lacks, and make the source's default the
+    default if ``root`` has none; for a fresh shared volume, from the versions an image was built with.
+
+    Each version is copied whole to a temporary name and renamed into place, so a replica starting
+    at the same time never sees half a version; an existing default is never changed.
+
+    Returns:
+        the versions copied.
+    """
+    root, source = Path(root), Path(source)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for version in artifacts.list_versions(source):
+            if (root / version).exists():
+                continue
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+            try:
+                shutil.copytree(source / version, tmp / version)
+                os.rename(tmp / version, root / version)
+                copied.append(version)
+            except OSError:
+                if not (root / version / artifacts.MANIFEST).is_file():  # not another replica's copy
+                    raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise _cannot_write(root, exc) from None
+    with _locked(root):
+        if _read_pointer(root / artifacts.DEFAULT_POINTER) is None:
+            _replace(root / artifacts.DEFAULT_POINTER, default_version(source) + "\n")
+    return copied
 
 
 def _now() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -191,3 +192,27 @@ def test_prometheus_scrapes_the_compose_service(compose):
         host, port = target.rsplit(":", 1)
         assert host in compose["services"], target
         assert port in [str(p) for p in compose["services"][host].get("expose", [])], target
+
+
+def test_compose_replicas_share_one_seeded_artifacts_volume(compose, instructions):
+    """Every replica (`--scale tagifai=3`) mounts the same named volume where the registry keeps its
+    state; a one-shot service seeds it from the image first."""
+    api, seed = compose["services"]["tagifai"], compose["services"]["seed"]
+    path = api["environment"]["TAGIFAI_ARTIFACTS_DIR"]
+    assert f"artifacts:{path}" in api["volumes"] and f"artifacts:{path}" in seed["volumes"]
+    assert "artifacts" in compose["volumes"]
+    assert seed["environment"]["TAGIFAI_ARTIFACTS_DIR"] == path
+    assert seed["command"] == ["python", "-m", "tagifai_api", "seed", "/app/artifacts"]
+    assert api["depends_on"]["seed"] == {"condition": "service_completed_successfully"}
+    # a new named volume takes the image directory's owner: the service's user, so it can write there
+    runs = " ".join(a for k, a in instructions if k == "RUN")
+    assert f"mkdir -p {path}" in runs and f"chown tagifai:tagifai {path}" in runs
+
+
+def test_compose_keys_come_from_a_mounted_folder(compose):
+    api = compose["services"]["tagifai"]
+    keys = Path(api["environment"]["TAGIFAI_API_KEYS_FILE"])
+    (mount,) = [v for v in api["volumes"] if v.split(":")[1] == str(keys.parent)]
+    source, _, mode = mount.split(":")
+    assert mode == "ro" and (ROOT / source).is_dir()  # a folder: a bind-mounted file misses updates
+    assert api["environment"]["TAGIFAI_AUTH"] == "admin"

@@ -111,3 +111,29 @@ def test_keys_file_comes_from_a_secret_mounted_whole(deployment, container):
     (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
     assert volume["secret"]["secretName"] == "tagifai-api-keys" and volume["secret"]["optional"] is True
     assert load("configmap.yaml")["data"]["TAGIFAI_AUTH"] == "admin"
+
+
+def test_every_replica_shares_one_read_write_many_artifacts_volume(deployment, container):
+    """The registry's state (DEFAULT, its history, SHADOW) lives on one volume all pods mount."""
+    pvc = load("pvc.yaml")
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    spec = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    path = load("configmap.yaml")["data"]["TAGIFAI_ARTIFACTS_DIR"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["mountPath"] == path and not mount.get("readOnly")  # the registry writes there
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    assert deployment["spec"]["replicas"] >= 2
+
+
+def test_an_init_container_seeds_the_volume_from_the_image(deployment, container):
+    spec = deployment["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["image"] == container["image"]
+    assert init["command"][:4] == ["python", "-m", "tagifai_api", "seed"]
+    assert init["command"][4] == "/app/artifacts"  # where the Dockerfile puts the versions it trained
+    path = load("configmap.yaml")["data"]["TAGIFAI_ARTIFACTS_DIR"]
+    assert [m["mountPath"] for m in init["volumeMounts"]] == [path]
+    assert {r["configMapRef"]["name"] for r in init["envFrom"]} == {r["configMapRef"]["name"]
+                                                                    for r in container["envFrom"]}

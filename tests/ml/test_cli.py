@@ -92,3 +92,10 @@ def test_refused_switches_are_one_line_and_exit_2(registry_root):
         assert proc.returncode == 2, proc
         assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
     assert (root / "DEFAULT").read_text().strip() == first
+
+
+def test_seed_copies_the_versions_into_an_empty_directory(registry_root, tmp_path):
+    source, first, second = registry_root
+    seeded = _run("--artifacts", str(tmp_path / "volume"), "seed", str(source))
+    assert seeded.exit_code == 0, seeded.output
+    assert json.loads(seeded.output) == {"copied": [first, second], "default": first}

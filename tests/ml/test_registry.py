@@ -150,3 +150,16 @@ def test_training_a_new_default_records_the_history(registry_root, trained):
     new = artifacts.save(root, trained, "0" * 64).version
     assert artifacts.default_version(root) == new
     assert registry.rollback(root) == (new, first)
+
+
+def test_seed_fills_a_fresh_volume_once_and_never_changes_its_default(registry_root, tmp_path):
+    source, first, second = registry_root
+    volume = tmp_path / "volume"
+    assert registry.seed(volume, source) == [first, second]
+    assert registry.pointers(volume) == (first, None)
+    assert [e["valid"] for e in registry.describe_all(volume)] == [True, True]
+    registry.set_default(volume, second)
+    newer = copy_version(source, first, "v29990101T000000000000Z")
+    assert registry.seed(volume, source) == [newer]  # a newer image brings its versions
+    assert artifacts.default_version(volume) == second  # the volume's choice stands
+    assert not [p for p in volume.iterdir() if p.name.startswith(".tmp-")]
