@@ -40,14 +40,16 @@ class ShadowScorer:
         observer: told of each outcome and each dropped request.
         queue_size: most requests waiting; beyond it new ones are dropped.
         max_texts: most texts scored in one model call.
+        max_wait_s: how long the thread gathers requests before scoring them together.
     """
 
     def __init__(self, get_predictor: Callable[[str], Predictor], observer: ShadowObserver | None,
-                 queue_size: int = 256, max_texts: int = 128) -> None:
+                 queue_size: int = 256, max_texts: int = 128, max_wait_s: float = 0.05) -> None:
         self.get_predictor = get_predictor
         self.observer = observer
         self.queue_size = queue_size
         self.max_texts = max_texts
+        self.max_wait_s = max_wait_s
         self._reset()
         after_fork = weakref.WeakMethod(self._reset)
         os.register_at_fork(after_in_child=lambda: (reset := after_fork()) is not None and reset())
@@ -90,9 +92,12 @@ class ShadowScorer:
                 return
             batch = [item]
             texts = len(item[2])
+            # gather for a moment: one model call for many requests holds the GIL far less than one
+            # call each, and it is the GIL, not the cores, that the served requests would wait for
+            window_end = time.monotonic() + self.max_wait_s
             while texts < self.max_texts:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, window_end - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:

@@ -173,26 +173,29 @@ def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, 
 def test_a_full_shadow_queue_drops_and_counts(registry_root, service_factory):
     root, first, second = registry_root
     obs = Recorder()
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     s = service_factory(root, observer=obs, batching=False, shadow_queue_size=2)
-    s.shadow.get_predictor = lambda v: _Gated(s.get(v).predictor, gate)
+    s.shadow.max_wait_s = 0.0  # score each request as it comes, so the first one holds the thread
+    s.shadow.get_predictor = lambda v: _Gated(s.get(v).predictor, gate, entered)
     registry.set_shadow(root, second)
     s.refresh()
-    for i in range(10):
+    s.predict(["text 0"], 5.0)
+    assert entered.wait(5)  # the shadow thread is busy with the first request
+    for i in range(1, 10):
         s.predict([f"text {i}"], 5.0)
     gate.set()
-    wait_for(lambda: s.shadow.idle() and sum(a + d for *_, a, d in obs.shadows) + s.shadow.dropped >= 10)
-    dropped = sum(c for _, reason, c in obs.dropped if reason == "queue_full")
-    # the thread holds at most one drained batch (at most 1 + 2 requests) while 2 more wait
-    assert dropped >= 5 and s.shadow.dropped == dropped
-    assert sum(a + d for *_, a, d in obs.shadows) == 10 - dropped
+    wait_for(lambda: sum(a + d for *_, a, d in obs.shadows) + s.shadow.dropped >= 10)
+    # one being scored, two waiting: the other seven were dropped and counted
+    assert obs.dropped == [(second, "queue_full", 1)] * 7 and s.shadow.dropped == 7
+    assert sum(a + d for *_, a, d in obs.shadows) == 3
 
 
 class _Gated:
-    def __init__(self, predictor, gate):
-        self._predictor, self._gate = predictor, gate
+    def __init__(self, predictor, gate, entered):
+        self._predictor, self._gate, self._entered = predictor, gate, entered
 
     def predict(self, texts):
+        self._entered.set()
         self._gate.wait(5)
         return self._predictor.predict(texts)
 
