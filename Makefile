@@ -94,7 +94,8 @@ clean: ## Remove the virtualenv, caches and reports (model versions stay)
 
 BASE_URL ?= http://localhost:$(PORT)
 API_KEY ?=
-newman: ## Run the Postman collection against BASE_URL (default http://localhost:PORT; `make serve` first), with API_KEY if set
+newman: ## Run the Postman collection against BASE_URL (default http://localhost:PORT; `make serve` first), with API_KEY and ADMIN_KEY if set
 	test -x node_modules/.bin/newman || npm ci --no-audit --no-fund
 	node_modules/.bin/newman run clients/postman/tagifai_api.postman_collection.json \
-	  -e clients/postman/local.postman_environment.json --env-var baseUrl=$(BASE_URL) --env-var apiKey=$(API_KEY)
+	  -e clients/postman/local.postman_environment.json --env-var baseUrl=$(BASE_URL) --env-var apiKey=$(API_KEY) \
+	  --env-var adminKey=$(ADMIN_KEY)

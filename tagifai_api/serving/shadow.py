@@ -40,7 +40,7 @@ class ShadowScorer:
         observer: told of each outcome and each dropped request.
         queue_size: most requests waiting; beyond it new ones are dropped.
         max_texts: most texts scored in one model call.
-        max_wait_s: how long the thread gathers requests before scoring them together.
+        max_wait_s: how often the thread wakes to score what has gathered, in one call.
     """
 
     def __init__(self, get_predictor: Callable[[str], Predictor], observer: ShadowObserver | None,
@@ -56,6 +56,7 @@ class ShadowScorer:
 
     def _reset(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._last_error_log = 0.0
@@ -86,26 +87,27 @@ class ShadowScorer:
                 log.exception("shadow metrics failed")
 
     def _run(self) -> None:
+        # wake on a clock rather than on each request: a request's put() then wakes no thread (no
+        # GIL hand-over on its path), and one model call for everything gathered holds the GIL far
+        # less than one call per request
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            texts = len(item[2])
-            # gather for a moment: one model call for many requests holds the GIL far less than one
-            # call each, and it is the GIL, not the cores, that the served requests would wait for
-            window_end = time.monotonic() + self.max_wait_s
-            while texts < self.max_texts:
+            stop = self._stop.wait(self.max_wait_s)
+            batch: list[tuple] = []
+            texts = 0
+            while True:
                 try:
-                    item = self._queue.get(timeout=max(0.0, window_end - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    self._score(batch)
-                    return
                 batch.append(item)
                 texts += len(item[2])
-            self._score(batch)
+                if texts >= self.max_texts:
+                    self._score(batch)
+                    batch, texts = [], 0
+            if batch:
+                self._score(batch)
+            if stop:
+                return
 
     def _score(self, batch: list[tuple]) -> None:
         by_shadow: dict[str, list[tuple]] = defaultdict(list)
@@ -143,7 +145,7 @@ class ShadowScorer:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Score what is queued, then stop the thread."""
+        self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            self._queue.put(None)
             thread.join(timeout_s)

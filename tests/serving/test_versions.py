@@ -175,7 +175,7 @@ def test_a_full_shadow_queue_drops_and_counts(registry_root, service_factory):
     obs = Recorder()
     gate, entered = threading.Event(), threading.Event()
     s = service_factory(root, observer=obs, batching=False, shadow_queue_size=2)
-    s.shadow.max_wait_s = 0.0  # score each request as it comes, so the first one holds the thread
+    s.shadow.max_wait_s = 0.01  # score soon, so the first request holds the thread while the rest arrive
     s.shadow.get_predictor = lambda v: _Gated(s.get(v).predictor, gate, entered)
     registry.set_shadow(root, second)
     s.refresh()
