@@ -58,8 +58,8 @@ if worker_class == "tagifai_api.worker.ThreadWorker":
         sys.exit(f"error: {_exc}")
 threads = _env_int("GUNICORN_THREADS", 16)
 worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
-# Each worker loads its own model after forking: a HUP then reloads the default model version with
-# no downtime (new workers start, old ones finish their requests), which preloading would prevent.
+# Each worker loads its own models after forking, and follows artifacts/DEFAULT by itself (a watcher
+# thread per worker, which a preloaded master would not have); a HUP still restarts workers gracefully.
 preload_app = False
 max_requests = _env_int("GUNICORN_MAX_REQUESTS", 100_000)
 max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 10_000)

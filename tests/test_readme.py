@@ -145,3 +145,42 @@ def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, t
         body = json.loads((tmp_path / f"out{i}.json").read_text())
         assert body["status-code"] == expected, (command, body)
         assert body["url"].startswith(server.url)
+
+
+@pytest.mark.integration
+def test_registry_examples_work_verbatim_against_gunicorn(registry_root, tmp_path):
+    """The block runs as one shell script (it sets $ADMIN and $NEW), each curl's output kept for checking."""
+    servers.require_binary("curl")
+    root, first, second = registry_root
+    env = {"TAGIFAI_API_KEYS_FILE": str(tmp_path / "api_keys.json")}
+    steps = examples("registry-examples")
+    paths = {p for c, _ in steps for p in re.findall(r"localhost:8000(/[\w/.-]*)", c)}
+    assert {"/models", "/models/default", "/models/default/rollback", "/models/shadow", "/predict", "/performance",
+            "/args"} <= paths
+    with servers.gunicorn(root, env=env) as server:
+        script, checks = ["set -euo pipefail"], []
+        for i, (command, expected) in enumerate(steps):
+            run = command.replace("http://localhost:8000", server.url)
+            if expected is None:
+                script.append(run)
+            else:
+                script.append(f"{{ {run}}} > {tmp_path / f'out{i}.json'}")
+                checks.append((i, command, expected))
+        out = subprocess.run(["bash", "-c", "".join(line if line.endswith("\n") else line + "\n" for line in script)],
+                             cwd=servers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    assert len(checks) >= 12
+    bodies = []
+    for i, command, expected in checks:
+        body = json.loads((tmp_path / f"out{i}.json").read_text())
+        assert body["status-code"] == expected, (command, body)
+        assert body["url"].startswith(server.url)
+        bodies.append((command, body))
+    answered = [b["data"]["model_version"] for c, b in bodies if "predict?version" in c]
+    assert answered == [second]  # $NEW is the newest version
+    switched = [b["data"] for c, b in bodies if "-X PUT" in c and "/models/default" in c and "Bearer" in c]
+    assert switched == [{"previous": first, "default": second}]
+    listings = [b["data"] for c, b in bodies if c == "curl -s http://localhost:8000/models\n"]
+    assert [d["shadow"] for d in listings] == [None, second]
+    assert listings[1]["shadow_agreement"] is not None
+    assert (root / "DEFAULT").read_text().strip() == first
