@@ -18,6 +18,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api import demo, errors, logs, metrics, openapi, responses, schemas, settings
     from tagifai_api.access import register_access_log
     from tagifai_api.auth import guard
+    from tagifai_api.ml import artifacts
     from tagifai_api.registry import views as registry_views
     from tagifai_api.serving.context import EXTENSION
     from tagifai_api.serving.service import ModelService
@@ -63,6 +64,9 @@ def create_app(config: Mapping[str, object] | None = None):
     errors.register_error_handlers(app)
     register_access_log(app)
     guard.init_app(app)  # after the access log: a refused request still gets its id and access line
-    spec = openapi.build_spec(int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]))
+    default = service.model.version if service.ready else None
+    others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]
+    spec = openapi.build_spec(int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]), default,
+                              others[-1] if others else None)
     app.extensions["tagifai_openapi"] = openapi.secure(spec, guard.key_requirements(app))
     return app

@@ -36,8 +36,12 @@ def _version_errors() -> dict:
             "409": _error("The version cannot be loaded; data.reason says why")}
 
 
-def build_spec(max_texts: int, max_text_length: int) -> dict:
-    """The document as a dict, with this app's limits in the request schema."""
+def build_spec(max_texts: int, max_text_length: int, example_version: str | None = None,
+               example_candidate: str | None = None) -> dict:
+    """The document as a dict, with this app's limits in the request schema and real versions as
+    examples (so "Try it out" finds them): the default it started with, and another one to shadow."""
+    example_version = example_version or "v20261127T011631486627Z"
+    example_candidate = example_candidate or example_version
     marshmallow_plugin = MarshmallowPlugin()
     spec = APISpec(
         title="TagIfAI API",
@@ -80,27 +84,37 @@ def build_spec(max_texts: int, max_text_length: int) -> dict:
     spec.path(path="/models/{version}", operations={"get": {
         "summary": "One version's manifest, args and performance", "tags": ["registry"],
         "parameters": [{"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
-                        "description": "A version, or `default`.", "example": "default"}],
+                        "description": "A version listed by GET /models (`default` names the default).",
+                        "example": example_version}],
         "responses": {"200": ok, **_version_errors()}}})
-    version_body = {"required": True, "content": {"application/json": {"schema": "VersionRequest"}}}
+    version_body = {"required": True, "content": {"application/json": {"schema": "VersionRequest",
+                                                                      "example": {"version": example_version}}}}
+    body_errors = {"400": _error("Malformed JSON"), "415": _error("Not JSON"), "422": _error("Invalid body")}
     switched = {"description": "Switched: data.previous and data.default",
                 "content": {"application/json": {"schema": "Envelope"}}}
-    spec.path(path="/models/default", operations={"put": {
+    spec.path(path="/models/default", operations={"get": {
+        "summary": "The default version's manifest, args and performance", "tags": ["registry"],
+        "responses": {"200": ok, "404": _error("No default version"), "409": _error("The default is damaged")}},
+        "put": {
         "summary": "Verify a version (checksums, a warm-up prediction), then make it the default of every worker "
                    "and replica within seconds", "tags": ["registry"], "requestBody": version_body,
         "responses": {"200": switched, "404": _error("Unknown version; data.valid lists the valid ones"),
                       "409": _error("The version failed verification, or the service pins its version; "
                                     "nothing changed"),
-                      "422": _error("Invalid body")}}})
+                      **body_errors}}})
     spec.path(path="/models/default/rollback", operations={"post": {
         "summary": "Make the previous default the default again", "tags": ["registry"],
         "responses": {"200": switched, "409": _error("No earlier default, or it failed verification; nothing changed")}}})
     spec.path(path="/models/shadow", operations={
+        "get": {"summary": "The shadow version (or null) and its agreement with the served answers so far",
+                "tags": ["registry"], "responses": {"200": ok}},
         "put": {"summary": "Verify a version, then score every /predict with it too, in the background",
-                "tags": ["registry"], "requestBody": version_body,
+                "tags": ["registry"],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": "VersionRequest", "example": {"version": example_candidate}}}},
                 "responses": {"200": ok, "404": _error("Unknown version; data.valid lists the valid ones"),
                               "409": _error("The version failed verification, or is the default; nothing changed"),
-                              "422": _error("Invalid body")}},
+                              **body_errors}},
         "delete": {"summary": "Stop shadow scoring", "tags": ["registry"], "responses": {"200": ok}}})
     spec.path(path="/predict", operations={"post": {
         "summary": "Tag texts", "tags": ["model"], "parameters": [_VERSION_PARAM],

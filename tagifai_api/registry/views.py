@@ -24,6 +24,7 @@ from tagifai_api.serving.service import ModelService
 
 bp = Blueprint("registry", __name__, url_prefix="/models")
 
+
 _body = VersionRequestSchema()
 
 
@@ -91,6 +92,19 @@ def get_model(version: str):
     shadow = registry.shadow_version(root)
     return construct_response(HTTPStatus.OK, data={**described, "default": name == _default_name(),
                                                    "shadow": name == shadow})
+
+
+@bp.get("/default")
+def get_default_model():
+    """Return the default version's manifest, args and performance (``/models/<version>`` for it)."""
+    return get_model("default")
+
+
+@bp.get("/shadow")
+def get_shadow():
+    """Return the shadow version (or null) and its agreement with the served answers so far."""
+    shadow = registry.shadow_version(get_service().artifacts_dir)
+    return construct_response(HTTPStatus.OK, data={"shadow": shadow, "shadow_agreement": _shadow_agreement(shadow)})
 
 
 def _requested_version() -> str:

@@ -262,7 +262,8 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
     registry_writes = {("put", "/models/default"), ("post", "/models/default/rollback"), ("put", "/models/shadow"),
                        ("delete", "/models/shadow")}
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
-                              ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}")} | registry_writes
+                              ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}"),
+                              ("get", "/models/default"), ("get", "/models/shadow")} | registry_writes
     assert secured("admin") == registry_writes
     assert secured("off") == set()
 

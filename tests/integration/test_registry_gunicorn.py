@@ -72,6 +72,7 @@ def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_r
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **admin[0]}
     with servers.gunicorn(root, workers=2, env=env) as server:
         assert len(workers(server)) == 2
+        every_worker_serves(server, first, time.monotonic(), timeout_s=30)  # both have booted
         start = time.monotonic()
         assert call(server, "PUT", "/models/default", admin[1], json={"version": second}) == \
             {"previous": first, "default": second}
@@ -98,6 +99,8 @@ def test_two_instances_sharing_one_directory_follow_the_same_default(registry_ro
     with servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m1"), **env}) as one, \
             servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m2"), **env}) as two:
         assert one.port != two.port
+        for server in (one, two):
+            every_worker_serves(server, first, time.monotonic(), timeout_s=30)  # every worker has booted
         for source, target, version in ((one, two, second), (two, one, first)):
             start = time.monotonic()
             call(source, "PUT", "/models/default", headers, json={"version": version})
@@ -188,6 +191,7 @@ def test_switching_under_load_fails_no_request(registry_root, tmp_path, admin):
 
     with servers.gunicorn(root, workers=2, env=env, log_path=log) as server:
         pids = workers(server)
+        every_worker_serves(server, first, time.monotonic(), timeout_s=30)  # both have booted
         thread = threading.Thread(target=switcher, args=(server.url,))
         thread.start()
         try:

@@ -150,10 +150,12 @@ def test_shadow_is_scored_and_its_agreement_shown(setup, keys):
     assert agreement["scored"] == len(TEXTS) == agreement["agree"] + agreement["disagree"]
     assert agreement["disagree"] > 0 and agreement["rate"] == round(agreement["agree"] / len(TEXTS), 4)
     assert [m["shadow"] for m in data["models"]] == [True, False]
+    assert client.get("/models/shadow").get_json()["data"] == {"shadow": second, "shadow_agreement": agreement}
     cleared = client.delete("/models/shadow", headers=admin(keys)).get_json()
     assert cleared["data"] == {"previous": second, "shadow": None}
     assert client.delete("/models/shadow", headers=admin(keys)).get_json()["data"]["previous"] is None
     assert client.get("/models").get_json()["data"]["shadow_agreement"] is None
+    assert client.get("/models/shadow").get_json()["data"] == {"shadow": None, "shadow_agreement": None}
 
 
 def test_mode_off_is_an_explicit_choice_that_opens_the_writes(make_app, registry_root):
