@@ -18,6 +18,7 @@ import requests
 
 from tagifai_api.auth.keys import KeyStore
 from tests.integration import servers
+from tests.integration.test_auth_gunicorn import one_session_per_worker
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +46,22 @@ def workers(server: servers.Server) -> set[int]:
 
 def every_worker_serves(server: servers.Server, version: str, since: float,
                         timeout_s: float = 2 * SWITCH_DEADLINE_S) -> float:
-    """Seconds from ``since`` until each worker has answered /health/ready with ``version`` (new
-    connections, so the kernel hands them to both workers)."""
-    pids = workers(server)
+    """Seconds from ``since`` until each worker has answered /health/ready with ``version``, asked
+    over one kept-alive connection per worker (fresh connections may all reach the same one)."""
+    sessions = one_session_per_worker(server.url, len(workers(server)))
     seen: dict[int, float] = {}
     deadline = time.monotonic() + timeout_s
-    while set(seen) != pids:
-        assert time.monotonic() < deadline, f"workers {pids - set(seen)} still not on {version} after {timeout_s}s"
-        data = requests.get(f"{server.url}/health/ready", headers={"Connection": "close"}, timeout=5).json()["data"]
-        if data["model_version"] == version:
-            seen.setdefault(data["pid"], time.monotonic() - since)
-        time.sleep(0.01)
+    try:
+        while len(seen) < len(sessions):
+            assert time.monotonic() < deadline, f"only workers {sorted(seen)} on {version} after {timeout_s}s"
+            for session in sessions:
+                data = session.get(f"{server.url}/health/ready", timeout=5).json()["data"]
+                if data["model_version"] == version:
+                    seen.setdefault(data["pid"], time.monotonic() - since)
+            time.sleep(0.01)
+    finally:
+        for session in sessions:
+            session.close()
     return max(seen.values())
 
 
