@@ -38,12 +38,43 @@ class ClosedError(Exception):
     """The batcher was closed."""
 
 
+class _Done:
+    """A job's one-shot "finished" flag on one bare lock, held until set.
+
+    ``threading.Event`` is a Python ``Condition``: setting it takes its lock and notifies, and each
+    waiter allocates a lock of its own and must retake the condition's lock to return, all while
+    holding the GIL. Here setting is one C-level ``release`` and waiting one ``acquire``.
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        """Mark done (once per job, by the one thread that ran or expired it)."""
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False if ``timeout`` seconds passed first."""
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._lock.release()  # stays unlocked: any later wait returns at once
+            return True
+        return self._set
+
+
 @dataclass
 class _Job:
     items: Sequence
     deadline: float
     enqueued: float
-    done: threading.Event = field(default_factory=threading.Event)
+    done: _Done = field(default_factory=_Done)
     taken: bool = False
     cancelled: bool = False
     result: list | None = None
