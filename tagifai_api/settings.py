@@ -33,7 +33,7 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "BATCH_QUEUE_SIZE": (1024, "Most texts waiting in a worker's queue; beyond it /predict answers 503."),
     "PREDICT_TIMEOUT_MS": (10_000, "A request still queued after this long is dropped with 504."),
     "CACHE_SIZE": (0, "Per-worker LRU cache of predictions, in texts; 0 (the default) turns it off."),
-    "PROXY_COUNT": (1, "Reverse-proxy hops whose X-Forwarded-* headers are trusted (0: none)."),
+    "PROXY_COUNT": (0, "Reverse-proxy hops whose X-Forwarded-* headers are trusted (0, the default: none; 1 behind nginx)."),
     "LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
     "LOG_TEXTS": (False, "Also log the input texts (they may be private)."),
     "METRICS": (True, "Expose /metrics and record Prometheus metrics."),

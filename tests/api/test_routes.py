@@ -73,14 +73,15 @@ def test_unknown_arg_is_404(client):
     assert "'nope'" in body["message"]
 
 
-def test_url_is_the_one_the_client_used_behind_a_proxy(client):
+def test_url_is_the_one_the_client_used_behind_a_proxy(make_app):
+    client = make_app(PROXY_COUNT=1).test_client()
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.org", "X-Forwarded-For": "10.1.2.3"}
     body = check_envelope(client.get("/args?x=1", headers=headers), 200)
     assert body["url"] == "https://api.example.org/args?x=1"
 
 
-def test_proxy_headers_ignored_when_no_proxy_is_trusted(make_app):
-    client = make_app(PROXY_COUNT=0).test_client()
+def test_proxy_headers_ignored_when_no_proxy_is_trusted(client):
+    """The default trusts no proxy: a client reaching Gunicorn directly cannot set the envelope's url."""
     body = client.get("/", headers={"X-Forwarded-Host": "evil.example"}).get_json()
     assert body["url"] == "http://localhost/"
 

@@ -37,7 +37,9 @@ def test_upstream_connections_close_before_gunicorn_closes_them():
 def test_forwarded_headers_match_the_trusted_proxy_hops():
     headers = {v.split()[0] for v in directive("proxy_set_header")}
     assert {"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Request-ID"} <= headers
-    assert settings.DEFAULTS["PROXY_COUNT"] == 1
+    assert settings.DEFAULTS["PROXY_COUNT"] == 0  # no proxy trusted unless the deployment says so
+    for config in ("docker-compose.yml", "deploy/k8s/configmap.yaml"):
+        assert 'TAGIFAI_PROXY_COUNT: "1"' in (ROOT / config).read_text(), config
 
 
 def test_own_errors_are_json_envelopes():

@@ -89,7 +89,7 @@ def nginx(tmp: Path, upstream: str, max_body: str | None = None) -> Iterator[str
 @pytest.fixture(scope="module")
 def stack(artifacts_dir, tmp_path_factory):
     """Gunicorn (one worker) behind nginx, with a 64 KiB body limit so the 413 test stays small."""
-    with servers.gunicorn(artifacts_dir, workers=1) as api:
+    with servers.gunicorn(artifacts_dir, workers=1, env={"TAGIFAI_PROXY_COUNT": "1"}) as api:
         with nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{api.port}", max_body="64k") as base:
             yield base
 
