@@ -6,7 +6,7 @@ a wait, with the GIL released, are left out) and prints a summary: the share of 
 Flask and the app, the model, other) and the top frames, self and inclusive. The raw profile and
 the summary are written to ``reports/profiles/``.
 
-    .venv/bin/python -m benchmarks.profile [--conns 64] [--seconds 10] [--env GUNICORN_THREADS=4]
+    .venv/bin/python -m benchmarks.profile [--conns 64] [--texts 1] [--seconds 10] [--env GUNICORN_THREADS=4]
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="tagifai, batching on", choices=list(run.TARGETS))
     parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument("--texts", type=int, default=1, help="texts per request (the bench uses 1 and 100)")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server, repeatable")
@@ -108,8 +109,8 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     raw_path = PROFILES / f"{opts.label}-{stamp}.raw"
     with tempfile.TemporaryDirectory() as tmp:
-        bodies = Path(tmp) / "bodies-1.jsonl"
-        run._write_bodies(bodies, run.dataset_texts(), 1)
+        bodies = Path(tmp) / f"bodies-{opts.texts}.jsonl"
+        run._write_bodies(bodies, run.dataset_texts(), opts.texts)
         with run.serve(opts.target, opts.artifacts, Path(tmp), extra) as server:
             worker = psutil.Process(server.pid).children()[0].pid
             env = {**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)}
@@ -122,7 +123,7 @@ def main() -> None:
                            check=True, capture_output=True, timeout=opts.seconds + 60)
             out, _ = load.communicate(timeout=opts.seconds + 60)
     wrk_line = re.search(r"^JSON(\{.*\})$", out, re.M)
-    summary = (f"{opts.target}, {opts.conns} connections, env {extra or '{}'}{', --gil' if opts.gil else ''}, "
+    summary = (f"{opts.target}, {opts.texts} text(s) a request, {opts.conns} connections, env {extra or '{}'}{', --gil' if opts.gil else ''}, "
                f"load {os.getloadavg()}\n"
                f"wrk: {wrk_line.group(1) if wrk_line else out}\n" + summarize(raw_path.read_text()))
     raw_path.with_suffix(".txt").write_text(summary + "\n")
