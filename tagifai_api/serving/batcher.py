@@ -129,6 +129,7 @@ class MicroBatcher:
         self._arriving = 0
         self._closed = False
         self._busy = False  # a model call is running (or a batch is being collected): one at a time
+        self._collecting = False  # the batching thread is waiting in a collection window for arrivals
         self._thread: threading.Thread | None = None
         self._pid = None
         atexit.register(self.close)  # a worker that exits finishes what it holds
@@ -174,7 +175,10 @@ class MicroBatcher:
                     raise QueueFullError(f"{self._queued_items} texts queued, limit {self.queue_size}")
                 self._queue.append(job)
                 self._queued_items += len(items)
-                self._cond.notify_all()
+                # wake the batching thread only if it can act now: while a model call runs it would
+                # find the model busy and sleep again, and _release() wakes it when the call ends
+                if not self._busy or self._collecting:
+                    self._cond.notify()
         if inline:
             job.taken = True
             try:
@@ -217,7 +221,11 @@ class MicroBatcher:
                 window_end = window_end or now + self.max_wait_s
                 if now >= window_end:
                     return batch
-                self._cond.wait(window_end - now)
+                self._collecting = True
+                try:
+                    self._cond.wait(window_end - now)
+                finally:
+                    self._collecting = False
 
     def _run(self) -> None:
         while True:
@@ -233,7 +241,7 @@ class MicroBatcher:
         with self._cond:
             self._busy = False
             if self._queue:  # only the batching thread waits on the condition, and only for work
-                self._cond.notify_all()
+                self._cond.notify()
 
     def _execute(self, batch: list[_Job]) -> None:
         start = time.monotonic()
