@@ -20,7 +20,7 @@ def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
     servers.require_binary("wrk")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--seconds", "1", "--rounds", "1", "--inproc-seconds", "0.2",
+        [sys.executable, "-m", "benchmarks.run", "--seconds", "2", "--rounds", "1", "--inproc-seconds", "0.2",
          "--artifacts", str(artifacts_dir)],
         cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=240,
     )

@@ -206,12 +206,12 @@ def test_existing_output_is_refused_without_force_or_resume(score, tmp_path):
 
 def test_progress_lines_when_stderr_is_not_a_terminal(score, dataset_csv, tmp_path):
     src = tmp_path / "in.csv"
-    src.write_bytes(repeated(dataset_csv, 4))
+    src.write_bytes(repeated(dataset_csv, 40))  # about a second of work even on an idle machine
     proc = score(src, "-o", tmp_path / "o.csv", "--workers", "1", "--chunk-size", "50", "--progress-interval", "0.1")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert any("rows/s" in line and "of the input" in line for line in lines[:-1]), proc.stderr
-    assert lines[-1].startswith(f"scored {4 * 764:,} of {4 * 764:,} rows")
+    assert lines[-1].startswith(f"scored {40 * 764:,} of {40 * 764:,} rows")
 
 
 def test_progress_bar_on_a_terminal(artifacts_dir, dataset_csv, tmp_path):
