@@ -56,7 +56,10 @@ if worker_class == "tagifai_api.worker.ThreadWorker":
         import tagifai_api.worker  # noqa: E402, F401 - refuses a Gunicorn version it was not written for
     except RuntimeError as _exc:
         sys.exit(f"error: {_exc}")
-threads = _env_int("GUNICORN_THREADS", 16)
+# 4 threads: on this model a request is mostly Python holding the GIL, so more threads than that only
+# contend for it (16, 8 and 4 measured side by side: 4 served most); raise it for a slower model,
+# where more concurrent requests make bigger micro-batches
+threads = _env_int("GUNICORN_THREADS", 4)
 worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
 # Each worker loads its own models after forking, and follows artifacts/DEFAULT by itself (a watcher
 # thread per worker, which a preloaded master would not have); a HUP still restarts workers gracefully.
