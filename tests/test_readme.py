@@ -121,6 +121,25 @@ def test_curl_examples_work_verbatim_against_gunicorn(artifacts_dir):
                 assert body["data"]["errors"]["texts"]["0"]["text"], body
 
 
+def run_as_one_script(steps, url: str, env: dict, tmp_path) -> tuple[subprocess.CompletedProcess, list]:
+    """Run a README block as one bash script against ``url``; each checked curl's output goes to a file.
+
+    Returns the finished process and ``(index, command, expected status)`` for every checked step,
+    whose body is in ``tmp_path / f"out{index}.json"``.
+    """
+    script, checks = ["set -euo pipefail"], []
+    for i, (command, expected) in enumerate(steps):
+        run = command.replace("http://localhost:8000", url)
+        if expected is None:
+            script.append(run)
+        else:
+            script.append(f"{{ {run}}} > {tmp_path / f'out{i}.json'}")
+            checks.append((i, command, expected))
+    out = subprocess.run(["bash", "-c", "".join(line if line.endswith("\n") else line + "\n" for line in script)],
+                         cwd=servers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    return out, checks
+
+
 @pytest.mark.integration
 def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_path):
     """The block runs as one shell script (it sets $KEY), each curl's output kept for checking."""
@@ -129,16 +148,7 @@ def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, t
     steps = examples("auth-examples")
     assert sum(expected is not None for _, expected in steps) >= 6
     with servers.gunicorn(artifacts_dir, env=env) as server:
-        script, checks = ["set -euo pipefail"], []
-        for i, (command, expected) in enumerate(steps):
-            run = command.replace("http://localhost:8000", server.url)
-            if expected is None:
-                script.append(run)
-            else:
-                script.append(f"{{ {run}}} > {tmp_path / f'out{i}.json'}")
-                checks.append((i, command, expected))
-        out = subprocess.run(["bash", "-c", "".join(line if line.endswith("\n") else line + "\n" for line in script)],
-                             cwd=servers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        out, checks = run_as_one_script(steps, server.url, env, tmp_path)
         assert out.returncode == 0, out.stderr
     assert "reader" in out.stdout  # keys list
     for i, command, expected in checks:
@@ -158,16 +168,7 @@ def test_registry_examples_work_verbatim_against_gunicorn(registry_root, tmp_pat
     assert {"/models", "/models/default", "/models/default/rollback", "/models/shadow", "/predict", "/performance",
             "/args"} <= paths
     with servers.gunicorn(root, env=env) as server:
-        script, checks = ["set -euo pipefail"], []
-        for i, (command, expected) in enumerate(steps):
-            run = command.replace("http://localhost:8000", server.url)
-            if expected is None:
-                script.append(run)
-            else:
-                script.append(f"{{ {run}}} > {tmp_path / f'out{i}.json'}")
-                checks.append((i, command, expected))
-        out = subprocess.run(["bash", "-c", "".join(line if line.endswith("\n") else line + "\n" for line in script)],
-                             cwd=servers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        out, checks = run_as_one_script(steps, server.url, env, tmp_path)
         assert out.returncode == 0, out.stderr
     assert len(checks) >= 12
     bodies = []
