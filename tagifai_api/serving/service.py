@@ -94,7 +94,6 @@ class ModelService:
         shadow_queue_size: int = 256,
     ) -> None:
         self.artifacts_dir = Path(artifacts_dir)
-        self.requested_version = version
         self.pinned = None if version == "default" else version
         self.batching = batching
         self._batcher_limits = {"max_texts": max_texts, "max_wait_s": max_wait_s, "queue_size": queue_size}
