@@ -12,19 +12,19 @@ def create_app(config: Mapping[str, object] | None = None):
     variables, then ``config``. The default model is loaded here, once per process (Gunicorn
     workers each call this after forking); other versions on first use.
     """
-    from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     from tagifai_api import demo, errors, logs, metrics, openapi, responses, schemas, settings
     from tagifai_api.access import register_access_log
     from tagifai_api.auth import guard
+    from tagifai_api.flaskapp import TagifaiFlask
     from tagifai_api.ml import artifacts
     from tagifai_api.registry import views as registry_views
     from tagifai_api.serving.context import EXTENSION
     from tagifai_api.serving.service import ModelService
     from tagifai_api.views import args, docs, health, index, performance, predict
 
-    app = Flask(__name__)
+    app = TagifaiFlask(__name__)
     app.json = responses.OrjsonProvider(app)
     app.make_default_options_response = responses.options_response
     # "/args//threshold" is a 404 envelope: merging the slashes would answer a 308 in HTML, to a
@@ -38,7 +38,7 @@ def create_app(config: Mapping[str, object] | None = None):
         n = int(app.config["PROXY_COUNT"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
-    model_metrics = metrics.init_metrics(app) if app.config["METRICS"] else None
+    model_metrics, http_metrics = metrics.init_metrics(app) if app.config["METRICS"] else (None, None)
     service = ModelService(
         app.config["ARTIFACTS_DIR"],
         str(app.config["MODEL_VERSION"]),
@@ -55,6 +55,7 @@ def create_app(config: Mapping[str, object] | None = None):
     )
     app.extensions[EXTENSION] = service
     app.extensions["tagifai_metrics"] = model_metrics
+    app.extensions["tagifai_http_metrics"] = http_metrics
     app.extensions["tagifai_predict_schema"] = schemas.predict_request_schema(
         int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"])
     )

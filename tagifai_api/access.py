@@ -152,45 +152,79 @@ def flush() -> None:
 
 
 def _begin() -> None:
-    g.start = time.perf_counter()
-    incoming = request.headers.get(REQUEST_ID_HEADER)
-    g.request_id = incoming if incoming and _VALID_ID.match(incoming) else _ids.next()
+    state = g._get_current_object()  # one context lookup, not one per attribute
+    state.start = time.perf_counter()
+    incoming = request._get_current_object().headers.get(REQUEST_ID_HEADER)
+    state.request_id = incoming if incoming and _VALID_ID.match(incoming) else _ids.next()
 
 
 def _finish(response: Response) -> Response:
-    request_id = g.get("request_id") or _ids.next()
+    """The request id header, the HTTP and error metrics, and the access line: the one place
+    that knows a request's status and latency."""
+    req = request._get_current_object()
+    state = g._get_current_object()
+    app = current_app._get_current_object()
+    now = time.perf_counter()
+    seconds = now - state.get("start", now)
+    request_id = state.get("request_id") or _ids.next()
     response.headers[REQUEST_ID_HEADER] = request_id
     status = response.status_code
+    method = req.method
+    extensions = app.extensions
+    http = extensions.get("tagifai_http_metrics")
+    if http is not None and not _untracked(req):
+        http.request(method, req.endpoint, status, seconds)
+        state.http_recorded = True
     if status >= 400:
-        metrics = current_app.extensions.get("tagifai_metrics")
+        metrics = extensions.get("tagifai_metrics")
         if metrics is not None:
-            metrics.error(g.get("error_type") or str(status))
+            metrics.error(state.get("error_type") or str(status))
     if log.isEnabledFor(logging.INFO):
-        now = time.perf_counter()
         pid = os.getpid()
+        path = req.path
         entry = {
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "level": "INFO",
             "logger": "tagifai_api.access",
-            "message": f"{request.method} {request.path} {status}",
+            "message": f"{method} {path} {status}",
             "pid": pid,
             "request_id": request_id,
-            "method": request.method,
-            "path": request.path,
+            "method": method,
+            "path": path,
             "status": status,
-            "latency_ms": round((now - g.get("start", now)) * 1000.0, 3),
+            "latency_ms": round(seconds * 1000.0, 3),
             "worker_pid": pid,
-            "texts": g.get("texts"),
-            "model_version": g.get("model_version"),
-            "key_name": g.get("api_key_name"),  # the key's name, never the key
+            "texts": state.get("texts"),
+            "model_version": state.get("model_version"),
+            "key_name": state.get("api_key_name"),  # the key's name, never the key
         }
-        if current_app.config["LOG_TEXTS"] and request.path == "/predict":
-            entry["body"] = request.get_data(as_text=True)[:2000]
+        if app.config["LOG_TEXTS"] and path == "/predict":
+            entry["body"] = req.get_data(as_text=True)[:2000]
         _writer.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
     return response
 
 
+def _untracked(req) -> bool:
+    """A view the exporter's ``do_not_track``/``exclude_all_metrics`` marked (``/metrics`` itself)."""
+    return hasattr(req, "prom_do_not_track") or hasattr(req, "prom_exclude_all")
+
+
+def _teardown(exc: BaseException | None) -> None:
+    """An exception no error handler answered is counted as the exporter counts it (status 500)."""
+    if exc is None:
+        return
+    http = current_app.extensions.get("tagifai_http_metrics")
+    req = request._get_current_object()
+    if http is None or _untracked(req):
+        return
+    http.exception(req.method)
+    if not g.get("http_recorded"):  # the after-request hooks never ran to the end
+        http.request(req.method, req.endpoint, 500, time.perf_counter() - g.get("start", time.perf_counter()))
+
+
 def register_access_log(app: Flask) -> None:
-    """Give every request an id (from ``X-Request-ID`` when it is sane) and log it once, as JSON."""
+    """Give every request an id (from ``X-Request-ID`` when it is sane), count it in the HTTP
+    metrics and log it once, as JSON."""
     app.before_request(_begin)
     app.after_request(_finish)
+    app.teardown_request(_teardown)

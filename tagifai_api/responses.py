@@ -31,6 +31,27 @@ def _dumps(body: dict) -> bytes:
         return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
+_URLS: dict[tuple, str] = {}
+_URLS_MAX = 64
+
+
+def _request_url() -> str:
+    """``request.url``, remembered for the few URLs without a query string a service is called on:
+    werkzeug decodes and re-quotes it on every request. It depends on these environ values only
+    (the app trusts no host list)."""
+    environ = request.environ
+    if environ.get("QUERY_STRING"):
+        return request.url
+    key = (environ["wsgi.url_scheme"], environ.get("HTTP_HOST"), environ.get("SERVER_NAME"),
+           environ.get("SERVER_PORT"), environ.get("SCRIPT_NAME"), environ.get("PATH_INFO"))
+    url = _URLS.get(key)
+    if url is None:
+        url = request.url
+        if len(_URLS) < _URLS_MAX:
+            _URLS[key] = url
+    return url
+
+
 def construct_response(
     status: int,
     data: dict | None = None,
@@ -42,7 +63,7 @@ def construct_response(
     ``status-code`` is always the HTTP status of the response itself; ``message`` defaults to
     the HTTP phrase; ``data`` is left out when there is none.
     """
-    body = envelope.body(status, message or HTTPStatus(status).phrase, request.method, request.url,
+    body = envelope.body(status, message or HTTPStatus(status).phrase, request.method, _request_url(),
                          g.get("request_id"), data)
     return Response(
         _dumps(body),

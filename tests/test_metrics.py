@@ -50,3 +50,51 @@ def test_a_request_counts_every_text_once():
     assert lengths[("tagifai_input_text_length_characters_bucket", (("le", "16.0"),))] == 2
     assert lengths[("tagifai_input_text_length_characters_bucket", (("le", "32.0"),))] == 4
     assert lengths[("tagifai_input_text_length_characters_bucket", (("le", "+Inf"),))] == 6
+
+
+HTTP_FAMILIES = ("tagifai_http_request_duration_seconds", "tagifai_http_request", "tagifai_http_request_exceptions")
+
+
+def _http_samples(registry: CollectorRegistry) -> dict:
+    """Counts and label sets of the HTTP families (durations themselves differ between recorders)."""
+    out = {}
+    for m in registry.collect():
+        if m.name not in HTTP_FAMILIES:
+            continue
+        for s in m.samples:
+            if s.name.endswith(("_created", "_sum")):
+                continue
+            value = s.value if not s.name.endswith("_bucket") else None  # which bucket depends on timing
+            out[(s.name, tuple(sorted(s.labels.items())))] = value
+    return out
+
+
+def test_http_metrics_are_what_the_exporter_itself_records(make_app):
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    app = make_app()
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("an error no handler answers")
+
+    # the exporter's own hooks, on the same app, recording into a registry of their own
+    reference = CollectorRegistry()
+    PrometheusMetrics(app=None, path=None, group_by="endpoint", defaults_prefix="tagifai",
+                      registry=reference).init_app(app)
+    client = app.test_client()
+    for _ in range(3):
+        assert client.post("/predict", json={"texts": [{"text": "image classification"}]}).status_code == 200
+    assert client.post("/predict", json={"texts": []}).status_code == 422
+    assert client.get("/no-such-route").status_code == 404
+    assert client.delete("/predict").status_code == 405
+    assert client.get("/boom").status_code == 500
+    assert client.get("/metrics").status_code == 200  # not tracked, as the exporter does not track itself
+    ours = _http_samples(app.extensions["prometheus_exporter"].registry)
+    assert ours == _http_samples(reference)
+    assert ours[("tagifai_http_request_duration_seconds_count",
+                 (("endpoint", "predict.predict"), ("method", "POST"), ("status", "200")))] == 3
+    assert ours[("tagifai_http_request_duration_seconds_count",
+                 (("endpoint", "None"), ("method", "GET"), ("status", "404")))] == 1
+    assert ours[("tagifai_http_request_exceptions_total", (("method", "GET"), ("status", "500")))] == 1
+    assert not any(dict(labels).get("endpoint") == "prometheus_metrics" for _, labels in ours)

@@ -86,6 +86,28 @@ def test_proxy_headers_ignored_when_no_proxy_is_trusted(client):
     assert body["url"] == "http://localhost/"
 
 
+def test_url_is_the_requests_own_whichever_host_path_and_proxy_headers_come(make_app):
+    """The envelope's url is remembered per host, path and scheme: never one request's for another."""
+    from flask import request
+
+    app = make_app(PROXY_COUNT=1)
+    seen = []
+    app.after_request(lambda response: seen.append(request.url) or response)
+    client = app.test_client()
+    cases = [({}, "/"), ({"Host": "a.example"}, "/"), ({"Host": "b.example:8080"}, "/"),
+             ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "c.example"}, "/"),
+             ({"X-Forwarded-Prefix": "/api"}, "/"), ({}, "/args/caf%C3%A9"), ({}, "/args/%E2%82%AC%20x"), ({}, "/")]
+    urls = set()
+    for _ in range(2):  # the second time from what was remembered
+        for headers, path in cases:
+            seen.clear()
+            body = client.get(path, headers=headers).get_json()
+            assert body["url"] == seen[0], (headers, path)
+            urls.add(body["url"])
+    assert "https://c.example/" in urls and "http://localhost/api/" in urls and "http://localhost/args/café" in urls
+    assert len(urls) == len(cases) - 1  # "/" twice
+
+
 def test_request_id_is_accepted_or_generated(client):
     r = client.get("/", headers={"X-Request-ID": "abc-123"})
     assert r.headers["X-Request-ID"] == "abc-123" and r.get_json()["request-id"] == "abc-123"
