@@ -77,6 +77,7 @@ class ModelMetrics:
         self._registry = r
         self._version: str | None = None
         self._by_tag: dict[tuple[str, str], Counter] = {}
+        self._inference: dict[str, Histogram] = {}
 
     def model_loaded_now(self, version: str, loaded_at: float) -> None:
         """Record the default version this worker now serves (and that it no longer serves the previous one)."""
@@ -91,11 +92,13 @@ class ModelMetrics:
 
     def batch(self, stats: BatchStats, version: str) -> None:
         """One model call (batching or not) of ``version``."""
-        self.inference.labels(version).observe(stats.seconds)
+        inference = self._inference.get(version)
+        if inference is None:  # labels() checks and looks up its arguments on every call
+            inference = self._inference[version] = self.inference.labels(version)
+        inference.observe(stats.seconds)
         self.batch_texts.observe(stats.texts)
         self.batch_requests.observe(stats.jobs)
-        for wait in stats.queue_wait:
-            self.queue_wait.observe(wait)
+        observe_many(self.queue_wait, stats.queue_wait)
 
     def cache(self, hits: int, misses: int) -> None:
         """Cache look-ups of one request."""

@@ -207,7 +207,8 @@ class CompiledModel:
             for word in doc.split():
                 cols.extend(ids_of_word(word))
             lengths.append(len(cols) - before)
-        scores = np.tile(self.intercept, (n_docs, 1))
+        scores = np.empty((n_docs, len(self.intercept)))
+        scores[:] = self.intercept
         if not cols:
             return scores
         keys = np.array(cols, dtype=np.intp)
@@ -220,12 +221,14 @@ class CompiledModel:
         np.not_equal(keys[1:], keys[:-1], out=first[1:])
         first = np.flatnonzero(first)
         keys = keys[first]
-        tf = np.diff(first, append=len(cols)).astype(np.float64)
+        tf = np.empty(len(first), dtype=np.float64)  # each key's count: the gap to the next first
+        np.subtract(first[1:], first[:-1], out=tf[:-1])
+        tf[-1] = len(cols) - first[-1]
         if n_docs > 1:
             r = keys // n_features
             c = keys - r * n_features
         else:
-            r = np.zeros(len(keys), dtype=np.intp)
+            r = None  # one document: every row is 0
             c = keys
         if self._all_sublinear:
             np.log(tf, out=tf)
@@ -235,11 +238,16 @@ class CompiledModel:
         w = tf * self.idf[c]
         # each block of each document is l2-normalised on its own, as FeatureUnion does
         n_blocks = len(self.blocks)
-        group = r * n_blocks + self._block_of[c] if n_blocks > 1 else r
-        w /= np.sqrt(np.bincount(group, weights=w * w))[group]
-        if n_docs == 1:
+        if r is None:
+            if n_blocks > 1:
+                group = self._block_of[c]
+                w /= np.sqrt(np.bincount(group, weights=w * w))[group]
+            else:
+                w /= np.sqrt(w @ w)
             scores[0] += w @ self.coef[c]
             return scores
+        group = r * n_blocks + self._block_of[c] if n_blocks > 1 else r
+        w /= np.sqrt(np.bincount(group, weights=w * w))[group]
         # keys are sorted, so each document's features are one contiguous run
         starts = np.flatnonzero(np.diff(r, prepend=-1))
         scores[r[starts]] += np.add.reduceat(self.coef[c] * w[:, None], starts, axis=0)

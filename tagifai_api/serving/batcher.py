@@ -134,11 +134,12 @@ class MicroBatcher:
         self._pid = None
         atexit.register(self.close)  # a worker that exits finishes what it holds
 
-    def _ensure_thread(self) -> None:
+    def _ensure_thread(self, queuing: bool) -> None:
         if self._pid != os.getpid():  # first use here; a fork resets through register_at_fork
             self._pid = os.getpid()
             self._thread = None
-        if self._thread is None or not self._thread.is_alive():  # never started, or died
+        # whether it died is asked only when a job is about to wait for it (is_alive() takes a lock)
+        if self._thread is None or (queuing and not self._thread.is_alive()):
             self._thread = threading.Thread(target=self._run, name="tagifai-batcher", daemon=True)
             self._thread.start()
 
@@ -162,12 +163,12 @@ class MicroBatcher:
         now = time.monotonic()
         job = _Job(items=items, deadline=now + timeout_s, enqueued=now)
         with self._cond:
-            self._ensure_thread()
             if _announced:
                 self._arriving = max(self._arriving - 1, 0)
             if self._closed:
                 raise ClosedError("the batcher is closed")
             inline = not self._busy and not self._queue and self._arriving == 0
+            self._ensure_thread(queuing=not inline)
             if inline:  # nothing to wait for: run in this thread, sparing two thread switches
                 self._busy = True
             else:

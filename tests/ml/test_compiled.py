@@ -91,3 +91,24 @@ def test_word_cache_is_bounded(trained, monkeypatch):
     c._word_ids.clear()
     c.predict_proba([" ".join(f"w{i}" for i in range(50))])
     assert len(c._word_ids) <= 10
+
+
+@pytest.mark.parametrize("features", [
+    [{"analyzer": "char_wb", "ngram_min": 2, "ngram_max": 4, "sublinear_tf": True}],
+    [{"analyzer": "word", "ngram_min": 1, "ngram_max": 1}],
+    [{"analyzer": "word", "ngram_min": 1, "ngram_max": 1, "sublinear_tf": True},
+     {"analyzer": "char_wb", "ngram_min": 3, "ngram_max": 5}],
+], ids=["char-only", "word-only", "mixed-sublinear"])
+def test_other_feature_sets_match_one_text_at_a_time_and_in_batches(dataset, train_args, features):
+    """One block or several, sublinear or not: the one-text path and the batch path both give the pipeline's answers."""
+    from tagifai_api.ml import train as training
+
+    args = {**train_args, "features": features}
+    df = data.prepare(dataset, args["accepted_tags"], args["min_tag_freq"])
+    pipeline = training.build_pipeline(args).fit(df["clean"], df["tag"])
+    compiled = CompiledModel.from_pipeline(pipeline)
+    cleaned = list(df["clean"][:120]) + [compiled.clean(t) for t in ODD]
+    expected = pipeline.predict_proba(cleaned)
+    assert np.abs(compiled.predict_proba(cleaned) - expected).max() < 1e-9
+    single = np.vstack([compiled.predict_proba([c]) for c in cleaned])
+    assert np.abs(single - expected).max() < 1e-9

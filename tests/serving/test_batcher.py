@@ -240,6 +240,21 @@ def test_thread_starts_lazily_in_the_process_that_uses_it(make_batcher, monkeypa
     assert b.pid == 999_999 and b._thread is not first and b._thread.is_alive()
 
 
+def test_a_batching_thread_that_died_is_started_again(make_batcher):
+    b = make_batcher(FakeModel())
+    b.submit(["a"], 5.0)
+    first = b._thread
+    with b._cond:  # make the thread return, as if it had died
+        b._closed = True
+        b._cond.notify_all()
+    first.join(5)
+    assert not first.is_alive()
+    b._closed = False
+    with b.arriving():  # another request on its way: this one queues for the batching thread
+        assert b.submit(["b"], 5.0) == ["r:b"]
+    assert b._thread is not first and b._thread.is_alive()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_works_in_a_forked_child(make_batcher):
     b = make_batcher(FakeModel())
