@@ -109,6 +109,19 @@ class OneWriteResponse(wsgi.Response):
         self.sock.sendall(head + data)
 
 
+def settle_config(cfg) -> None:
+    """Every setting's value as a plain attribute of ``cfg``, in a worker after the fork.
+
+    Gunicorn's ``Config`` answers ``cfg.keepalive`` and the like through ``__getattr__`` (a
+    dictionary look-up and a method call), a few dozen times a request between the parser, the
+    WSGI environ and the worker; a worker's settings never change (a reload starts new workers).
+    Names the class itself defines (``worker_class``, ``env`` and other computed ones) are left alone.
+    """
+    for name, setting in cfg.settings.items():
+        if not hasattr(type(cfg), name):
+            cfg.__dict__[name] = setting.get()
+
+
 class ThreadWorker(gthread.ThreadWorker):
     """``gthread`` with one write per response, kept-alive connections served in place and new
     connections spread over the workers."""
@@ -121,6 +134,10 @@ class ThreadWorker(gthread.ThreadWorker):
         self._paused_until = 0.0  # accepting is paused until then, for a less loaded worker
         self._deferring_since = 0.0
         self._last_deferral = 0.0
+
+    def init_process(self):
+        settle_config(self.cfg)
+        super().init_process()
 
     # --- accepting: new connections go to the worker with the fewest busy ones -----------------
     # Workers share the listening socket and whichever wakes first accepts, so a burst of new

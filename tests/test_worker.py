@@ -121,3 +121,18 @@ def test_gunicorn_of_another_version_stops_at_start_in_one_line():
         "error: tagifai_api.worker.ThreadWorker is written for gunicorn==27.0.1, found 27.1.0: "
         "install gunicorn==27.0.1 (requirements.txt) or set GUNICORN_WORKER_CLASS=gthread"
     ]
+
+
+def test_settled_settings_are_plain_attributes_with_the_same_values():
+    from gunicorn.config import Config
+
+    cfg = Config()
+    cfg.set("keepalive", 7)
+    cfg.set("threads", 3)
+    expected = {name: getattr(cfg, name) for name in cfg.settings}
+    computed = {name: getattr(cfg, name) for name in ("worker_class_str", "address", "is_ssl", "sendfile")}
+    worker.settle_config(cfg)
+    assert "keepalive" in vars(cfg) and "limit_request_line" in vars(cfg)
+    assert {name: getattr(cfg, name) for name in cfg.settings} == expected
+    assert {name: getattr(cfg, name) for name in computed} == computed  # properties still compute
+    assert "worker_class" not in vars(cfg) and "env" not in vars(cfg)
