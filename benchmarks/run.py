@@ -231,6 +231,30 @@ def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = N
         os.unlink(log.name)
 
 
+def _cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a server process and each of its children, by pid."""
+    import psutil
+
+    out = {}
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            out[proc.pid] = times.user + times.system
+    return out
+
+
+def _cpu_figures(before: dict[int, float], after: dict[int, float], requests: int, seconds: float) -> dict:
+    """Server CPU per request, and how evenly its two busiest processes shared the load (the less
+    busy one's CPU over the busier one's: 1.0 is an even split, near 0.5 one worker did twice the work)."""
+    used = sorted((after[pid] - before.get(pid, 0.0) for pid in after), reverse=True)
+    total = sum(used)
+    busiest = used[:2] + [0.0] * (2 - len(used[:2]))
+    return {"cpu_us_per_req": round(total / max(requests, 1) * 1e6, 1),
+            "worker_balance": round(busiest[1] / busiest[0], 2) if busiest[0] else 0.0,
+            "process_cores": [round(u / seconds, 2) for u in used]}
+
+
 def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path], tmp: Path) -> dict:
     """Run every scenario against one target."""
     with serve(name, root, tmp) as server:
@@ -238,13 +262,16 @@ def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path
         sampler.start()
         results = {}
         for scenario, conns, threads, per_request in HTTP_SCENARIOS:
+            before = _cpu_seconds(server.pid)
             r = _wrk(wrk, server.port, conns, threads, seconds, bodies[per_request])
+            cpu = _cpu_figures(before, _cpu_seconds(server.pid), r["requests"], r["seconds"])
             results[scenario] = {
                 "req_per_s": round(r["req_per_s"], 1),
                 "texts_per_s": round(r["req_per_s"] * per_request),
                 "p50_ms": round(r["p50_ms"], 2),
                 "p99_ms": round(r["p99_ms"], 2),
                 "errors": r["errors"],
+                **cpu,
             }
         sampler.stop.set()
         sampler.join(1)
@@ -257,7 +284,8 @@ def median_of_rounds(rounds: list[dict]) -> dict:
     out = {}
     for scenario, *_ in HTTP_SCENARIOS:
         runs = [r[scenario] for r in rounds]
-        out[scenario] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0] if k != "errors"}
+        out[scenario] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]
+                         if k not in ("errors", "process_cores")}
         out[scenario]["errors"] = sum(run["errors"] for run in runs)
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
     return out
@@ -297,12 +325,19 @@ def table(result: dict) -> str:
     lines += explain_cost.table(result["explain"])
     lines.append("")
     lines.append(f"Over HTTP, 2 workers each, wrk on loopback, median of {result['rounds']} interleaved rounds:")
-    lines.append(f"  {'scenario':<19} {'service':<26} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    lines.append(f"  {'scenario':<19} {'service':<26} {'req/s':>8} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+                 f"{'errors':>6} {'CPU us/req':>10} {'balance':>7}")
     for scenario, *_ in HTTP_SCENARIOS:
         for name in TARGETS:
             r = result["http"][name][scenario]
             lines.append(f"  {scenario:<19} {name:<26} {r['req_per_s']:>8,.0f} {r['texts_per_s']:>8,.0f} "
-                         f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['errors']:>6}")
+                         f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['errors']:>6} {r['cpu_us_per_req']:>10,.0f} "
+                         f"{r['worker_balance']:>7.2f}")
+    c64 = "1 text, 64 conns"
+    lines.append(f"  {c64}, each round (req/s, balance): " + "; ".join(
+        f"{name}: " + ", ".join(f"{run[c64]['req_per_s']:,.0f} ({run[c64]['worker_balance']:.2f})"
+                                for run in result["http_rounds"][name])
+        for name in ("tagifai, batching on", "asyncio batcher (FastAPI)")))
     lines.append("  peak RSS, master + workers: " + ", ".join(
         f"{name} {result['http'][name]['peak_rss_mb']:.0f} MB" for name in TARGETS))
     lines.append("")
@@ -347,6 +382,8 @@ def ratios(result: dict) -> dict[str, str]:
         _ratio("1 text, 64 conns, req/s vs minimal Flask + sklearn", on[c64]["req_per_s"] / minimal[c64]["req_per_s"]),
         _ratio("1 text, 64 conns, req/s vs bare Flask echo", on[c64]["req_per_s"] / echo[c64]["req_per_s"]),
         _ratio("1 text, 64 conns, req/s batching on vs off", on[c64]["req_per_s"] / off[c64]["req_per_s"]),
+        _ratio("1 text, 64 conns, server CPU per request vs asyncio batcher",
+               on[c64]["cpu_us_per_req"] / batcher[c64]["cpu_us_per_req"]),
     ])
     return out
 

@@ -32,6 +32,9 @@ def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
         for scenario, *_ in bench.HTTP_SCENARIOS:
             assert scenarios[scenario]["errors"] == 0, (name, scenario)
             assert scenarios[scenario]["req_per_s"] > 0, (name, scenario)
+            assert scenarios[scenario]["cpu_us_per_req"] > 0, (name, scenario)
+            assert 0 <= scenarios[scenario]["worker_balance"] <= 1, (name, scenario)  # 0 at 1 conn: one worker
+        assert scenarios["1 text, 64 conns"]["worker_balance"] > 0, name  # both workers served
         assert scenarios["peak_rss_mb"] > 0
     assert set(result["ratios"]) == set(bench.ratios(result))
     for size in (1, 100):
