@@ -114,7 +114,7 @@ def main() -> None:
         with run.serve(opts.target, opts.artifacts, Path(tmp), extra) as server:
             worker = psutil.Process(server.pid).children()[0].pid
             env = {**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)}
-            load = subprocess.Popen([wrk, "-t2", f"-c{opts.conns}", f"-d{opts.seconds + 3}s", "--timeout", "10s",
+            load = subprocess.Popen([wrk, f"-t{min(2, opts.conns)}", f"-c{opts.conns}", f"-d{opts.seconds + 3}s", "--timeout", "10s",
                                      "-s", str(run.LUA), f"http://127.0.0.1:{server.port}"],
                                     stdout=subprocess.PIPE, text=True, env=env)
             time.sleep(1.5)
