@@ -44,9 +44,10 @@ def run(tmp_path: Path, env: dict) -> tuple[list[dict], str, str]:
 def test_every_line_is_json_and_one_access_line_without_texts(tmp_path):
     lines, raw, version = run(tmp_path, {})
 
-    assert all({"timestamp", "level", "logger", "message", "pid"} <= set(entry) for entry in lines)
-    assert any(entry["logger"] == "gunicorn.error" and "Listening at" in entry["message"] for entry in lines)
-    assert any(entry["logger"] == "gunicorn.error" and "Shutting down" in entry["message"] for entry in lines)
+    assert all({"timestamp", "level", "logger", "message", "pid"} <= set(entry) for entry in lines), raw[-3000:]
+    assert any(entry["logger"] == "gunicorn.error" and "Listening at" in entry["message"] for entry in lines), raw[-3000:]
+    assert any(entry["logger"] == "gunicorn.error" and "Shutting down" in entry["message"] for entry in lines), \
+        raw[-3000:]
 
     mentions = [entry for entry in lines if "log-test-1" in json.dumps(entry)]
     assert len(mentions) == 1, f"expected exactly one line for the request, got {mentions}"
