@@ -47,8 +47,9 @@ def _request_url() -> str:
     url = _URLS.get(key)
     if url is None:
         url = request.url
-        if len(_URLS) < _URLS_MAX:
-            _URLS[key] = url
+        if len(_URLS) >= _URLS_MAX:  # start over rather than stop: early 404 probes must not crowd out /predict
+            _URLS.clear()
+        _URLS[key] = url
     return url
 
 
