@@ -13,10 +13,11 @@ from gunicorn.glogging import Logger as _GunicornLogger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tagifai_api.logs import gunicorn_logconfig  # noqa: E402 - standard library only
-from tagifai_api.metrics_files import archive_dead_worker  # noqa: E402 - standard library only
-from tagifai_api.server_errors import write_error as _json_write_error  # noqa: E402 - standard library only
 import gunicorn.util as _gunicorn_util  # noqa: E402
+
+from tagifai_api.server.errors import write_error as _json_write_error  # noqa: E402 - standard library only
+from tagifai_api.telemetry.logs import gunicorn_logconfig  # noqa: E402 - standard library only
+from tagifai_api.telemetry.multiprocess import archive_dead_worker  # noqa: E402 - standard library only
 
 # Requests Gunicorn cannot parse (a bad Content-Length, oversized headers) are answered by
 # Gunicorn itself, in HTML; answer them in the service's JSON envelope instead.
@@ -49,11 +50,13 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048)
 # workers: inference is CPU-bound, so one process per core; threads let a worker batch concurrent requests
 workers = _env_int("WEB_CONCURRENCY", os.cpu_count() or 1)
 # Gunicorn's gthread with one write per response and kept-alive connections served in place
-# (tagifai_api/worker.py; pinned to the Gunicorn version); GUNICORN_WORKER_CLASS=gthread for the original
-worker_class = _env_str("GUNICORN_WORKER_CLASS", "tagifai_api.worker.ThreadWorker")
-if worker_class == "tagifai_api.worker.ThreadWorker":
+# (tagifai_api/server/worker.py; pinned to the Gunicorn version); GUNICORN_WORKER_CLASS=gthread for the original
+worker_class = _env_str("GUNICORN_WORKER_CLASS", "tagifai_api.server.worker.ThreadWorker")
+if worker_class == "tagifai_api.worker.ThreadWorker":  # its name before the package had a server/ folder
+    worker_class = "tagifai_api.server.worker.ThreadWorker"
+if worker_class == "tagifai_api.server.worker.ThreadWorker":
     try:
-        import tagifai_api.worker  # noqa: E402, F401 - refuses a Gunicorn version it was not written for
+        import tagifai_api.server.worker  # noqa: E402, F401 - refuses a Gunicorn version it was not written for
     except RuntimeError as _exc:
         sys.exit(f"error: {_exc}")
 # 4 threads: on this model a request is mostly Python holding the GIL, so more threads than that only
@@ -112,7 +115,7 @@ def on_starting(server):
 
     Only the sample files go: the directory may be one an operator chose, with other files in it.
     """
-    from tagifai_api import startup  # standard library only
+    from tagifai_api.server import startup  # standard library only
 
     startup.check_or_exit(server.cfg.address)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
@@ -159,7 +162,7 @@ def post_fork(server, worker):
 
 def worker_exit(server, worker):
     """Write out the worker's buffered access lines before it goes."""
-    from tagifai_api import access
+    from tagifai_api.web import access
 
     access.flush()
 

@@ -31,7 +31,7 @@ PROFILES = run.ROOT / "reports" / "profiles"
 # such as socket or threading count for whoever called them)
 LAYERS = (  # matched against shortened frames: "func (package/module.py)"
     ("model", re.compile(r"\((tagifai_api/ml/|numpy/|sklearn/|scipy/)")),
-    ("gunicorn I/O", re.compile(r"\((gunicorn/|tagifai_api/worker)")),
+    ("gunicorn I/O", re.compile(r"\((gunicorn/|tagifai_api/server/worker)")),
     ("flask + app", re.compile(r"\((flask|werkzeug|marshmallow|prometheus|tagifai_api|orjson)")),
 )
 # a sample whose leaf is one of these is a thread blocked with the GIL released (waiting for work, a

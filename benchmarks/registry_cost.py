@@ -34,7 +34,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tagifai_api.ml import artifacts, registry  # noqa: E402
+from tagifai_api.ml import artifacts  # noqa: E402
+from tagifai_api.store import registry  # noqa: E402
 from tests.integration import servers  # noqa: E402
 
 LUA = ROOT / "tests" / "integration" / "switch.lua"

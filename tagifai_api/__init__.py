@@ -14,15 +14,17 @@ def create_app(config: Mapping[str, object] | None = None):
     """
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from tagifai_api import demo, errors, logs, metrics, openapi, responses, schemas, settings
-    from tagifai_api.access import register_access_log
+    from tagifai_api import demo, settings
     from tagifai_api.auth import guard
-    from tagifai_api.flaskapp import TagifaiFlask
     from tagifai_api.ml import artifacts
     from tagifai_api.registry import views as registry_views
-    from tagifai_api.serving.context import EXTENSION
     from tagifai_api.serving.service import ModelService
-    from tagifai_api.views import args, docs, health, index, performance, predict
+    from tagifai_api.telemetry import logs, metrics
+    from tagifai_api.web import errors, openapi, responses, schemas
+    from tagifai_api.web.access import register_access_log
+    from tagifai_api.web.app import TagifaiFlask
+    from tagifai_api.web.context import EXTENSION
+    from tagifai_api.web.views import args, docs, health, index, performance, predict
 
     app = TagifaiFlask(__name__)
     app.json = responses.OrjsonProvider(app)

@@ -1,4 +1,5 @@
-"""Command line: train, evaluate, predict and manage model versions (no web stack needed)."""
+"""Command line: train, evaluate, predict and score; the registry's and the keys' commands join from
+their packages (no web stack needed)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tagifai_api import settings
 from tagifai_api.auth.cli import keys
 from tagifai_api.auth.keys import KeyFileError, KeyStoreError
 from tagifai_api.ml import artifacts
+from tagifai_api.registry import cli as registry_cli
 
 log = logging.getLogger("tagifai_api.cli")
 
@@ -67,7 +69,10 @@ def train(obj: dict, args_path: Path, data_path: Path, no_default: bool) -> None
     args = json.loads(args_path.read_text(encoding="utf-8"))
     log.info("training with %s on %s", args_path, data_path)
     result = training.train(data.load_dataset(data_path), args)
-    version = artifacts.save(obj["artifacts"], result, artifacts.sha256_file(data_path), make_default=not no_default)
+    from tagifai_api.store import registry
+
+    version = registry.save_version(obj["artifacts"], result, artifacts.sha256_file(data_path),
+                                    make_default=not no_default)
     log.info("wrote %s in %.1fs%s", version.path, time.perf_counter() - t0, "" if no_default else " (default)")
     _echo_json({"version": version.version, "overall": version.performance["overall"]})
 
@@ -147,44 +152,9 @@ def predict(obj: dict, texts: tuple[str, ...], version: str, explain: bool) -> N
     _echo_json({"model_version": predictor.version, "predictions": results})
 
 
-@cli.command()
-@click.pass_obj
-def versions(obj: dict) -> None:
-    """List model versions, marking the default."""
-    root = obj["artifacts"]
-    try:
-        default = artifacts.default_version(root)
-    except artifacts.ArtifactError:
-        default = None
-    for name in artifacts.list_versions(root):
-        click.echo(f"{'*' if name == default else ' '} {name}")
-
-
-@cli.command("set-default")
-@click.argument("version")
-@click.pass_obj
-def set_default(obj: dict, version: str) -> None:
-    """Verify VERSION and make it the default, keeping the previous one in the history.
-
-    Running workers (of every replica sharing the directory) follow within seconds; no signal needed.
-    """
-    from tagifai_api.ml import registry
-
-    previous, current = registry.set_default(obj["artifacts"], version)
-    _echo_json({"previous": previous, "default": current})
-
-
-@cli.command()
-@click.pass_obj
-def rollback(obj: dict) -> None:
-    """Make the previous default the default again."""
-    from tagifai_api.ml import registry
-
-    previous, current = registry.rollback(obj["artifacts"])
-    _echo_json({"previous": previous, "default": current})
-
-
 cli.add_command(keys)
+for _command in registry_cli.COMMANDS:
+    cli.add_command(_command)
 
 
 @cli.command()
@@ -241,7 +211,7 @@ def score(obj: dict, input_path: str, output: Path, input_format: str | None, te
         summary = job.run(opts)
     except job.UsageError as exc:
         _fail(str(exc))
-    except job.ScoreFailed as exc:
+    except job.ScoreError as exc:
         _fail(f"{exc}; run the same command with --resume to continue", code=1)
     except job.Interrupted as exc:
         name = signal.Signals(exc.signum).name
@@ -259,21 +229,6 @@ def _fail(message: str, code: int = 2) -> None:
     """One line on standard error, then exit."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-@cli.command()
-@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.pass_obj
-def seed(obj: dict, source: Path) -> None:
-    """Copy SOURCE's versions that the artifacts directory lacks (and its default, if it has none).
-
-    For a fresh shared volume: the Kubernetes init container and the compose file run it with the
-    versions the image was built with.
-    """
-    from tagifai_api.ml import registry
-
-    copied = registry.seed(obj["artifacts"], source)
-    _echo_json({"copied": copied, "default": registry.default_version(obj["artifacts"])})
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import pytest
 from tagifai_api import create_app, settings
 from tagifai_api.ml import artifacts, data
 from tagifai_api.ml import train as training
+from tagifai_api.store import registry
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,7 @@ def trained(dataset, train_args):
 def artifacts_dir(tmp_path_factory, trained) -> Path:
     """An artifacts folder holding one default version of the trained model."""
     root = tmp_path_factory.mktemp("artifacts")
-    artifacts.save(root, trained, artifacts.sha256_file(settings.DATA_FILE))
+    registry.save_version(root, trained, artifacts.sha256_file(settings.DATA_FILE))
     return root
 
 
@@ -72,9 +73,9 @@ def two_versions_template(tmp_path_factory, trained) -> tuple[Path, str, str]:
     (a higher threshold), so the two disagree on some texts."""
     root = tmp_path_factory.mktemp("two-versions")
     sha = artifacts.sha256_file(settings.DATA_FILE)
-    first = artifacts.save(root, trained, sha).version
+    first = registry.save_version(root, trained, sha).version
     strict = dataclasses.replace(trained, args={**trained.args, "threshold": 0.75})
-    second = artifacts.save(root, strict, sha, make_default=False).version
+    second = artifacts.save(root, strict, sha).version
     return root, first, second
 
 

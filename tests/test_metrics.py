@@ -6,7 +6,7 @@ import math
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from tagifai_api.metrics import ModelMetrics, observe_many
+from tagifai_api.telemetry.metrics import ModelMetrics, observe_many
 
 
 def samples(registry: CollectorRegistry, name: str) -> dict:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import gunicorn
 import pytest
 
-from tagifai_api import worker
+from tagifai_api.server import worker
 from tests.integration import servers
 
 
@@ -118,7 +118,7 @@ def test_gunicorn_of_another_version_stops_at_start_in_one_line():
                          env={**os.environ, "GUNICORN_BIND": f"127.0.0.1:{servers.free_port()}"})
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "error: tagifai_api.worker.ThreadWorker is written for gunicorn==27.0.1, found 27.1.0: "
+        "error: tagifai_api.server.worker.ThreadWorker is written for gunicorn==27.0.1, found 27.1.0: "
         "install gunicorn==27.0.1 (requirements.txt) or set GUNICORN_WORKER_CLASS=gthread"
     ]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import Flask, current_app, g, request
 
 from tagifai_api.auth.keys import ROLES, ApiKey, KeyRing, role_allows
-from tagifai_api.errors import TagifaiError
+from tagifai_api.web.errors import TagifaiError
 
 log = logging.getLogger("tagifai_api.auth")
 

@@ -73,11 +73,12 @@ def new_version_name(now: datetime | None = None) -> str:
     return now.strftime("v%Y%m%dT%H%M%S%fZ")
 
 
-def save(root: Path, result, dataset_sha256: str, make_default: bool = True) -> ModelVersion:
+def save(root: Path, result, dataset_sha256: str) -> ModelVersion:
     """Write ``result`` (a :class:`~tagifai_api.ml.train.TrainResult`) as a new version under ``root``.
 
     The version is written to a temporary directory and renamed into place, so a reader never
-    sees half a version.
+    sees half a version. Making it the default is the registry's business
+    (:func:`tagifai_api.store.registry.save_version`).
     """
     import joblib
     import numpy as np
@@ -108,13 +109,7 @@ def save(root: Path, result, dataset_sha256: str, make_default: bool = True) -> 
     tmp.chmod(0o755)
     final = root / version
     tmp.rename(final)
-    saved = load(root, version)
-    if make_default:
-        from tagifai_api.ml import registry  # it builds on this module
-
-        # the files were just written and load() checked them: no second verification
-        registry.set_default(root, version, verifier=lambda _: None)
-    return saved
+    return load(root, version)
 
 
 def default_version(root: Path) -> str:

@@ -1,7 +1,7 @@
 """``/models``: what versions exist, which one is the default, and which one shadows it; switching,
 rolling back and shadowing need an admin key (see :mod:`tagifai_api.auth`).
 
-A write changes the files in the artifacts directory (:mod:`tagifai_api.ml.registry`), then this
+A write changes the files in the artifacts directory (:mod:`tagifai_api.store.registry`), then this
 worker follows at once; every other worker and replica follows within ``TAGIFAI_REGISTRY_POLL_S``.
 """
 
@@ -14,13 +14,14 @@ from http import HTTPStatus
 from flask import Blueprint, current_app, request
 
 from tagifai_api.auth.guard import require_role
-from tagifai_api.errors import ConflictError, NotFoundError, TagifaiError
-from tagifai_api.ml import registry
+from tagifai_api.ml import versions
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.registry.schemas import VersionRequestSchema
-from tagifai_api.responses import construct_response
-from tagifai_api.serving.context import get_service, unknown_version
 from tagifai_api.serving.service import ModelService
+from tagifai_api.store import registry
+from tagifai_api.web.context import get_service, unknown_version
+from tagifai_api.web.errors import ConflictError, NotFoundError, TagifaiError
+from tagifai_api.web.responses import construct_response
 
 bp = Blueprint("registry", __name__, url_prefix="/models")
 
@@ -65,7 +66,7 @@ def list_models():
     except ArtifactError as exc:
         raise ConflictError(f"The registry's state cannot be read: {exc}") from None
     models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow}
-              for entry in registry.describe_all(root)]
+              for entry in versions.describe_all(root)]
     return construct_response(HTTPStatus.OK, data={
         "default": default,
         "shadow": shadow,
@@ -83,8 +84,8 @@ def get_model(version: str):
     if name is None:
         raise NotFoundError("There is no default model version.", data={"valid": []})
     try:
-        described = registry.describe(root, name)
-    except registry.UnknownVersionError as exc:
+        described = versions.describe(root, name)
+    except versions.UnknownVersionError as exc:
         raise unknown_version(exc) from None
     except ArtifactError as exc:
         raise ConflictError(f"Model version {name!r} is not valid: {exc}",
@@ -117,7 +118,7 @@ def _refusals() -> Iterator[None]:
     allow the change, is 409 and nothing changed."""
     try:
         yield
-    except registry.UnknownVersionError as exc:
+    except versions.UnknownVersionError as exc:
         raise unknown_version(exc) from None
     except registry.RegistryWriteError as exc:
         raise RegistryWriteFailed(f"Nothing changed: {exc}.") from None

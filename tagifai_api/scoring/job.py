@@ -46,7 +46,7 @@ class UsageError(Exception):
     """The command cannot run as asked (exit code 2); the message is one line."""
 
 
-class ScoreFailed(Exception):
+class ScoreError(Exception):
     """The run stopped on an error after committing what it had (exit code 1, resumable)."""
 
 
@@ -310,7 +310,7 @@ def run(opts: ScoreOptions) -> Summary:
 
     Raises:
         UsageError: nothing was written (bad option, missing file, unknown column or version).
-        ScoreFailed: a read or worker failure; committed output is kept for ``--resume``.
+        ScoreError: a read or worker failure; committed output is kept for ``--resume``.
         Interrupted: SIGINT or SIGTERM; committed output is kept for ``--resume``.
     """
     started = time.monotonic()
@@ -400,23 +400,23 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
                 output.commit_if_possible()
                 raise Interrupted(signals.received or signal.SIGINT, output.committed.rows) from None
             except OutputError as exc:
-                raise ScoreFailed(f"{exc}; {output.committed.rows} rows are committed") from None
+                raise ScoreError(f"{exc}; {output.committed.rows} rows are committed") from None
             except (OSError, EOFError, FormatError) as exc:
                 output.commit_if_possible()
-                raise ScoreFailed(f"cannot read the input after row {output.committed.rows}: {exc}") from None
+                raise ScoreError(f"cannot read the input after row {output.committed.rows}: {exc}") from None
             except BrokenProcessPool as exc:
                 output.commit_if_possible()
-                raise ScoreFailed(f"a worker process died ({exc}); {output.committed.rows} rows are committed") \
+                raise ScoreError(f"a worker process died ({exc}); {output.committed.rows} rows are committed") \
                     from None
             except Exception as exc:  # noqa: BLE001 - any failure inside scoring keeps the committed rows
                 output.commit_if_possible()
                 log.debug("scoring failed", exc_info=True)
-                raise ScoreFailed(f"scoring failed after row {output.committed.rows}: "
+                raise ScoreError(f"scoring failed after row {output.committed.rows}: "
                                   f"{type(exc).__name__}: {exc}") from None
             try:
                 output.finish()
             except OutputError as exc:
-                raise ScoreFailed(f"{exc}; {output.committed.rows} rows are committed") from None
+                raise ScoreError(f"{exc}; {output.committed.rows} rows are committed") from None
     finally:
         progress.close()
         output.close()

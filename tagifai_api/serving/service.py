@@ -1,7 +1,7 @@
 """The model versions this worker serves: loading, warm-up, the default, cache, batching and shadow.
 
 The default and the shadow are whatever ``artifacts/DEFAULT`` and ``artifacts/SHADOW`` say (see
-:mod:`tagifai_api.ml.registry`): a watcher thread re-reads them every ``poll_s`` and loads a new
+:mod:`tagifai_api.store.registry`): a watcher thread re-reads them every ``poll_s`` and loads a new
 default before serving it, so a switch made by any worker or replica reaches this one with no
 signal. Other versions are loaded on first request, at most ``max_loaded`` at a time.
 """
@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tagifai_api.ml import registry
+from tagifai_api.ml import versions
 from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
 from tagifai_api.ml.predict import Predictor
 from tagifai_api.serving.batcher import BatchFailedError, BatchStats, ClosedError, DeadlineError, MicroBatcher
 from tagifai_api.serving.cache import LRUCache
 from tagifai_api.serving.shadow import ShadowObserver, ShadowScorer
+from tagifai_api.store import registry
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class ModelService:
 
         Raises:
             ModelUnavailableError: no default is loaded.
-            registry.UnknownVersionError: no such version exists.
+            versions.UnknownVersionError: no such version exists.
             ArtifactError: it exists but cannot be loaded; the message says why.
         """
         if version is None or version == "default":
@@ -242,14 +243,14 @@ class ModelService:
 
     def _verified(self, version: str, every_file: bool = False) -> tuple[ModelVersion, Predictor]:
         try:
-            return registry.verify(self.artifacts_dir, version, every_file=every_file)
+            return versions.verify(self.artifacts_dir, version, every_file=every_file)
         except ArtifactError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a permission error: the version cannot be served
             raise ArtifactError(f"{self.artifacts_dir / version}: {type(exc).__name__}: {exc}") from None
 
     def _load(self, version: str) -> Served:
-        registry.require_known(self.artifacts_dir, version)
+        versions.require_known(self.artifacts_dir, version)
         with self._lock:
             lock = self._loading.setdefault(version, threading.Lock())
         with lock:  # one load per version at a time; the others wait for it

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tagifai_api.access import LineWriter
+from tagifai_api.web.access import LineWriter
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_lines_are_flushed_by_the_background_thread(pipe):
 def test_request_ids_are_unique_across_threads_and_a_fork():
     import threading
 
-    from tagifai_api.access import RequestIds
+    from tagifai_api.web.access import RequestIds
 
     ids = RequestIds()
     seen: list[str] = []

@@ -9,11 +9,11 @@ import re
 import pytest
 from flask import Blueprint
 
-from tagifai_api import access
 from tagifai_api.auth import guard
 from tagifai_api.auth.guard import public, require_role
 from tagifai_api.auth.keys import KeyStore
-from tagifai_api.responses import construct_response
+from tagifai_api.web import access
+from tagifai_api.web.responses import construct_response
 
 ENVELOPE_KEYS = {"message", "method", "status-code", "timestamp", "url", "request-id"}
 PREDICT_BODY = {"texts": [{"text": "Transformers for text classification."}]}

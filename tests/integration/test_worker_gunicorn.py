@@ -1,4 +1,4 @@
-"""The service's Gunicorn worker class (tagifai_api/worker.py) under real Gunicorn, over raw sockets:
+"""The service's Gunicorn worker class (tagifai_api/server/worker.py) under real Gunicorn, over raw sockets:
 pipelined and kept-alive requests, ``Connection: close``, large and chunked bodies, files, HEAD,
 Gunicorn's own error answers, connections spread over the workers, recycling and a graceful stop."""
 

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from tagifai_api import settings
-from tagifai_api.ml import artifacts, registry
+from tagifai_api.ml import artifacts
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.ml.predict import Predictor
+from tagifai_api.store import registry
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_round_trip_gives_the_same_predictions(root, trained):
 
 def test_new_version_becomes_default_and_old_ones_stay(root, trained):
     first = artifacts.default_version(root)
-    second = artifacts.save(root, trained, "0" * 64).version
+    second = registry.save_version(root, trained, "0" * 64).version
     assert second != first
     assert artifacts.list_versions(root) == sorted([first, second])
     assert artifacts.default_version(root) == second

@@ -41,6 +41,7 @@ def test_served_tags_are_the_pipelines_with_the_threshold(trained, texts, tmp_pa
     from tagifai_api.ml import artifacts
     from tagifai_api.ml import train as training
     from tagifai_api.ml.predict import Predictor
+    from tagifai_api.store import registry
 
     predictor = Predictor(artifacts.load(_saved(tmp_path, trained)))
     cleaned = [predictor.clean(t) for t in texts]
@@ -50,9 +51,9 @@ def test_served_tags_are_the_pipelines_with_the_threshold(trained, texts, tmp_pa
 
 
 def _saved(tmp_path, trained):
-    from tagifai_api.ml import artifacts
+    from tagifai_api.store import registry
 
-    artifacts.save(tmp_path, trained, "0" * 64)
+    registry.save_version(tmp_path, trained, "0" * 64)
     return tmp_path
 
 

@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from tagifai_api.ml import artifacts, registry
+from tagifai_api.ml import artifacts, versions
 from tagifai_api.ml.artifacts import ArtifactError
+from tagifai_api.store import registry
 from tests.conftest import copy_version
 
 
@@ -68,14 +69,14 @@ def test_a_failing_warm_up_is_a_verification_failure(registry_root, monkeypatch)
 
     monkeypatch.setattr("tagifai_api.ml.predict.Predictor.predict", broken)
     with pytest.raises(ArtifactError, match="warm-up prediction failed.*FloatingPointError"):
-        registry.verify(root, second)
+        versions.verify(root, second)
 
 
 @pytest.mark.parametrize("name", ["nope", "../etc", "", "v1/../../x"])
 def test_unknown_versions_list_the_valid_ones(registry_root, name):
     root, first, second = registry_root
     _damage(root, copy_version(root, first, "v30000101T000000000000Z"))
-    with pytest.raises(registry.UnknownVersionError) as info:
+    with pytest.raises(versions.UnknownVersionError) as info:
         registry.set_default(root, name)
     assert info.value.valid == [second, first]  # valid ones only, newest first
     assert artifacts.default_version(root) == first
@@ -83,7 +84,7 @@ def test_unknown_versions_list_the_valid_ones(registry_root, name):
 
 def test_listing_is_newest_first_with_damaged_versions_and_their_reason(registry_root):
     root, first, second = registry_root
-    entries = registry.describe_all(root)
+    entries = versions.describe_all(root)
     assert [e["version"] for e in entries] == [second, first]
     assert all(e["valid"] for e in entries)
     entry = entries[1]
@@ -93,14 +94,14 @@ def test_listing_is_newest_first_with_damaged_versions_and_their_reason(registry
     assert entry["dataset_sha256"] == manifest["dataset_sha256"]
     assert set(entry["metrics"]) == {"f1", "precision", "recall"} and 0 < entry["metrics"]["f1"] <= 1
     _damage(root, second)  # the remembered answer is dropped when a file changes
-    damaged = registry.describe_all(root)[0]
+    damaged = versions.describe_all(root)[0]
     assert damaged["valid"] is False and "model.npz does not match its sha256" in damaged["reason"]
     assert "\n" not in damaged["reason"] and damaged["created_at"]
 
 
 def test_describe_gives_manifest_args_and_performance(registry_root):
     root, first, _ = registry_root
-    described = registry.describe(root, first)
+    described = versions.describe(root, first)
     version = artifacts.load(root, first, compiled=False)
     assert described["manifest"] == version.manifest
     assert described["args"] == version.args and described["performance"] == version.performance
@@ -147,7 +148,7 @@ def test_history_is_bounded(registry_root, monkeypatch):
 
 def test_training_a_new_default_records_the_history(registry_root, trained):
     root, first, _ = registry_root
-    new = artifacts.save(root, trained, "0" * 64).version
+    new = registry.save_version(root, trained, "0" * 64).version
     assert artifacts.default_version(root) == new
     assert registry.rollback(root) == (new, first)
 
@@ -157,7 +158,7 @@ def test_seed_fills_a_fresh_volume_once_and_never_changes_its_default(registry_r
     volume = tmp_path / "volume"
     assert registry.seed(volume, source) == [first, second]
     assert registry.pointers(volume) == (first, None)
-    assert [e["valid"] for e in registry.describe_all(volume)] == [True, True]
+    assert [e["valid"] for e in versions.describe_all(volume)] == [True, True]
     registry.set_default(volume, second)
     newer = copy_version(source, first, "v29990101T000000000000Z")
     assert registry.seed(volume, source) == [newer]  # a newer image brings its versions

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tagifai_api.ml import registry
+from tagifai_api.ml import versions
+from tagifai_api.store import registry
 from tests.conftest import copy_version
 
 TEXT = {"texts": [{"text": "YOLO object detection in images"}]}
@@ -82,7 +83,7 @@ def test_predict_performance_and_args_answer_with_the_version_asked_for(setup):
     performance = client.get(f"/performance?version={second}&filter=overall").get_json()["data"]
     assert performance["model_version"] == second and "f1" in performance["performance"]
     args = client.get(f"/args?version={second}").get_json()["data"]
-    assert args == {"model_version": second, "args": registry.describe(root, second)["args"]}
+    assert args == {"model_version": second, "args": versions.describe(root, second)["args"]}
     assert client.get(f"/args/threshold?version={second}").get_json()["data"] == {"threshold": 0.75}
     assert client.get("/args/threshold").get_json()["data"]["threshold"] != 0.75
 

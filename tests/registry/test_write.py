@@ -8,7 +8,8 @@ import time
 import pytest
 
 from tagifai_api.auth.keys import KeyStore
-from tagifai_api.ml import artifacts, registry
+from tagifai_api.ml import artifacts
+from tagifai_api.store import registry
 
 TEXTS = ["YOLO object detection", "a project about things", "BERT for question answering", "an idea"]
 

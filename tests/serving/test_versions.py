@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tagifai_api.ml import registry
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.serving.service import ModelService
+from tagifai_api.store import registry
 from tests.conftest import copy_version
 
 

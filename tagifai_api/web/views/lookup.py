@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tagifai_api.errors import NotFoundError
+from tagifai_api.web.errors import NotFoundError
 
 
 def lookup(document: dict, path: str, what: str):

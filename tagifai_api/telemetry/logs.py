@@ -53,7 +53,7 @@ def gunicorn_logconfig(level: str | None = None) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "tagifai_api.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": "tagifai_api.telemetry.logs.JsonFormatter"}},
         "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
         "root": {"level": level, "handlers": ["stdout"]},
         "loggers": {

@@ -8,7 +8,7 @@ from flask import Flask, g
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from tagifai_api.responses import construct_response
+from tagifai_api.web.responses import construct_response
 
 log = logging.getLogger("tagifai_api.errors")
 

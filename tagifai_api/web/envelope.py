@@ -1,7 +1,7 @@
 """The fields of the response envelope, in one place.
 
-Standard library only: the app's :func:`tagifai_api.responses.construct_response` and Gunicorn's
-own error answers (:mod:`tagifai_api.server_errors`, loaded by the master) both build on it.
+Standard library only: the app's :func:`tagifai_api.web.responses.construct_response` and Gunicorn's
+own error answers (:mod:`tagifai_api.server.errors`, loaded by the master) both build on it.
 """
 
 from __future__ import annotations

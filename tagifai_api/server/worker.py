@@ -72,7 +72,7 @@ def check_gunicorn_version(found: tuple = tuple(gunicorn.version_info)) -> None:
     if tuple(found) != GUNICORN_VERSION:
         want, got = ".".join(map(str, GUNICORN_VERSION)), ".".join(map(str, found))
         raise GunicornVersionError(
-            f"tagifai_api.worker.ThreadWorker is written for gunicorn=={want}, found {got}: "
+            f"tagifai_api.server.worker.ThreadWorker is written for gunicorn=={want}, found {got}: "
             f"install gunicorn=={want} (requirements.txt) or set GUNICORN_WORKER_CLASS=gthread")
 
 

@@ -10,7 +10,7 @@ from flask import Response, g, request
 from flask.globals import request_ctx
 from flask.json.provider import DefaultJSONProvider
 
-from tagifai_api import envelope
+from tagifai_api.web import envelope
 
 REQUEST_ID_HEADER = "X-Request-ID"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from tagifai_api import schemas
 from tagifai_api.registry.schemas import VersionRequestSchema
+from tagifai_api.web import schemas
 
 _EXAMPLE = {
     "texts": [

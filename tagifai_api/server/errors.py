@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from tagifai_api import envelope
+from tagifai_api.web import envelope
 
 
 def write_error(sock, status_int: int, reason: str, mesg: str) -> None:

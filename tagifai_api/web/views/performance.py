@@ -4,9 +4,9 @@ from http import HTTPStatus
 
 from flask import Blueprint, request
 
-from tagifai_api.responses import construct_response
-from tagifai_api.serving.context import requested
-from tagifai_api.views.lookup import lookup
+from tagifai_api.web.context import requested
+from tagifai_api.web.responses import construct_response
+from tagifai_api.web.views.lookup import lookup
 
 bp = Blueprint("performance", __name__)
 

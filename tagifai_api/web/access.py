@@ -2,7 +2,7 @@
 
 The access line is built with orjson rather than through ``logging``: it is on every request's
 path, and a LogRecord, caller lookup and formatter cost several times the line itself. It has the
-same shape as :class:`tagifai_api.logs.JsonFormatter` lines. Lines are written to stdout in
+same shape as :class:`tagifai_api.telemetry.logs.JsonFormatter` lines. Lines are written to stdout in
 batches, at most ``FLUSH_INTERVAL_S`` late: a write per request costs a system call and, under
 load, a hand-over of the GIL to another thread, which measured as the largest single cost of a
 request after the framework itself.
@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 import orjson
 from flask import Flask, Response, current_app, g, request
 
-from tagifai_api.logs import JsonFormatter
-from tagifai_api.responses import REQUEST_ID_HEADER
+from tagifai_api.telemetry.logs import JsonFormatter
+from tagifai_api.web.responses import REQUEST_ID_HEADER
 
 log = logging.getLogger("tagifai_api.access")
 

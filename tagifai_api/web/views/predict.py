@@ -6,10 +6,10 @@ from http import HTTPStatus
 from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from tagifai_api import errors
-from tagifai_api.responses import construct_response
 from tagifai_api.serving import batcher
-from tagifai_api.serving.context import get_service, requested
+from tagifai_api.web import errors
+from tagifai_api.web.context import get_service, requested
+from tagifai_api.web.responses import construct_response
 
 bp = Blueprint("predict", __name__)
 

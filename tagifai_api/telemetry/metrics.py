@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import MultiprocessInternalPrometheusMetrics
 
-from tagifai_api.metrics_files import locked, read_locked
 from tagifai_api.serving.batcher import BatchStats
+from tagifai_api.telemetry.multiprocess import locked, read_locked
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -229,7 +229,7 @@ PREFIX = "tagifai"
 
 def init_metrics(app: Flask) -> tuple[ModelMetrics, HttpMetrics]:
     """Attach the exporter (``/metrics``) and the HTTP and model metrics to ``app``; the access
-    hook (:mod:`tagifai_api.access`) records the HTTP ones."""
+    hook (:mod:`tagifai_api.web.access`) records the HTTP ones."""
     if multiprocess():
         exporter = MultiprocessInternalPrometheusMetrics(app=None, export_defaults=False, registry=None,
                                                          metrics_decorator=read_locked)

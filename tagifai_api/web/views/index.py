@@ -4,8 +4,8 @@ from http import HTTPStatus
 
 from flask import Blueprint
 
-from tagifai_api.responses import construct_response
-from tagifai_api.serving.context import get_service
+from tagifai_api.web.context import get_service
+from tagifai_api.web.responses import construct_response
 
 bp = Blueprint("index", __name__)
 

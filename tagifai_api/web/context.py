@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from flask import current_app, request
 
-from tagifai_api.errors import ConflictError, ModelNotReadyError, NotFoundError
 from tagifai_api.ml.artifacts import ArtifactError
-from tagifai_api.ml.registry import UnknownVersionError
+from tagifai_api.ml.versions import UnknownVersionError
 from tagifai_api.serving.service import ModelService, ModelUnavailableError, Served
+from tagifai_api.web.errors import ConflictError, ModelNotReadyError, NotFoundError
 
 EXTENSION = "tagifai"
 

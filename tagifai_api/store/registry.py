@@ -1,5 +1,5 @@
-"""The model registry's state on disk: which versions exist and are sound, the default with its
-history, and the shadow. Plain Python: the CLI and every web worker go through these functions.
+"""The model registry's state on disk: the default with its history, and the shadow. Plain Python:
+the CLI and every web worker go through these functions.
 
 The state lives in the artifacts directory, never in a process, so every worker of every replica
 sharing that directory (a shared volume) sees the same thing:
@@ -26,25 +26,14 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tagifai_api.ml import artifacts
+from tagifai_api.ml import artifacts, versions
 from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
-from tagifai_api.ml.predict import Predictor
 
 HISTORY_FILE = "DEFAULT.history.json"
 SHADOW_POINTER = "SHADOW"
 LOCK_FILE = ".registry.lock"
 #: older entries are dropped: a rollback goes back at most this far
 HISTORY_LIMIT = 50
-WARM_UP_TEXT = "warm-up: transfer learning with transformers for text classification"
-
-
-class UnknownVersionError(ArtifactError):
-    """No version of that name exists under the artifacts directory."""
-
-    def __init__(self, version: str, valid: list[str]) -> None:
-        self.version = version
-        self.valid = valid
-        super().__init__(f"unknown model version {version!r}; valid versions: {', '.join(valid) or 'none'}")
 
 
 class RegistryConflictError(ArtifactError):
@@ -127,49 +116,11 @@ def _write_history(root: Path, entries: list[dict]) -> None:
     _replace(root / HISTORY_FILE, json.dumps(entries[-HISTORY_LIMIT:], indent=1) + "\n")
 
 
-def require_known(root: Path, version: str) -> str:
-    """``version`` if a directory of that name with a manifest exists, else :class:`UnknownVersionError`."""
-    root = Path(root)
-    try:
-        artifacts.check_name(version)
-        known = (root / version / artifacts.MANIFEST).is_file()
-    except ArtifactError:
-        known = False
-    if not known:
-        raise UnknownVersionError(version, [v["version"] for v in describe_all(root) if v["valid"]])
-    return version
-
-
-def verify(root: Path, version: str, *, every_file: bool = True) -> tuple[ModelVersion, Predictor]:
-    """Check the files of ``version`` against their sha256, load it and make one warm-up prediction.
-
-    Args:
-        every_file: also check the files serving never reads (the scikit-learn pipeline): before
-            a version becomes the default or the shadow, yes; when a worker loads a version to
-            serve it, the files it reads are enough (and half the work).
-
-    Raises:
-        UnknownVersionError: there is no such version.
-        ArtifactError: it exists but cannot be served; the message says why.
-    """
-    root = Path(root)
-    require_known(root, version)
-    model = artifacts.load(root, version)
-    if every_file:
-        artifacts.verify_files(model)
-    try:
-        predictor = Predictor(model)
-        predictor.predict([WARM_UP_TEXT])
-    except Exception as exc:  # noqa: BLE001 - whatever breaks the warm-up makes the version unservable
-        raise ArtifactError(f"{model.path}: the warm-up prediction failed ({type(exc).__name__}: {exc})") from None
-    return model, predictor
-
-
 Verifier = Callable[[str], object]
 
 
 def _default_verifier(root: Path) -> Verifier:
-    return lambda version: verify(root, version)
+    return lambda version: versions.verify(root, version)
 
 
 def set_default(root: Path, version: str, verifier: Verifier | None = None) -> tuple[str | None, str]:
@@ -177,7 +128,7 @@ def set_default(root: Path, version: str, verifier: Verifier | None = None) -> t
 
     Args:
         verifier: called with the version before anything changes, and must raise
-            :class:`ArtifactError` to refuse it (default: :func:`verify`). A web worker passes
+            :class:`ArtifactError` to refuse it (default: :func:`~tagifai_api.ml.versions.verify`). A web worker passes
             one that also keeps the loaded version, so the check is not wasted.
 
     Returns:
@@ -195,6 +146,16 @@ def set_default(root: Path, version: str, verifier: Verifier | None = None) -> t
             _write_history(root, entries)
         _replace(root / artifacts.DEFAULT_POINTER, version + "\n")
     return previous, version
+
+
+def save_version(root: Path, result, dataset_sha256: str, make_default: bool = True) -> ModelVersion:
+    """Write a trained ``result`` as a new version (:func:`~tagifai_api.ml.artifacts.save`) and,
+    with ``make_default``, make it the default."""
+    saved = artifacts.save(Path(root), result, dataset_sha256)
+    if make_default:
+        # the files were just written and load() checked them: no second verification
+        set_default(root, saved.version, verifier=lambda _: None)
+    return saved
 
 
 def rollback(root: Path, verifier: Verifier | None = None) -> tuple[str | None, str]:
@@ -279,72 +240,3 @@ def seed(root: Path, source: Path) -> list[str]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# validity of each version, remembered while none of its files changes (hashing them is the cost)
-_checked: dict[Path, tuple[tuple, dict]] = {}
-_checked_lock = threading.Lock()
-
-
-def _signature(path: Path) -> tuple:
-    out = []
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        st = entry.stat()
-        out.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(out)
-
-
-def _summary(root: Path, version: str) -> dict:
-    """A version's listing entry: its metadata when sound, else ``valid: false`` and the reason."""
-    path = root / version
-    try:
-        signature = _signature(path)
-    except OSError as exc:
-        return {"version": version, "valid": False, "reason": f"cannot read {path} ({exc.strerror or exc})"}
-    with _checked_lock:
-        cached = _checked.get(path)
-    if cached is not None and cached[0] == signature:
-        return dict(cached[1])
-    try:
-        model = artifacts.load(root, version, compiled=False)
-        artifacts.verify_files(model)
-    except ArtifactError as exc:
-        entry = {"version": version, "valid": False, "reason": str(exc)}
-        try:
-            entry["created_at"] = json.loads((path / artifacts.MANIFEST).read_text(encoding="utf-8"))["created_at"]
-        except Exception:  # noqa: BLE001 - best effort: the reason already says what is wrong
-            pass
-    else:
-        manifest, overall = model.manifest, model.performance.get("overall", {})
-        entry = {
-            "version": version,
-            "valid": True,
-            "created_at": manifest.get("created_at"),
-            "metrics": {k: overall.get(k) for k in ("f1", "precision", "recall")},
-            "sklearn_version": manifest.get("sklearn_version"),
-            "numpy_version": manifest.get("numpy_version"),
-            "dataset_sha256": manifest.get("dataset_sha256"),
-        }
-    with _checked_lock:
-        _checked[path] = (signature, entry)
-    return dict(entry)
-
-
-def describe_all(root: Path) -> list[dict]:
-    """Every version under ``root``, newest first (names sort by creation time), sound or not."""
-    root = Path(root)
-    return [_summary(root, v) for v in reversed(artifacts.list_versions(root))]
-
-
-def describe(root: Path, version: str) -> dict:
-    """One sound version in full: its listing entry, manifest, args and performance.
-
-    Raises:
-        UnknownVersionError, ArtifactError: as :func:`verify` (without the warm-up).
-    """
-    root = Path(root)
-    require_known(root, version)
-    model = artifacts.load(root, version, compiled=False)
-    artifacts.verify_files(model)
-    return {**_summary(root, version), "manifest": model.manifest, "args": model.args,
-            "performance": model.performance, "labels": model.labels}

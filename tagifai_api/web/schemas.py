@@ -10,7 +10,7 @@ class NotBlank(validate.Regexp):
 
     A pattern *found* in the value (``re.search``), as JSON Schema's ``pattern`` means it; marshmallow's
     ``Regexp`` anchors at the start. apispec writes the pattern into the document, and
-    :mod:`tagifai_api.openapi` adds the ``minLength: 1`` it implies. Python's ``\\s`` and JavaScript's
+    :mod:`tagifai_api.web.openapi` adds the ``minLength: 1`` it implies. Python's ``\\s`` and JavaScript's
     (which JSON Schema uses) disagree on a few characters (U+001C-U+001F, U+0085, U+FEFF): naming them
     too makes the pattern mean the same in both, so a text the document allows is never refused.
     """

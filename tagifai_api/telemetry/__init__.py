@@ -1,0 +1,1 @@
+"""How the service reports: logs, Prometheus metrics and their multiprocess files."""
