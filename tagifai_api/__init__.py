@@ -50,7 +50,6 @@ def create_app(config: Mapping[str, object] | None = None):
         queue_size=int(app.config["BATCH_QUEUE_SIZE"]),
         cache_size=int(app.config["CACHE_SIZE"]),
         observer=model_metrics,
-        predict_hook=app.config.get("PREDICT_HOOK"),
         max_loaded=int(app.config["MAX_LOADED_VERSIONS"]),
         poll_s=float(app.config["REGISTRY_POLL_S"]),
         shadow_queue_size=int(app.config["SHADOW_QUEUE_SIZE"]),

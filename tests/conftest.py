@@ -58,6 +58,19 @@ def make_app(artifacts_dir):
 
 
 @pytest.fixture
+def model_hook(monkeypatch):
+    """``model_hook(service, hook)`` sends that service's model calls, plain and explained, through
+    ``hook(call, items)`` (``call`` is the predictor's own method): to gate, slow or fail inference."""
+
+    def install(service, hook):
+        monkeypatch.setattr(service, "_run_model", lambda predictor, cleaned: hook(predictor.predict_clean, cleaned))
+        monkeypatch.setattr(service, "_run_explainer", lambda predictor, texts: hook(predictor.explain, list(texts)))
+        return service
+
+    return install
+
+
+@pytest.fixture
 def app(make_app):
     return make_app()
 

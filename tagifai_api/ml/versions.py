@@ -24,6 +24,15 @@ class UnknownVersionError(ArtifactError):
         super().__init__(f"unknown model version {version!r}; valid versions: {', '.join(valid) or 'none'}")
 
 
+class InvalidVersionError(ArtifactError):
+    """A version that exists but fails its checks; ``reason`` says why."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(reason)
+
+
 def require_known(root: Path, version: str) -> str:
     """``version`` if a directory of that name with a manifest exists, else :class:`UnknownVersionError`."""
     root = Path(root)
@@ -122,11 +131,15 @@ def describe(root: Path, version: str) -> dict:
     """One sound version in full: its listing entry, manifest, args and performance.
 
     Raises:
-        UnknownVersionError, ArtifactError: as :func:`verify` (without the warm-up).
+        UnknownVersionError: there is no such version.
+        InvalidVersionError: it fails its checks (as :func:`verify`, without the warm-up).
     """
     root = Path(root)
     require_known(root, version)
-    model = artifacts.load(root, version, compiled=False)
-    artifacts.verify_files(model)
+    try:
+        model = artifacts.load(root, version, compiled=False)
+        artifacts.verify_files(model)
+    except ArtifactError as exc:
+        raise InvalidVersionError(version, str(exc)) from None
     return {**_summary(root, version), "manifest": model.manifest, "args": model.args,
             "performance": model.performance, "labels": model.labels}

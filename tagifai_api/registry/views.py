@@ -7,42 +7,22 @@ worker follows at once; every other worker and replica follows within ``TAGIFAI_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http import HTTPStatus
 
 from flask import Blueprint, current_app, request
 
 from tagifai_api.auth.guard import require_role
 from tagifai_api.ml import versions
-from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.registry.schemas import VersionRequestSchema
-from tagifai_api.serving.service import ModelService
 from tagifai_api.store import registry
-from tagifai_api.web.context import get_service, unknown_version
-from tagifai_api.web.errors import ConflictError, NotFoundError, TagifaiError
+from tagifai_api.web.context import get_service
+from tagifai_api.web.errors import NotFoundError
 from tagifai_api.web.responses import construct_response
 
 bp = Blueprint("registry", __name__, url_prefix="/models")
 
 
 _body = VersionRequestSchema()
-
-
-class RegistryWriteFailed(TagifaiError):
-    """The artifacts directory is not writable by the service: a deployment fault, not the client's."""
-
-    status = 500
-
-
-def _default_name() -> str | None:
-    service = get_service()
-    if service.pinned:
-        return service.pinned
-    try:
-        return registry.pointers(service.artifacts_dir)[0]
-    except ArtifactError:
-        return None
 
 
 def _shadow_agreement(shadow: str | None) -> dict | None:
@@ -58,13 +38,11 @@ def _shadow_agreement(shadow: str | None) -> dict | None:
 @bp.get("")
 def list_models():
     """Return every version, newest first (damaged ones with ``valid: false``), the default and the shadow."""
-    root = get_service().artifacts_dir
-    default = _default_name()
-    try:
-        shadow = registry.shadow_version(root)
-        previous = [e["version"] for e in reversed(registry.history(root))]
-    except ArtifactError as exc:
-        raise ConflictError(f"The registry's state cannot be read: {exc}") from None
+    service = get_service()
+    root = service.artifacts_dir
+    default = service.default_name()
+    shadow = registry.shadow_version(root)
+    previous = [e["version"] for e in reversed(registry.history(root))]
     models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow}
               for entry in versions.describe_all(root)]
     return construct_response(HTTPStatus.OK, data={
@@ -79,19 +57,14 @@ def list_models():
 @bp.get("/<version>")
 def get_model(version: str):
     """Return one version's manifest, args and performance (``default`` names the default)."""
-    root = get_service().artifacts_dir
-    name = _default_name() if version == "default" else version
+    service = get_service()
+    default = service.default_name()
+    name = default if version == "default" else version
     if name is None:
         raise NotFoundError("There is no default model version.", data={"valid": []})
-    try:
-        described = versions.describe(root, name)
-    except versions.UnknownVersionError as exc:
-        raise unknown_version(exc) from None
-    except ArtifactError as exc:
-        raise ConflictError(f"Model version {name!r} is not valid: {exc}",
-                            data={"version": name, "valid": False, "reason": str(exc)}) from None
-    shadow = registry.shadow_version(root)
-    return construct_response(HTTPStatus.OK, data={**described, "default": name == _default_name(),
+    described = versions.describe(service.artifacts_dir, name)
+    shadow = registry.shadow_version(service.artifacts_dir)
+    return construct_response(HTTPStatus.OK, data={**described, "default": name == service.default_name(),
                                                    "shadow": name == shadow})
 
 
@@ -112,40 +85,13 @@ def _requested_version() -> str:
     return _body.load(request.get_json())["version"]
 
 
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """A version that does not exist is 404; one that fails verification, or a state that does not
-    allow the change, is 409 and nothing changed."""
-    try:
-        yield
-    except versions.UnknownVersionError as exc:
-        raise unknown_version(exc) from None
-    except registry.RegistryWriteError as exc:
-        raise RegistryWriteFailed(f"Nothing changed: {exc}.") from None
-    except registry.RegistryConflictError as exc:
-        raise ConflictError(f"Nothing changed: {exc}.") from None
-    except ArtifactError as exc:
-        raise ConflictError(f"Nothing changed: the version failed verification: {exc}",
-                            data={"reason": str(exc)}) from None
-
-
-def _switchable() -> ModelService:
-    service = get_service()
-    if service.pinned:
-        raise ConflictError(f"This service is pinned to {service.pinned} by TAGIFAI_MODEL_VERSION; unset it to "
-                            "switch the default through the registry.")
-    return service
-
-
 @bp.put("/default")
 @require_role("admin")
 def set_default():
     """Verify a version (every checksum, a warm-up prediction), then make it the default everywhere."""
-    service = _switchable()
-    version = _requested_version()
-    with _refusals():
-        previous, current = registry.set_default(service.artifacts_dir, version, verifier=service.verify)
-    service.refresh()
+    service = get_service()
+    service.check_switchable()  # before the body: a pinned service refuses whatever it asks for
+    previous, current = service.set_default(_requested_version())
     return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})
 
 
@@ -153,10 +99,7 @@ def set_default():
 @require_role("admin")
 def rollback():
     """Make the previous default the default again (verified first); 409 when there is none."""
-    service = _switchable()
-    with _refusals():
-        previous, current = registry.rollback(service.artifacts_dir, verifier=service.verify)
-    service.refresh()
+    previous, current = get_service().rollback()
     return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})
 
 
@@ -164,13 +107,8 @@ def rollback():
 @require_role("admin")
 def set_shadow():
     """Verify a version, then have it score every /predict in the background (its answers are only counted)."""
-    service = get_service()
     version = _requested_version()
-    if version == _default_name():
-        raise ConflictError(f"{version} is the default already; a shadow is scored against the default.")
-    with _refusals():
-        previous = registry.set_shadow(service.artifacts_dir, version, verifier=service.verify)
-    service.refresh()
+    previous = get_service().set_shadow(version)
     return construct_response(HTTPStatus.OK, data={"previous": previous, "shadow": version})
 
 
@@ -178,7 +116,5 @@ def set_shadow():
 @require_role("admin")
 def clear_shadow():
     """Stop shadow scoring (200 also when there was no shadow)."""
-    service = get_service()
-    previous = registry.clear_shadow(service.artifacts_dir)
-    service.refresh()
+    previous = get_service().clear_shadow()
     return construct_response(HTTPStatus.OK, data={"previous": previous, "shadow": None})

@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +45,19 @@ class ModelUnavailableError(Exception):
     """No default model could be loaded; the message says why."""
 
 
+class VersionLoadError(ArtifactError):
+    """A version exists but this worker cannot load it; ``reason`` says why."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(reason)
+
+
+class SwitchRefusedError(Exception):
+    """The registry change does not fit the service's state (a pinned version, a shadow that is the default)."""
+
+
 class Served:
     """One version loaded in this worker, with its own micro-batcher (batches never mix versions)."""
 
@@ -61,6 +74,41 @@ class Served:
             self.batcher.close()
 
 
+class ServiceRequest:
+    """One request between the arrival of its body and its answer, bound to one version.
+
+    It is announced to that version's batcher at once, so a batch being formed waits for its texts
+    (never for a client still sending); leaving the ``with`` block withdraws it if it never submitted.
+    """
+
+    __slots__ = ("_service", "_served", "_arrival", "version")
+
+    def __init__(self, service: ModelService, served: Served) -> None:
+        self._service = service
+        self._served = served
+        self._arrival = served.batcher.arriving() if served.batcher is not None else None
+        self.version = served.version
+
+    def __enter__(self) -> ServiceRequest:
+        if self._arrival is not None:
+            self._arrival.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._arrival is not None:
+            self._arrival.__exit__(*exc)
+
+    def predict(self, texts: Sequence[str], timeout_s: float) -> list[dict]:
+        """As :meth:`ModelService.predict`, through the version this request is bound to."""
+        return self._service.predict(texts, timeout_s, self._arrival, self._served)
+
+    def explain(self, texts: Sequence[str], timeout_s: float) -> list[dict]:
+        """As :meth:`ModelService.explain` (outside the batcher, so the arrival is withdrawn first)."""
+        if self._arrival is not None:
+            self._arrival.withdraw()
+        return self._service.explain(texts, timeout_s, self._served)
+
+
 class ModelService:
     """Owns this worker's loaded versions, prediction cache, micro-batchers and shadow scorer.
 
@@ -71,7 +119,6 @@ class ModelService:
         max_texts, max_wait_s, queue_size: each batcher's limits.
         cache_size: LRU entries (0: no cache).
         observer: told of each model call, cache look-up, default change and shadow outcome.
-        predict_hook: wraps the model call (tests inject failures through it).
         max_loaded: most versions kept loaded; the least recently used goes first, never the
             default or the shadow.
         poll_s: how often the watcher re-reads the pointers (0: never; :meth:`refresh` by hand).
@@ -89,7 +136,6 @@ class ModelService:
         queue_size: int = 1024,
         cache_size: int = 4096,
         observer: ServingObserver | None = None,
-        predict_hook: Callable[[Callable, list], list] | None = None,
         max_loaded: int = 3,
         poll_s: float = 1.0,
         shadow_queue_size: int = 256,
@@ -99,7 +145,6 @@ class ModelService:
         self.batching = batching
         self._batcher_limits = {"max_texts": max_texts, "max_wait_s": max_wait_s, "queue_size": queue_size}
         self.cache = LRUCache(cache_size)
-        self._predict_hook = predict_hook
         self.observer = observer
         self.max_loaded = max(1, max_loaded)
         self.poll_s = poll_s
@@ -217,7 +262,7 @@ class ModelService:
         Raises:
             ModelUnavailableError: no default is loaded.
             versions.UnknownVersionError: no such version exists.
-            ArtifactError: it exists but cannot be loaded; the message says why.
+            VersionLoadError: it exists but cannot be loaded; the message says why.
         """
         if version is None or version == "default":
             served = self.default
@@ -232,7 +277,69 @@ class ModelService:
             if served is not None:
                 self._loaded.move_to_end(version)
                 return served
-        return self._load(version)
+        try:
+            return self._load(version)
+        except versions.UnknownVersionError:
+            raise
+        except ArtifactError as exc:
+            raise VersionLoadError(version, str(exc)) from None
+
+    def request(self, version: str | None = None) -> ServiceRequest:
+        """Begin answering one request with ``version`` (``None``: the default); see :class:`ServiceRequest`.
+
+        Raises:
+            as :meth:`get`.
+        """
+        return ServiceRequest(self, self.get(version))
+
+    def model_version(self, version: str | None = None) -> ModelVersion:
+        """The metadata (args, performance, labels) of a loaded version, loading it on first use."""
+        return self.get(version).model
+
+    # the registry, as this worker changes it: verify here (keeping the version loaded), write,
+    # then follow at once; other workers and replicas follow within ``poll_s``
+    def default_name(self) -> str | None:
+        """The version new requests get: the pinned one, else what the registry says now."""
+        if self.pinned:
+            return self.pinned
+        try:
+            return registry.pointers(self.artifacts_dir)[0]
+        except ArtifactError:
+            return None
+
+    def check_switchable(self) -> None:
+        """Refuse a default switch or rollback while a version is pinned."""
+        if self.pinned:
+            raise SwitchRefusedError(f"This service is pinned to {self.pinned} by TAGIFAI_MODEL_VERSION; unset "
+                                     "it to switch the default through the registry.")
+
+    def set_default(self, version: str) -> tuple[str | None, str]:
+        """Verify ``version`` and make it the default; ``(previous, new)``."""
+        self.check_switchable()
+        switched = registry.set_default(self.artifacts_dir, version, verifier=self.verify)
+        self.refresh()
+        return switched
+
+    def rollback(self) -> tuple[str | None, str]:
+        """Make the previous default the default again (verified first); ``(previous, new)``."""
+        self.check_switchable()
+        switched = registry.rollback(self.artifacts_dir, verifier=self.verify)
+        self.refresh()
+        return switched
+
+    def set_shadow(self, version: str) -> str | None:
+        """Verify ``version`` and have it shadow the default; returns the shadow it replaced."""
+        if version == self.default_name():
+            raise SwitchRefusedError(f"{version} is the default already; a shadow is scored against the default.")
+        previous = registry.set_shadow(self.artifacts_dir, version, verifier=self.verify)
+        self.refresh()
+        return previous
+
+    def clear_shadow(self) -> str | None:
+        """Stop shadow scoring; returns the shadow it removed."""
+        previous = registry.clear_shadow(self.artifacts_dir)
+        self.refresh()
+        return previous
 
     def verify(self, version: str) -> Served:
         """Check every file of ``version`` and warm it up now, even when it is loaded; keep it loaded."""
@@ -304,10 +411,12 @@ class ModelService:
                 evicted.append(self._loaded.pop(name))
         return evicted
 
+    # every model call of this worker goes through these two (tests wrap them to gate or fail inference)
     def _run_model(self, predictor: Predictor, cleaned: list[str]) -> list[dict]:
-        if self._predict_hook is not None:
-            return self._predict_hook(predictor.predict_clean, cleaned)
         return predictor.predict_clean(cleaned)
+
+    def _run_explainer(self, predictor: Predictor, texts: Sequence[str]) -> list[dict]:
+        return predictor.explain(texts)
 
     def predict(self, texts: Sequence[str], timeout_s: float, arrival=None, served: Served | None = None) -> list[dict]:
         """Predictions for raw texts, in order: cache first, then one model call for the rest.
@@ -369,9 +478,7 @@ class ModelService:
         if not self._explain_lock.acquire(timeout=timeout_s):
             raise DeadlineError(f"no explanation slot within {timeout_s * 1000:.0f} ms")
         try:
-            if self._predict_hook is not None:
-                return self._predict_hook(predictor.explain, list(texts))
-            return predictor.explain(texts)
+            return self._run_explainer(predictor, texts)
         except Exception as exc:  # noqa: BLE001 - the failure is this request's; the worker keeps serving
             log.exception("explaining %d texts failed", len(texts))
             raise BatchFailedError(str(exc)) from exc

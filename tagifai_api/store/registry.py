@@ -36,6 +36,14 @@ LOCK_FILE = ".registry.lock"
 HISTORY_LIMIT = 50
 
 
+class RegistryReadError(ArtifactError):
+    """The registry's files cannot be read (permissions, a damaged history)."""
+
+
+class VerificationError(ArtifactError):
+    """A version failed the verification a switch makes first; nothing changed."""
+
+
 class RegistryConflictError(ArtifactError):
     """The registry cannot do that in its current state (no history to roll back to)."""
 
@@ -81,8 +89,11 @@ def _read_pointer(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"cannot read {path} ({exc})") from None
-    return artifacts.check_name(text) if text else None
+        raise RegistryReadError(f"cannot read {path} ({exc})") from None
+    try:
+        return artifacts.check_name(text) if text else None
+    except ArtifactError as exc:
+        raise RegistryReadError(str(exc)) from None
 
 
 def default_version(root: Path) -> str:
@@ -108,7 +119,7 @@ def history(root: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"cannot read {Path(root) / HISTORY_FILE} ({exc})") from None
+        raise RegistryReadError(f"cannot read {Path(root) / HISTORY_FILE} ({exc})") from None
     return [e for e in entries if isinstance(e, dict) and isinstance(e.get("version"), str)]
 
 
@@ -119,8 +130,18 @@ def _write_history(root: Path, entries: list[dict]) -> None:
 Verifier = Callable[[str], object]
 
 
-def _default_verifier(root: Path) -> Verifier:
-    return lambda version: versions.verify(root, version)
+def _verify(root: Path, version: str, verifier: Verifier | None) -> None:
+    """Run the verifier (default: :func:`~tagifai_api.ml.versions.verify`); a version that exists but
+    fails is a :class:`VerificationError`."""
+    try:
+        if verifier is None:
+            versions.verify(root, version)
+        else:
+            verifier(version)
+    except (versions.UnknownVersionError, VerificationError):
+        raise
+    except ArtifactError as exc:
+        raise VerificationError(str(exc)) from None
 
 
 def set_default(root: Path, version: str, verifier: Verifier | None = None) -> tuple[str | None, str]:
@@ -135,7 +156,7 @@ def set_default(root: Path, version: str, verifier: Verifier | None = None) -> t
         ``(previous, new)`` defaults; they are equal when ``version`` already was the default.
     """
     root = Path(root)
-    (verifier or _default_verifier(root))(version)
+    _verify(root, version, verifier)
     with _locked(root):
         previous = _read_pointer(root / artifacts.DEFAULT_POINTER)
         if previous == version:
@@ -174,7 +195,7 @@ def rollback(root: Path, verifier: Verifier | None = None) -> tuple[str | None, 
         if not entries:
             raise RegistryConflictError("no earlier default to roll back to: the history is empty")
         target = entries[-1]["version"]
-        (verifier or _default_verifier(root))(target)
+        _verify(root, target, verifier)
         entries.pop()
         _write_history(root, entries)
         _replace(root / artifacts.DEFAULT_POINTER, target + "\n")
@@ -184,7 +205,7 @@ def rollback(root: Path, verifier: Verifier | None = None) -> tuple[str | None, 
 def set_shadow(root: Path, version: str, verifier: Verifier | None = None) -> str | None:
     """Verify ``version`` and make it the shadow; returns the shadow it replaced."""
     root = Path(root)
-    (verifier or _default_verifier(root))(version)
+    _verify(root, version, verifier)
     with _locked(root):
         previous = shadow_version(root)
         _replace(root / SHADOW_POINTER, version + "\n")

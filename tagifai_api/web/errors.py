@@ -1,13 +1,27 @@
-"""Errors as envelopes: every failure, Flask's own 404/405 included, answers in JSON."""
+"""Errors as envelopes: every failure, Flask's own 404/405 included, answers in JSON.
+
+The layers below raise their own errors and know nothing of HTTP; :data:`DOMAIN_ERRORS` is the one
+place where each becomes an answer.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flask import Flask, g
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from tagifai_api.ml.versions import InvalidVersionError, UnknownVersionError
+from tagifai_api.serving.batcher import BatchFailedError, ClosedError, DeadlineError, QueueFullError
+from tagifai_api.serving.service import ModelUnavailableError, SwitchRefusedError, VersionLoadError
+from tagifai_api.store.registry import (
+    RegistryConflictError,
+    RegistryReadError,
+    RegistryWriteError,
+    VerificationError,
+)
 from tagifai_api.web.responses import construct_response
 
 log = logging.getLogger("tagifai_api.errors")
@@ -78,6 +92,38 @@ class InferenceError(TagifaiError):
     message = "Inference failed. Quote the request id when reporting it."
 
 
+class RegistryUnwritableError(TagifaiError):
+    """The artifacts directory is not writable by the service: a deployment fault, not the client's."""
+
+    status = 500
+
+
+_RETRY_AFTER = {"Retry-After": "1"}
+
+#: every error of the layers below that a client can meet, as the answer it gets (the most specific
+#: class wins, as Flask picks handlers along the exception's class hierarchy)
+DOMAIN_ERRORS: dict[type[Exception], Callable[[Exception], TagifaiError]] = {
+    ModelUnavailableError: lambda e: ModelNotReadyError(f"The model is not loaded: {e}"),
+    UnknownVersionError: lambda e: NotFoundError(
+        f"Unknown model version {e.version!r}. Valid versions: {', '.join(e.valid) or 'none'}.",
+        data={"valid": e.valid}),
+    VersionLoadError: lambda e: ConflictError(f"Model version {e.version!r} cannot be loaded: {e.reason}",
+                                              data={"version": e.version, "reason": e.reason}),
+    InvalidVersionError: lambda e: ConflictError(f"Model version {e.version!r} is not valid: {e.reason}",
+                                                 data={"version": e.version, "valid": False, "reason": e.reason}),
+    VerificationError: lambda e: ConflictError(f"Nothing changed: the version failed verification: {e}",
+                                               data={"reason": str(e)}),
+    RegistryConflictError: lambda e: ConflictError(f"Nothing changed: {e}."),
+    RegistryWriteError: lambda e: RegistryUnwritableError(f"Nothing changed: {e}."),
+    RegistryReadError: lambda e: ConflictError(f"The registry's state cannot be read: {e}"),
+    SwitchRefusedError: lambda e: ConflictError(str(e)),
+    QueueFullError: lambda e: OverloadedError(headers=_RETRY_AFTER),
+    DeadlineError: lambda e: DeadlineExceededError(),
+    BatchFailedError: lambda e: InferenceError(),
+    ClosedError: lambda e: InferenceError(),
+}
+
+
 def _on_tagifai_error(exc: TagifaiError):
     g.error_type = type(exc).__name__
     if exc.status >= 500:
@@ -106,6 +152,8 @@ def _on_http_exception(exc: HTTPException):
 def register_error_handlers(app: Flask) -> None:
     """Register at app level, so routing errors (which skip blueprint handlers) are caught too."""
     app.register_error_handler(TagifaiError, _on_tagifai_error)
+    for domain_error, answer in DOMAIN_ERRORS.items():
+        app.register_error_handler(domain_error, lambda exc, answer=answer: _on_tagifai_error(answer(exc)))
     app.register_error_handler(ValidationError, _on_validation_error)
     app.register_error_handler(HTTPException, _on_http_exception)
     # Flask logs an unhandled exception before the 500 handler runs, which logs it again with the

@@ -54,8 +54,10 @@ def _failing_hook(predict, items):
 
 
 @pytest.mark.parametrize("batching", [True, False])
-def test_inference_exception_is_500_without_internals_and_the_app_keeps_serving(make_app, batching):
-    client = make_app(PREDICT_HOOK=_failing_hook, BATCHING=batching, CACHE_SIZE=0).test_client()
+def test_inference_exception_is_500_without_internals_and_the_app_keeps_serving(make_app, model_hook, batching):
+    app = make_app(BATCHING=batching, CACHE_SIZE=0)
+    model_hook(app.extensions["tagifai"], _failing_hook)
+    client = app.test_client()
     response = client.post("/predict", json={"texts": [{"text": "explode please"}]},
                            headers={"X-Request-ID": "req-42"})
     body = check_envelope(response, 500, "POST")
@@ -121,9 +123,10 @@ def _wait_queued(app, texts: int) -> None:
         time.sleep(0.002)
 
 
-def test_full_queue_is_503_with_retry_after(make_app):
+def test_full_queue_is_503_with_retry_after(make_app, model_hook):
     hook = GatedHook()
-    app = make_app(PREDICT_HOOK=hook, BATCH_QUEUE_SIZE=1, CACHE_SIZE=0)
+    app = make_app(BATCH_QUEUE_SIZE=1, CACHE_SIZE=0)
+    model_hook(app.extensions["tagifai"], hook)
     statuses: list = []
     running = _post_in_thread(app, 0, statuses)  # holds the model
     assert hook.entered.wait(30)
@@ -138,9 +141,10 @@ def test_full_queue_is_503_with_retry_after(make_app):
     assert sorted(statuses) == [(200, None, 200), (200, None, 200), (503, "1", 503)]
 
 
-def test_deadline_passed_in_queue_is_504(make_app):
+def test_deadline_passed_in_queue_is_504(make_app, model_hook):
     hook = GatedHook()
-    app = make_app(PREDICT_HOOK=hook, PREDICT_TIMEOUT_MS=100, CACHE_SIZE=0)
+    app = make_app(PREDICT_TIMEOUT_MS=100, CACHE_SIZE=0)
+    model_hook(app.extensions["tagifai"], hook)
     results: list = []
     running = _post_in_thread(app, 0, results)
     assert hook.entered.wait(30)

@@ -94,8 +94,10 @@ def _failing_hook(fn, items):
     raise RuntimeError("secret internals")
 
 
-def test_explainer_failure_is_a_500_envelope_and_the_worker_keeps_serving(make_app):
-    client = make_app(PREDICT_HOOK=_failing_hook).test_client()
+def test_explainer_failure_is_a_500_envelope_and_the_worker_keeps_serving(make_app, model_hook):
+    app = make_app()
+    model_hook(app.extensions["tagifai"], _failing_hook)
+    client = app.test_client()
     response = post(client, LESSON, explain=True)
     body = check_envelope(response, 500, "POST")
     assert "secret" not in response.get_data(as_text=True)

@@ -88,7 +88,7 @@ def test_an_evicted_version_still_answers_a_request_that_picked_it_up(registry_r
     assert second in s.loaded_versions()  # loaded again for it
 
 
-def test_batches_never_mix_versions(registry_root, service_factory):
+def test_batches_never_mix_versions(registry_root, service_factory, model_hook):
     root, first, second = registry_root
     calls = []
 
@@ -97,7 +97,7 @@ def test_batches_never_mix_versions(registry_root, service_factory):
         time.sleep(0.002)  # let requests pile up into batches
         return fn(cleaned)
 
-    s = service_factory(root, predict_hook=hook, max_wait_s=0.005)
+    s = model_hook(service_factory(root, max_wait_s=0.005), hook)
     sent = {}
 
     def client(i):
@@ -140,7 +140,7 @@ def test_a_pinned_version_ignores_the_pointer(registry_root, service_factory):
     assert s.default.version == second and s.pinned == second
 
 
-def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, service_factory):
+def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, service_factory, model_hook):
     root, first, second = registry_root
     obs = Recorder()
     slow = threading.Event()
@@ -150,7 +150,7 @@ def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, 
             slow.wait(5)  # the shadow is slow: the client must not notice
         return fn(cleaned)
 
-    s = service_factory(root, observer=obs, predict_hook=hook, batching=False)
+    s = model_hook(service_factory(root, observer=obs, batching=False), hook)
     registry.set_shadow(root, second)
     s.refresh()
     assert s.shadow_version == second

@@ -4,7 +4,7 @@ from http import HTTPStatus
 
 from flask import Blueprint
 
-from tagifai_api.web.context import requested
+from tagifai_api.web.context import requested_model
 from tagifai_api.web.responses import construct_response
 from tagifai_api.web.views.lookup import lookup
 
@@ -14,12 +14,12 @@ bp = Blueprint("args", __name__)
 @bp.get("/args")
 def list_args():
     """Return every training argument."""
-    served = requested()
-    return construct_response(HTTPStatus.OK, data={"model_version": served.version, "args": served.model.args})
+    model = requested_model()
+    return construct_response(HTTPStatus.OK, data={"model_version": model.version, "args": model.args})
 
 
 @bp.get("/args/<arg>")
 def get_arg(arg: str):
     """Return one training argument; 404 naming the valid ones when it does not exist."""
-    value = lookup(requested().model.args, arg, "arg")
+    value = lookup(requested_model().args, arg, "arg")
     return construct_response(HTTPStatus.OK, data={arg: value})

@@ -1,19 +1,14 @@
 """``POST /predict``: tag texts."""
 
-from contextlib import nullcontext
 from http import HTTPStatus
 
 from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from tagifai_api.serving import batcher
-from tagifai_api.web import errors
-from tagifai_api.web.context import get_service, requested
+from tagifai_api.web.context import get_service, requested_version
 from tagifai_api.web.responses import construct_response
 
 bp = Blueprint("predict", __name__)
-
-_RETRY_AFTER = {"Retry-After": "1"}
 
 
 def _read_body() -> None:
@@ -31,30 +26,15 @@ def _read_body() -> None:
 def predict():
     """Tag each of ``{"texts": [{"text": ...}, ...], "explain": false}``, in order, with the default
     version or ``?version=``."""
-    service = get_service()
     _read_body()
-    served = requested()
-    # announce the request once its body is here, before parsing it, so that a batch being formed
-    # waits for its texts (but never for a client that is still sending)
-    with served.batcher.arriving() if served.batcher is not None else nullcontext() as arrival:
+    # begun once the body is here, before it is parsed, so a batch being formed waits for its texts
+    with get_service().request(requested_version()) as answering:
         body = current_app.extensions["tagifai_predict_schema"].load(request.get_json())
         texts = [item["text"] for item in body["texts"]]
         g.texts = len(texts)
         timeout_s = current_app.config["PREDICT_TIMEOUT_MS"] / 1000.0
-        try:
-            if body["explain"]:  # outside the micro-batcher: see ModelService.explain
-                if arrival is not None:
-                    arrival.withdraw()
-                results = service.explain(texts, timeout_s, served)
-            else:
-                results = service.predict(texts, timeout_s, arrival, served)
-        except batcher.QueueFullError:
-            raise errors.OverloadedError(headers=_RETRY_AFTER) from None
-        except batcher.DeadlineError:
-            raise errors.DeadlineExceededError() from None
-        except (batcher.BatchFailedError, batcher.ClosedError) as exc:
-            raise errors.InferenceError() from exc
-    version = served.version
+        results = (answering.explain if body["explain"] else answering.predict)(texts, timeout_s)
+    version = answering.version
     g.model_version = version
     metrics = current_app.extensions.get("tagifai_metrics")
     if metrics is not None:
