@@ -1,0 +1,398 @@
+"""The store: every piece of the service's mutable state behind one object, on SQLAlchemy Core.
+
+An embedded SQLite file by default (WAL, so readers never wait for the writer), PostgreSQL when
+replicas share the state. Each write runs in one transaction that also bumps the ``generation``
+row, so a worker polling that one row learns of any change made anywhere. Model versions are not
+in here: they stay immutable directories beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from tagifai_api.store import tables as t
+
+log = logging.getLogger("tagifai_api.store")
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: older entries are dropped: a rollback goes back at most this far
+HISTORY_LIMIT = 50
+#: a write waits this long for another writer (SQLite) or a connection (PostgreSQL) before failing
+_BUSY_TIMEOUT_S = 5
+_CONNECT_TIMEOUT_S = 2
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached or answered with an error; retry later."""
+
+
+class StoreSchemaError(StoreError):
+    """The database's schema does not match this code (newer, or not yet upgraded)."""
+
+
+class ConflictError(StoreError):
+    """The state does not allow that (no history to roll back to, a duplicate key name)."""
+
+
+class NotFoundError(StoreError):
+    """No such entry (a key name)."""
+
+
+Verifier = Callable[[str], object]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    database = url.database
+    return Path(database) if url.get_backend_name() == "sqlite" and database and database != ":memory:" else None
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_file(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:
+            # the driver's own transaction handling is off: BEGIN is ours, and IMMEDIATE, so a write
+            # transaction takes the write lock when it starts instead of failing half-way
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection) -> None:
+            write = connection.get_execution_options().get("tagifai_write", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    connect_args = {"connect_timeout": _CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
+    return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=4, pool_timeout=_BUSY_TIMEOUT_S,
+                            connect_args=connect_args)
+
+
+class Store:
+    """The service's state in one database.
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite:///var/tagifai.db``, ``postgresql+psycopg://user@host/db``).
+        on_error: told the operation's name whenever the database fails (the metrics count them).
+    """
+
+    def __init__(self, url: str, on_error: Callable[[str], None] | None = None) -> None:
+        self.url = url
+        self.on_error = on_error
+        self._engine: Engine | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dialect(self) -> str:
+        return sa.make_url(self.url).get_backend_name()
+
+    def describe(self) -> str:
+        """The URL without its password, for logs and answers."""
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def engine(self) -> Engine:
+        """This process's engine: a forked worker never shares its parent's connections."""
+        pid = os.getpid()
+        if self._engine is None or self._pid != pid:
+            with self._lock:
+                if self._engine is None or self._pid != pid:
+                    if self._engine is not None:
+                        self._engine.dispose(close=False)  # the parent's connections stay the parent's
+                    self._engine = _make_engine(self.url)
+                    self._pid = pid
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+    @contextmanager
+    def _connect(self, operation: str, write: bool = False) -> Iterator[Connection]:
+        """A connection in a transaction; database failures become :class:`StoreUnavailableError`."""
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(tagifai_write=True)
+                with conn.begin():
+                    yield conn
+        except (StoreError, IntegrityError):
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            if self.on_error is not None:
+                self.on_error(operation)
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StoreUnavailableError(f"the state store is unavailable ({reason})") from None
+
+    # -- schema ------------------------------------------------------------------------------------
+
+    def _alembic(self, conn: Connection):
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def revisions(self) -> tuple[str | None, str]:
+        """``(the database's revision, this code's head)``."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        with self._connect("schema") as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            head = ScriptDirectory.from_config(self._alembic(conn)).get_current_head()
+        return current, head
+
+    def _known(self, revision: str) -> bool:
+        from alembic.script import ScriptDirectory
+        from alembic.util.exc import CommandError
+
+        with self._connect("schema") as conn:
+            script = ScriptDirectory.from_config(self._alembic(conn))
+        try:
+            return script.get_revision(revision) is not None
+        except CommandError:
+            return False
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to this code's head; returns ``(before, after)``. Refuses a newer one."""
+        from alembic import command
+
+        current, head = self.revisions()
+        if current is not None and not self._known(current):
+            raise StoreSchemaError(f"the state store {self.describe()} is at schema {current}, newer than this "
+                                   f"code ({head}); run the newer release, or restore a matching backup")
+        if current != head:
+            with self._connect("upgrade", write=True) as conn:
+                command.upgrade(self._alembic(conn), "head")
+            log.info("state store %s upgraded from schema %s to %s", self.describe(), current or "none", head)
+        return current, head
+
+    def check(self) -> None:
+        """Refuse a schema this code cannot use, in one line that says what to do."""
+        current, head = self.revisions()
+        if current == head:
+            return
+        if current is not None and not self._known(current):
+            raise StoreSchemaError(f"the state store {self.describe()} is at schema {current}, newer than this "
+                                   f"code ({head}); run the newer release, or restore a matching backup")
+        raise StoreSchemaError(f"the state store {self.describe()} is at schema {current or 'none'}, this code "
+                               f"needs {head}: run `python -m tagifai_api store upgrade`")
+
+    # -- the change counter ------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        """How many writes the store has seen; what every worker polls."""
+        with self._connect("poll") as conn:
+            return int(conn.execute(sa.select(t.generation.c.value).where(t.generation.c.id == 1)).scalar_one())
+
+    @staticmethod
+    def _bump(conn: Connection) -> None:
+        conn.execute(t.generation.update().where(t.generation.c.id == 1).values(value=t.generation.c.value + 1))
+
+    @staticmethod
+    def _audit(conn: Connection, action: str, before: str | None, after: str | None, key_name: str | None,
+               reason: str | None) -> None:
+        conn.execute(t.audit_log.insert().values(at=_now(), action=action, from_value=before, to_value=after,
+                                                 key_name=key_name, reason=reason))
+
+    # -- the registry ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _pointer(conn: Connection, name: str, lock: bool = False) -> str | None:
+        query = sa.select(t.pointers.c.version).where(t.pointers.c.name == name)
+        if lock:
+            query = query.with_for_update()
+        return conn.execute(query).scalar_one_or_none()
+
+    @staticmethod
+    def _set_pointer(conn: Connection, name: str, version: str | None) -> None:
+        # both rows exist from the first migration on, so two first writers cannot both insert one
+        conn.execute(t.pointers.update().where(t.pointers.c.name == name).values(version=version, changed_at=_now()))
+
+    def pointers(self) -> tuple[str | None, str | None]:
+        """``(default, shadow)`` as recorded now."""
+        with self._connect("read") as conn:
+            rows = dict(conn.execute(sa.select(t.pointers.c.name, t.pointers.c.version)).all())
+        return rows.get("default"), rows.get("shadow")
+
+    def history(self) -> list[dict]:
+        """Earlier defaults, newest last: ``{"version", "replaced_at"}`` each."""
+        with self._connect("read") as conn:
+            rows = conn.execute(sa.select(t.default_history.c.version, t.default_history.c.replaced_at)
+                                .order_by(t.default_history.c.id)).all()
+        return [{"version": v, "replaced_at": at} for v, at in rows]
+
+    @staticmethod
+    def _push_history(conn: Connection, version: str) -> None:
+        conn.execute(t.default_history.insert().values(version=version, replaced_at=_now()))
+        keep = sa.select(t.default_history.c.id).order_by(t.default_history.c.id.desc()).limit(HISTORY_LIMIT)
+        conn.execute(t.default_history.delete().where(t.default_history.c.id.not_in(keep.scalar_subquery())))
+
+    def set_default(self, version: str, verifier: Verifier, key_name: str | None = None,
+                    reason: str | None = None) -> tuple[str | None, str]:
+        """Verify ``version`` (``verifier`` raises to refuse it), then make it the default, keeping the
+        one it replaces in the history. Returns ``(previous, new)``; equal when nothing changed."""
+        verifier(version)
+        with self._connect("set_default", write=True) as conn:
+            previous = self._pointer(conn, "default", lock=True)
+            if previous == version:
+                return previous, version
+            if previous is not None:
+                self._push_history(conn, previous)
+            self._set_pointer(conn, "default", version)
+            self._audit(conn, "set_default", previous, version, key_name, reason)
+            self._bump(conn)
+        return previous, version
+
+    def rollback(self, verifier: Verifier, key_name: str | None = None,
+                 reason: str | None = None) -> tuple[str | None, str]:
+        """Make the newest earlier default the default again (verified first), dropping it from the history.
+
+        Raises:
+            ConflictError: there is no earlier default.
+        """
+        with self._connect("rollback", write=True) as conn:
+            current = self._pointer(conn, "default", lock=True)
+            rows = conn.execute(sa.select(t.default_history.c.id, t.default_history.c.version)
+                                .order_by(t.default_history.c.id.desc())).all()
+            stale = [i for i, v in rows]
+            while rows and rows[0][1] == current:  # an entry equal to the default is no step back
+                rows.pop(0)
+            if not rows:
+                raise ConflictError("no earlier default to roll back to: the history is empty")
+            entry, target = rows[0]
+            verifier(target)
+            dropped = stale[: stale.index(entry) + 1]
+            conn.execute(t.default_history.delete().where(t.default_history.c.id.in_(dropped)))
+            self._set_pointer(conn, "default", target)
+            self._audit(conn, "rollback", current, target, key_name, reason)
+            self._bump(conn)
+        return current, target
+
+    def set_shadow(self, version: str, verifier: Verifier, key_name: str | None = None,
+                   reason: str | None = None) -> str | None:
+        """Verify ``version`` and make it the shadow; returns the shadow it replaced."""
+        verifier(version)
+        with self._connect("set_shadow", write=True) as conn:
+            previous = self._pointer(conn, "shadow", lock=True)
+            self._set_pointer(conn, "shadow", version)
+            self._audit(conn, "set_shadow", previous, version, key_name, reason)
+            self._bump(conn)
+        return previous
+
+    def clear_shadow(self, key_name: str | None = None, reason: str | None = None) -> str | None:
+        """Stop shadow scoring; returns the shadow it removed (``None`` when there was none)."""
+        with self._connect("clear_shadow", write=True) as conn:
+            previous = self._pointer(conn, "shadow", lock=True)
+            if previous is not None:
+                self._set_pointer(conn, "shadow", None)
+                self._audit(conn, "clear_shadow", previous, None, key_name, reason)
+                self._bump(conn)
+        return previous
+
+    # -- API keys ----------------------------------------------------------------------------------
+
+    def keys(self) -> list[dict]:
+        """Every key: ``{"name", "role", "created_at", "sha256"}``, oldest first."""
+        with self._connect("read") as conn:
+            rows = conn.execute(sa.select(t.api_keys.c.name, t.api_keys.c.role, t.api_keys.c.created_at,
+                                          t.api_keys.c.sha256).order_by(t.api_keys.c.created_at,
+                                                                        t.api_keys.c.name)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def add_key(self, name: str, role: str, created_at: str, sha256: str, key_name: str | None = None) -> None:
+        """Store a key's hash under a new name.
+
+        Raises:
+            ConflictError: a key of that name exists already.
+        """
+        try:
+            with self._connect("add_key", write=True) as conn:
+                conn.execute(t.api_keys.insert().values(name=name, role=role, created_at=created_at, sha256=sha256))
+                self._audit(conn, "create_key", None, f"{name} ({role})", key_name, None)
+                self._bump(conn)
+        except IntegrityError:
+            raise ConflictError(f"a key named {name!r} exists already; revoke it first or pick another name") from None
+
+    def revoke_key(self, name: str, key_name: str | None = None) -> dict:
+        """Delete the key called ``name``; returns what was removed.
+
+        Raises:
+            NotFoundError: there is no such key (the message lists the names there are).
+        """
+        with self._connect("revoke_key", write=True) as conn:
+            row = conn.execute(sa.select(t.api_keys).where(t.api_keys.c.name == name)).mappings().first()
+            if row is None:
+                known = conn.execute(sa.select(t.api_keys.c.name).order_by(t.api_keys.c.name)).scalars().all()
+                raise NotFoundError(f"no key named {name!r}; keys: {', '.join(known) or 'none'}")
+            conn.execute(t.api_keys.delete().where(t.api_keys.c.name == name))
+            self._audit(conn, "revoke_key", f"{name} ({row['role']})", None, key_name, None)
+            self._bump(conn)
+        return dict(row)
+
+    # -- the audit log -----------------------------------------------------------------------------
+
+    def audit(self, limit: int = 100, actions: tuple[str, ...] | None = None) -> list[dict]:
+        """The newest ``limit`` changes, newest first: ``{"at", "action", "from", "to", "key_name", "reason"}``."""
+        query = sa.select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)
+        if actions:
+            query = query.where(t.audit_log.c.action.in_(actions))
+        with self._connect("read") as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{"at": r["at"], "action": r["action"], "from": r["from_value"], "to": r["to_value"],
+                 "key_name": r["key_name"], "reason": r["reason"]} for r in rows]
+
+    def is_empty(self) -> bool:
+        """No pointer, no history and no key yet: a store a legacy import may fill."""
+        with self._connect("read") as conn:
+            recorded = conn.execute(sa.select(sa.func.count()).select_from(t.pointers)
+                                    .where(t.pointers.c.version.is_not(None))).scalar_one()
+            return not recorded and not any(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+                                            for table in (t.default_history, t.api_keys))
+
+    def import_state(self, default: str | None, shadow: str | None, history: list[dict], keys: list[dict]) -> None:
+        """Fill an empty store in one transaction (from an install's old files)."""
+        with self._connect("import", write=True) as conn:
+            if default is not None:
+                self._set_pointer(conn, "default", default)
+            if shadow is not None:
+                self._set_pointer(conn, "shadow", shadow)
+            for entry in history[-HISTORY_LIMIT:]:
+                conn.execute(t.default_history.insert().values(version=entry["version"],
+                                                               replaced_at=entry.get("replaced_at") or _now()))
+            for key in keys:
+                conn.execute(t.api_keys.insert().values(**key))
+            self._audit(conn, "import", None, default, None,
+                        f"imported the old files: {len(history)} history entries, {len(keys)} keys")
+            self._bump(conn)

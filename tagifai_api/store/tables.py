@@ -1,0 +1,51 @@
+"""The store's tables (SQLAlchemy Core), the one description of its schema; migrations build it."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+#: one row (id 1): bumped by every write, so a worker learns of any change with one cheap read
+generation = Table(
+    "generation", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+#: the registry's pointers: ``default`` and ``shadow`` (a missing row or NULL version: none)
+pointers = Table(
+    "pointers", metadata,
+    Column("name", String(16), primary_key=True),
+    Column("version", String(128)),
+    Column("changed_at", String(40), nullable=False),
+)
+
+#: the defaults replaced, oldest first by id; a rollback takes the newest one back
+default_history = Table(
+    "default_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version", String(128), nullable=False),
+    Column("replaced_at", String(40), nullable=False),
+)
+
+#: API keys: never the key, only its SHA-256
+api_keys = Table(
+    "api_keys", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("sha256", String(64), nullable=False, unique=True),
+)
+
+#: who changed what, when and why: registry switches and key changes
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", String(40), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("from_value", String(128)),
+    Column("to_value", String(128)),
+    Column("key_name", String(64)),
+    Column("reason", Text),
+)
