@@ -110,14 +110,16 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 def on_starting(server):
     """Refuse what the service cannot start with (a bad ``TAGIFAI_*`` setting, a missing artifacts
-    directory, an unreadable keys file, a port in use) in one line on stderr, before any worker
-    starts; then start without the samples of a previous run, which would be counted again.
+    directory, a state store it cannot use, a port in use) in one line on stderr, before any worker
+    starts; bring the store's schema up to date once, so workers only check it; then start without
+    the samples of a previous run, which would be counted again.
 
     Only the sample files go: the directory may be one an operator chose, with other files in it.
     """
     from tagifai_api.server import startup  # standard library only
 
     startup.check_or_exit(server.cfg.address)
+    os.environ["TAGIFAI_STORE_UPGRADE"] = "false"  # the workers fork from here: they check, never migrate
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):
@@ -145,18 +147,8 @@ def _tune_malloc():
         pass  # not glibc
 
 
-def _keys_file_broken_since_start_refuses_keys():
-    """on_starting refused a broken keys file. A worker started later (a crash, recycling, TTIN) that
-    finds it broken since must not fail to boot, which halts the whole server: it starts refusing
-    every key, logs why, and follows the file once it is fixed (the running workers keep their keys)."""
-    from tagifai_api.auth import guard
-
-    guard.STRICT_KEYS_FILE = False
-
-
 def post_fork(server, worker):
     _tune_malloc()
-    _keys_file_broken_since_start_refuses_keys()
     server.log.info("worker %s started", worker.pid)
 
 

@@ -19,6 +19,8 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api.ml import artifacts
     from tagifai_api.registry import views as registry_views
     from tagifai_api.serving.service import ModelService
+    from tagifai_api.store import open_store
+    from tagifai_api.store.registry import Registry
     from tagifai_api.telemetry import logs, metrics
     from tagifai_api.web import errors, openapi, responses, schemas
     from tagifai_api.web.access import register_access_log
@@ -41,8 +43,9 @@ def create_app(config: Mapping[str, object] | None = None):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
     model_metrics, http_metrics = metrics.init_metrics(app) if app.config["METRICS"] else (None, None)
+    store = open_store(app.config, on_error=model_metrics.store_error if model_metrics is not None else None)
     service = ModelService(
-        app.config["ARTIFACTS_DIR"],
+        Registry(store, app.config["ARTIFACTS_DIR"]),
         str(app.config["MODEL_VERSION"]),
         batching=bool(app.config["BATCHING"]),
         max_texts=int(app.config["BATCH_MAX_TEXTS"]),
@@ -65,7 +68,7 @@ def create_app(config: Mapping[str, object] | None = None):
         app.register_blueprint(module.bp)
     errors.register_error_handlers(app)
     register_access_log(app)
-    guard.init_app(app)  # after the access log: a refused request still gets its id and access line
+    guard.init_app(app, store)  # after the access log: a refused request still gets its id and access line
     default = service.model.version if service.ready else None
     others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]
     spec = openapi.build_spec(int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]), default,

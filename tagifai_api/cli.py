@@ -14,8 +14,10 @@ import click
 
 from tagifai_api import settings
 from tagifai_api.auth.cli import keys
-from tagifai_api.auth.keys import KeyFileError, KeyStoreError
+from tagifai_api.auth.keys import KeyStoreError
 from tagifai_api.ml import artifacts
+from tagifai_api.store.database import StoreError
+from tagifai_api.store.legacy import LegacyFileError
 from tagifai_api.registry import cli as registry_cli
 
 log = logging.getLogger("tagifai_api.cli")
@@ -69,10 +71,8 @@ def train(obj: dict, args_path: Path, data_path: Path, no_default: bool) -> None
     args = json.loads(args_path.read_text(encoding="utf-8"))
     log.info("training with %s on %s", args_path, data_path)
     result = training.train(data.load_dataset(data_path), args)
-    from tagifai_api.store import registry
-
-    version = registry.save_version(obj["artifacts"], result, artifacts.sha256_file(data_path),
-                                    make_default=not no_default)
+    version = registry_cli.open_registry(obj).save_version(result, artifacts.sha256_file(data_path),
+                                                           make_default=not no_default)
     log.info("wrote %s in %.1fs%s", version.path, time.perf_counter() - t0, "" if no_default else " (default)")
     _echo_json({"version": version.version, "overall": version.performance["overall"]})
 
@@ -82,7 +82,7 @@ def train(obj: dict, args_path: Path, data_path: Path, no_default: bool) -> None
 def ensure_model(ctx: click.Context) -> None:
     """Train the default version unless a usable one exists (used by `make serve`)."""
     try:
-        version = artifacts.load(ctx.obj["artifacts"])
+        version = artifacts.load(ctx.obj["artifacts"], registry_cli.open_registry(ctx.obj).default_version())
     except artifacts.ArtifactError as exc:
         log.info("no usable default model (%s); training one", exc)
         ctx.invoke(train)
@@ -101,7 +101,7 @@ def evaluate(obj: dict, version: str, data_path: Path) -> None:
     from tagifai_api.ml import evaluate as evaluation
     from tagifai_api.ml import train as training
 
-    model = artifacts.load(obj["artifacts"], version)
+    model = artifacts.load(obj["artifacts"], registry_cli.open_registry(obj).resolve(version))
     pipeline = artifacts.load_pipeline(model)
     args = model.args
     df = data.prepare(data.load_dataset(data_path), args["accepted_tags"], args["min_tag_freq"],
@@ -146,13 +146,28 @@ def predict(obj: dict, texts: tuple[str, ...], version: str, explain: bool) -> N
     """Tag one or more texts and print the predictions as JSON."""
     from tagifai_api.ml.predict import Predictor
 
-    predictor = Predictor(artifacts.load(obj["artifacts"], version))
+    predictor = Predictor(artifacts.load(obj["artifacts"], registry_cli.open_registry(obj).resolve(version)))
     predictions = predictor.explain(texts) if explain else predictor.predict(texts)
     results = [{"input_text": t, **p} for t, p in zip(texts, predictions)]
     _echo_json({"model_version": predictor.version, "predictions": results})
 
 
 cli.add_command(keys)
+
+
+@cli.group("store")
+def store_group() -> None:
+    """The state store (TAGIFAI_DATABASE_URL): its schema."""
+
+
+@store_group.command()
+def upgrade() -> None:
+    """Create or upgrade the store's schema to this release's (and import the old state files once)."""
+    from tagifai_api.store import open_store
+
+    store = open_store({**settings.from_env(), "STORE_UPGRADE": True})
+    before, after = store.revisions()
+    _echo_json({"store": store.describe(), "schema": after})
 for _command in registry_cli.COMMANDS:
     cli.add_command(_command)
 
@@ -201,6 +216,7 @@ def score(obj: dict, input_path: str, output: Path, input_format: str | None, te
     opts = job.ScoreOptions(
         input=input_path, output=output, artifacts_dir=obj["artifacts"],
         max_text_length=int(settings.from_env()["MAX_TEXT_LENGTH"]), version=version,
+        default_version=registry_cli.open_registry(obj).pointers()[0],
         input_format=input_format, text_column=text_column, title_column=title_column or "title",
         description_column=description_column or "description", id_column=id_column,
         batch_size=batch_size, chunk_rows=chunk_size, workers=workers or job.default_workers(),
@@ -246,7 +262,7 @@ def main() -> None:
     except click.Abort:  # Ctrl-C outside a command's own handling (click turns it into Abort)
         click.echo("error: interrupted", err=True)
         sys.exit(130)
-    except (artifacts.ArtifactError, KeyFileError, KeyStoreError, settings.SettingError) as exc:
+    except (artifacts.ArtifactError, KeyStoreError, settings.SettingError, StoreError, LegacyFileError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

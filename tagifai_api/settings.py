@@ -20,9 +20,11 @@ ENV_PREFIX = "TAGIFAI_"
 #: key -> (default, meaning); the README's configuration table is generated from this.
 SETTINGS: dict[str, tuple[object, str]] = {
     "ARTIFACTS_DIR": (str(ROOT / "artifacts"), "Directory of model versions."),
-    "MODEL_VERSION": ("default", "Version to serve by default; `default` follows `artifacts/DEFAULT` (another value pins it, and the registry cannot switch it)."),
+    "DATABASE_URL": (f"sqlite:///{ROOT / 'var' / 'tagifai.db'}", "The state store (registry pointers and history, API keys, audit log): an embedded SQLite file by default, created on first start; `postgresql+psycopg://user:password@host/db` for replicas that share it."),
+    "STORE_UPGRADE": (True, "Create or upgrade the store's schema (and import the old state files) when the app starts; Gunicorn's master does it once and turns it off for its workers."),
+    "MODEL_VERSION": ("default", "Version to serve by default; `default` follows the registry's default (another value pins it, and the registry cannot switch it)."),
     "MAX_LOADED_VERSIONS": (3, "Most model versions a worker keeps loaded; the least recently used goes first, never the default or the shadow."),
-    "REGISTRY_POLL_S": (1.0, "How often each worker re-reads `artifacts/DEFAULT` and `artifacts/SHADOW`, so a switch reaches it with no signal."),
+    "REGISTRY_POLL_S": (1.0, "How often each worker polls the store for changes (registry switches, keys), so one reaches it with no signal."),
     "SHADOW_QUEUE_SIZE": (256, "Most answered /predict requests waiting in a worker for the shadow model; beyond it they are dropped and counted."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
@@ -40,7 +42,7 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "AUTH": ("admin", "What needs an API key: `admin` (routes that change what is served), `all` (every route "
                       "but /, /health/*, /metrics and the docs) or `off`."),
     "API_KEYS_FILE": (str(ROOT / "config" / "api_keys.json"),
-                      "JSON file of API keys (names, roles, hashes only); `python -m tagifai_api keys` edits it."),
+                      "The keys file of an install from before the store: imported into an empty store once, on first start."),
 }
 
 #: settings that take one of a few words

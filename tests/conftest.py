@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from tagifai_api import create_app, settings
 from tagifai_api.ml import artifacts, data
 from tagifai_api.ml import train as training
-from tagifai_api.store import registry
+from tagifai_api.store.database import Store
+from tests.integration.servers import postgres
+from tagifai_api.store.registry import Registry
+
+
+def state_url(root: Path) -> str:
+    """The test store of an artifacts folder: a SQLite file inside it, so copying the folder copies its state."""
+    return f"sqlite:///{Path(root) / 'state.db'}"
+
+
+def open_registry(root: Path) -> Registry:
+    """The registry of a test artifacts folder, its store created if need be."""
+    store = Store(state_url(root))
+    store.upgrade()
+    return Registry(store, root)
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +53,9 @@ def trained(dataset, train_args):
 def artifacts_dir(tmp_path_factory, trained) -> Path:
     """An artifacts folder holding one default version of the trained model."""
     root = tmp_path_factory.mktemp("artifacts")
-    registry.save_version(root, trained, artifacts.sha256_file(settings.DATA_FILE))
+    registry = open_registry(root)
+    registry.save_version(trained, artifacts.sha256_file(settings.DATA_FILE))
+    registry.store.close()
     return root
 
 
@@ -47,7 +65,9 @@ def make_app(artifacts_dir):
     apps = []
 
     def factory(**overrides):
-        config = {"ARTIFACTS_DIR": str(artifacts_dir), "LOG_LEVEL": "WARNING", **overrides}
+        root = overrides.get("ARTIFACTS_DIR", artifacts_dir)
+        config = {"ARTIFACTS_DIR": str(artifacts_dir), "DATABASE_URL": state_url(root), "LOG_LEVEL": "WARNING",
+                  "API_KEYS_FILE": str(Path(root) / "no-old-keys-file.json"), **overrides}
         app = create_app(config)
         apps.append(app)
         return app
@@ -55,6 +75,8 @@ def make_app(artifacts_dir):
     yield factory
     for app in apps:
         app.extensions["tagifai"].close()
+        app.extensions["tagifai_auth"].ring.close()
+        app.extensions["tagifai"].registry.store.close()
 
 
 @pytest.fixture
@@ -86,9 +108,11 @@ def two_versions_template(tmp_path_factory, trained) -> tuple[Path, str, str]:
     (a higher threshold), so the two disagree on some texts."""
     root = tmp_path_factory.mktemp("two-versions")
     sha = artifacts.sha256_file(settings.DATA_FILE)
-    first = registry.save_version(root, trained, sha).version
+    registry = open_registry(root)
+    first = registry.save_version(trained, sha).version
     strict = dataclasses.replace(trained, args={**trained.args, "threshold": 0.75})
     second = artifacts.save(root, strict, sha).version
+    registry.store.close()
     return root, first, second
 
 
@@ -108,3 +132,27 @@ def copy_version(root: Path, version: str, name: str) -> str:
     manifest["version"] = name
     (root / name / artifacts.MANIFEST).write_text(json.dumps(manifest))
     return name
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One scratch PostgreSQL cluster for the whole run (each test gets a database of its own)."""
+    with postgres() as server:
+        yield server
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """An empty store's URL: a SQLite file, and a fresh database on the scratch PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    server = request.getfixturevalue("pg_server")
+    name = f"test_{next(_databases)}"
+    engine = sqlalchemy.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return server.url.rsplit("/", 1)[0] + f"/{name}"

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from tagifai_api import settings
 from tagifai_api.auth.keys import ROLES, KeyStore
+from tagifai_api.store import open_store
 
 
 @click.group()
-@click.option("--file", "keys_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Keys file (default: TAGIFAI_API_KEYS_FILE or config/api_keys.json).")
 @click.pass_context
-def keys(ctx: click.Context, keys_file: Path | None) -> None:
-    """Manage API keys (running workers pick changes up within a second or so)."""
-    ctx.obj = KeyStore(keys_file or Path(str(settings.from_env()["API_KEYS_FILE"])))
+def keys(ctx: click.Context) -> None:
+    """Manage API keys in the state store (TAGIFAI_DATABASE_URL); running workers of every replica
+    sharing it pick changes up within a second or so."""
+    ctx.obj = KeyStore(open_store(settings.from_env()))
 
 
 @keys.command()
@@ -30,7 +28,7 @@ def create(store: KeyStore, name: str, role: str) -> None:
     """
     key = store.create(name, role)
     click.echo(key)
-    click.echo(f"created {role} key {name!r} in {store.path}; it is not shown again", err=True)
+    click.echo(f"created {role} key {name!r} in {store.store.describe()}; it is not shown again", err=True)
 
 
 @keys.command("list")
@@ -42,7 +40,7 @@ def list_keys(store: KeyStore) -> None:
     """
     entries = store.list()
     if not entries:
-        click.echo(f"no keys in {store.path}", err=True)
+        click.echo(f"no keys in {store.store.describe()}", err=True)
         return
     width = max(len("NAME"), *(len(k.name) for k in entries))
     click.echo(f"{'NAME':<{width}}  {'ROLE':<7}  CREATED")

@@ -9,11 +9,11 @@ import functools
 import logging
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 from flask import Flask, current_app, g, request
 
 from tagifai_api.auth.keys import ROLES, ApiKey, KeyRing, role_allows
+from tagifai_api.store.database import Store
 from tagifai_api.web.errors import TagifaiError
 
 log = logging.getLogger("tagifai_api.auth")
@@ -25,9 +25,6 @@ _PUBLIC_ATTR = "_tagifai_public"
 #: attach a key to a page load, and without the page its "Authorize" button cannot be reached)
 OPEN_ENDPOINTS = frozenset({"index.index", "health.live", "health.ready", "prometheus_metrics",
                             "docs.docs", "docs.static", "docs.openapi"})
-#: a broken keys file when the app is made: refuse to start (True), or start refusing every key until
-#: it is fixed (False: Gunicorn workers, whose master refused a broken file at start; see gunicorn.conf.py)
-STRICT_KEYS_FILE = True
 
 
 class UnauthorizedError(TagifaiError):
@@ -51,11 +48,10 @@ class ForbiddenError(TagifaiError):
 class AuthState:
     """Per-app state: the mode and the keys in force."""
 
-    def __init__(self, mode: str, keys_file: Path) -> None:
+    def __init__(self, mode: str, store: Store, poll_s: float) -> None:
         self.mode = mode
-        self.keys_file = Path(keys_file)
-        # the file is read even when off, so a broken one is refused at start-up whatever the mode
-        self.ring = KeyRing(self.keys_file, strict=STRICT_KEYS_FILE)
+        self.store = store
+        self.ring = KeyRing(store, poll_s if mode != "off" else 0)
 
 
 def _state() -> AuthState:
@@ -155,17 +151,19 @@ def _check_request() -> None:
         g.api_key = authenticate()
 
 
-def init_app(app: Flask) -> None:
-    """Read the keys (a broken file raises :class:`~tagifai_api.auth.keys.KeyFileError`) and, in mode
-    ``all``, check every request. Register after the access log, so refusals carry a request id."""
-    state = AuthState(str(app.config["AUTH"]), Path(str(app.config["API_KEYS_FILE"])))
+def init_app(app: Flask, store: Store) -> AuthState:
+    """Read the keys from ``store`` (and follow them) and, in mode ``all``, check every request.
+    Register after the access log, so refusals carry a request id."""
+    state = AuthState(str(app.config["AUTH"]), store, float(app.config["REGISTRY_POLL_S"]))
     app.extensions[EXTENSION] = state
     if state.mode == "all":
         app.before_request(_check_request)
     if state.mode == "off":
         log.warning("TAGIFAI_AUTH=off: every route is open, those that change what is served included")
     elif not state.ring.has_role("admin"):
-        log.warning("no admin API key in %s: admin routes answer 403 until one is created", state.keys_file)
+        log.warning("no admin API key in the state store %s: admin routes answer 403 until one is created",
+                    store.describe())
+    return state
 
 
 def key_requirements(app: Flask) -> dict[tuple[str, str], str]:

@@ -1,30 +1,21 @@
-"""API keys: generation, hashing, the keys file, and the per-worker view of it that follows changes.
+"""API keys: generation, hashing, their place in the store, and each worker's copy of them.
 
-Standard library only and no Flask: the command line and the Gunicorn master read the file too.
-
-The file (``TAGIFAI_API_KEYS_FILE``) holds, per key, its name, role, creation time and the SHA-256
-of the key; never the key. It is replaced atomically (a temporary file in the same directory, mode
-0600, fsynced, then renamed over the old one), so a reader sees the old file or the new one, whole.
+No Flask: the command line uses this too. The store (:mod:`tagifai_api.store.database`) holds, per
+key, its name, role, creation time and the SHA-256 of the key; never the key.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
-import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+
+from tagifai_api.store.database import ConflictError, NotFoundError, Store, StoreError
 
 log = logging.getLogger("tagifai_api.auth")
 
@@ -33,13 +24,8 @@ ROLES = ("predict", "admin")
 #: what every key starts with, so secret scanners and people recognise one
 PREFIX = "tagifai_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: longer than any key this module makes; a longer header is not hashed at all
 _MAX_KEY_LENGTH = 256
-
-
-class KeyFileError(ValueError):
-    """The keys file cannot be read or is not a valid keys file; the message says which and why."""
 
 
 class KeyStoreError(ValueError):
@@ -88,167 +74,66 @@ def check_role(role: str) -> None:
         raise KeyStoreError(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
 
 
-def _parse(path: Path, raw: bytes) -> tuple[ApiKey, ...]:
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise KeyFileError(f"keys file {path} is not valid JSON: {exc}") from None
-    except RecursionError:  # the standard parser recurses once per nesting level
-        raise KeyFileError(f"keys file {path} is not valid JSON: nested too deeply") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise KeyFileError(f'keys file {path} must be a JSON object with a "keys" list')
-    keys: list[ApiKey] = []
-    names: set[str] = set()
-    for i, entry in enumerate(doc["keys"]):
-        where = f"keys file {path}, entry {i}"
-        if not isinstance(entry, dict) or set(entry) != {"name", "role", "created_at", "sha256"}:
-            raise KeyFileError(f"{where}: expected exactly name, role, created_at and sha256")
-        if not all(isinstance(v, str) for v in entry.values()):
-            raise KeyFileError(f"{where}: every field must be a string")
-        try:
-            check_name(entry["name"])
-            check_role(entry["role"])
-        except KeyStoreError as exc:
-            raise KeyFileError(f"{where}: {exc}") from None
-        if not _HEX64.match(entry["sha256"]):
-            raise KeyFileError(f"{where}: sha256 must be 64 lower-case hex digits")
-        if entry["name"] in names:
-            raise KeyFileError(f"{where}: duplicate name {entry['name']!r}")
-        names.add(entry["name"])
-        keys.append(ApiKey(**entry))
-    return tuple(keys)
-
-
-def read_keys(path: Path) -> tuple[ApiKey, ...]:
-    """The keys in ``path``; no file means no keys. Raises :class:`KeyFileError` for anything else."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return ()
-    except OSError as exc:
-        raise KeyFileError(f"keys file {path} cannot be read: {exc.strerror}") from None
-    return _parse(path, raw)
-
-
-def write_keys(path: Path, keys: tuple[ApiKey, ...] | list[ApiKey]) -> None:
-    """Replace the file atomically with these keys, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"keys": [asdict(k) for k in keys]}, indent=2).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
-
-
 class KeyStore:
-    """Edits of the keys file (the ``keys`` command), one at a time across processes."""
+    """Key changes (the ``keys`` command): create, list, revoke; each one recorded in the audit log."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    @contextmanager
-    def _locked(self) -> Iterator[list[ApiKey]]:
-        """The current keys, under an exclusive lock; what the block leaves in the list is written."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise KeyFileError(f"keys file {self.path} cannot be written: {exc.strerror}") from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            keys = list(read_keys(self.path))
-            before = list(keys)
-            yield keys
-            if keys != before:
-                try:
-                    write_keys(self.path, keys)
-                except OSError as exc:
-                    raise KeyFileError(f"keys file {self.path} cannot be written: {exc.strerror}") from None
-        finally:
-            os.close(lock)
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def list(self) -> tuple[ApiKey, ...]:
-        return read_keys(self.path)
+        return tuple(ApiKey(**row) for row in self.store.keys())
 
     def create(self, name: str, role: str) -> str:
         """Store a new key under a new name and return it: the only time it is ever shown."""
         check_name(name)
         check_role(role)
         key = generate_key()
-        with self._locked() as keys:
-            if any(k.name == name for k in keys):
-                raise KeyStoreError(f"a key named {name!r} exists already; revoke it first or pick another name")
-            created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-            keys.append(ApiKey(name, role, created, hash_key(key)))
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        try:
+            self.store.add_key(name, role, created, hash_key(key))
+        except ConflictError as exc:
+            raise KeyStoreError(str(exc)) from None
         return key
 
     def revoke(self, name: str) -> ApiKey:
         """Remove the key called ``name``; return what was removed."""
-        with self._locked() as keys:
-            for i, k in enumerate(keys):
-                if k.name == name:
-                    return keys.pop(i)
-            known = ", ".join(k.name for k in keys) or "none"
-            raise KeyStoreError(f"no key named {name!r}; keys: {known}")
+        try:
+            return ApiKey(**self.store.revoke_key(name))
+        except NotFoundError as exc:
+            raise KeyStoreError(str(exc)) from None
 
 
 class KeyRing:
-    """A worker's view of the keys file, re-read when the file changes.
+    """A worker's copy of the keys in the store, followed by a background thread.
 
-    The file's identity (inode, size, modification time) is looked at, at most once every
-    ``check_interval_s``, by whichever request comes first; other requests meanwhile use the keys
-    they have. So a new or revoked key takes effect in every worker about a second after the file
-    changes, and a request costs a ``stat`` at most once a second per worker. A file that turns
-    unreadable or invalid while running leaves the last good keys in force and is logged once per
-    change of the file. At construction it raises :class:`KeyFileError`, unless ``strict`` is false:
-    then it starts with no keys (every key refused) and logs why, until the file is fixed. That is
-    for a Gunicorn worker, whose master refused a broken file at start: a worker started later (a
-    crash, recycling) must not take the whole server down over a file broken since.
+    The thread polls the store's change counter every ``poll_s`` and re-reads the keys when it
+    moved, so a new or revoked key takes effect in every worker within about ``poll_s``, and a
+    request never waits for the store: it checks the keys this worker holds. A store that cannot
+    be read leaves the last keys in force (none, if it never answered) and is logged once per
+    distinct failure.
     """
 
-    def __init__(self, path: Path, check_interval_s: float = 1.0, clock=time.monotonic,
-                 strict: bool = True) -> None:
-        self.path = Path(path)
-        self.check_interval_s = check_interval_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._signature = self._stat()
-        self._failed_signature: tuple | None = None
-        try:
-            self._keys = read_keys(self.path)
-        except KeyFileError as exc:
-            if strict:
-                raise
-            self._keys = ()
-            self._failed_signature = self._signature
-            log.error("%s; starting with no keys (every key refused) until it is fixed", exc)
-        self._next_check = clock() + check_interval_s
+    def __init__(self, store: Store, poll_s: float = 1.0) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self._keys: tuple[ApiKey, ...] = ()
+        self._seen: int | None = None
+        self._failure: str | None = None
+        self._stop = threading.Event()
+        self.refresh()
+        self._thread: threading.Thread | None = None
+        if poll_s > 0:
+            self._thread = threading.Thread(target=self._watch, name="tagifai-keys-watcher", daemon=True)
+            self._thread.start()
 
     @property
     def keys(self) -> tuple[ApiKey, ...]:
-        """The keys in force, after a re-read if the file changed and one is due."""
-        if self._clock() >= self._next_check and self._lock.acquire(blocking=False):
-            try:  # one thread re-reads; the others go on with the keys they have
-                self._refresh()
-            finally:
-                self._lock.release()
+        """The keys in force."""
         return self._keys
 
     def has_role(self, role: str) -> bool:
         """Whether any key in force has this role or a stronger one."""
-        return any(role_allows(k.role, role) for k in self.keys)
+        return any(role_allows(k.role, role) for k in self._keys)
 
     def lookup(self, key: str) -> ApiKey | None:
         """The stored key matching ``key``, or None.
@@ -260,33 +145,35 @@ class KeyRing:
             return None
         digest = hash_key(key).encode()
         found = None
-        for entry in self.keys:
+        for entry in self._keys:
             if hmac.compare_digest(digest, entry.sha256.encode()):
                 found = entry
         return found
 
-    def _stat(self) -> tuple | None:
+    def refresh(self) -> None:
+        """Re-read the keys if the store changed since the last read."""
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return ("error", exc.errno)
-        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def _refresh(self) -> None:
-        self._next_check = self._clock() + self.check_interval_s
-        signature = self._stat()
-        if signature == self._signature:
-            return
-        try:
-            keys = read_keys(self.path)
-        except KeyFileError as exc:
-            if signature != self._failed_signature:
-                self._failed_signature = signature
+            generation = self.store.generation()
+            if generation == self._seen:
+                return
+            keys = tuple(ApiKey(**row) for row in self.store.keys())
+        except StoreError as exc:
+            if str(exc) != self._failure:
+                self._failure = str(exc)
                 log.error("%s; keeping the %d keys read before", exc, len(self._keys))
             return
-        self._signature = signature
-        self._failed_signature = None
+        if self._failure is not None or (self._seen is not None and keys != self._keys):
+            log.info("keys re-read from the store: %d keys", len(keys))
+        self._failure = None
+        self._seen = generation
         self._keys = keys
-        log.info("keys file re-read: %d keys", len(keys))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any surprise
+                log.exception("reading the keys failed")
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,4 +1,4 @@
-"""Versioned model artifacts: writing a version, choosing the default, loading with verification.
+"""Versioned model artifacts: writing a version, loading it with verification.
 
 A version directory holds the fitted pipeline (``model.joblib``), its numpy export
 (``model.npz``, what workers serve), ``args.json``, ``performance.json``, ``labels.json`` and
@@ -20,7 +20,6 @@ from pathlib import Path
 from tagifai_api.ml.compiled import CompiledModel
 
 FORMAT = 1
-DEFAULT_POINTER = "DEFAULT"
 MANIFEST = "manifest.json"
 PIPELINE_FILE = "model.joblib"
 COMPILED_FILE = "model.npz"
@@ -112,20 +111,6 @@ def save(root: Path, result, dataset_sha256: str) -> ModelVersion:
     return load(root, version)
 
 
-def default_version(root: Path) -> str:
-    """The version ``root/DEFAULT`` names."""
-    pointer = root / DEFAULT_POINTER
-    try:
-        version = pointer.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"no default model in {root}: train one with `python -m tagifai_api train`"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"cannot read {pointer} ({exc})") from None
-    return check_name(version)
-
-
 def check_name(version: str) -> str:
     """Refuse names that could step outside the artifacts directory."""
     if not _VERSION_RE.match(version):
@@ -176,19 +161,19 @@ def _verified_manifest(path: Path, files: tuple[str, ...]) -> dict:
     return manifest
 
 
-def load(root: Path, version: str = "default", *, compiled: bool = True) -> ModelVersion:
+def load(root: Path, version: str, *, compiled: bool = True) -> ModelVersion:
     """Verify and load a version's metadata and, with ``compiled``, its numpy model.
 
     Args:
         root: the artifacts directory.
-        version: a version name, or ``"default"`` for the one ``DEFAULT`` names.
+        version: a version name (the registry says which one is the default).
         compiled: also load ``model.npz``.
 
     Raises:
         ArtifactError: with a sentence a person can act on.
     """
     root = Path(root)
-    name = default_version(root) if version == "default" else check_name(version)
+    name = check_name(version)
     path = root / name
     if not path.is_dir():
         raise ArtifactError(f"no model version {name!r} in {root}")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 
 from tagifai_api.auth.guard import require_role
 from tagifai_api.ml import versions
-from tagifai_api.registry.schemas import VersionRequestSchema
+from tagifai_api.registry.schemas import HistoryQuerySchema, ReasonSchema, VersionRequestSchema
 from tagifai_api.store import registry
 from tagifai_api.web.context import get_service
 from tagifai_api.web.errors import NotFoundError
@@ -23,6 +23,8 @@ bp = Blueprint("registry", __name__, url_prefix="/models")
 
 
 _body = VersionRequestSchema()
+_reason = ReasonSchema()
+_history_query = HistoryQuerySchema()
 
 
 def _shadow_agreement(shadow: str | None) -> dict | None:
@@ -54,6 +56,14 @@ def list_models():
     })
 
 
+@bp.get("/history")
+@require_role("admin")
+def get_history():
+    """Return the audit log of registry and key changes, newest first (``?limit=``, default 100)."""
+    limit = _history_query.load(request.args)["limit"]
+    return construct_response(HTTPStatus.OK, data={"changes": get_service().registry.store.audit(limit)})
+
+
 @bp.get("/<version>")
 def get_model(version: str):
     """Return one version's manifest, args and performance (``default`` names the default)."""
@@ -81,8 +91,17 @@ def get_shadow():
     return construct_response(HTTPStatus.OK, data={"shadow": shadow, "shadow_agreement": _shadow_agreement(shadow)})
 
 
-def _requested_version() -> str:
-    return _body.load(request.get_json())["version"]
+def _key_name() -> str | None:
+    """The name of the key that passed the check, for the audit log (None where no key was needed)."""
+    key = g.get("api_key")
+    return key.name if key is not None else None
+
+
+def _optional_reason() -> str | None:
+    """A rollback's reason: its body is optional, but if there is one it must be valid."""
+    if not request.get_data(cache=True):
+        return None
+    return _reason.load(request.get_json())["reason"]
 
 
 @bp.put("/default")
@@ -91,7 +110,8 @@ def set_default():
     """Verify a version (every checksum, a warm-up prediction), then make it the default everywhere."""
     service = get_service()
     service.check_switchable()  # before the body: a pinned service refuses whatever it asks for
-    previous, current = service.set_default(_requested_version())
+    body = _body.load(request.get_json())
+    previous, current = service.set_default(body["version"], _key_name(), body["reason"])
     return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})
 
 
@@ -99,7 +119,7 @@ def set_default():
 @require_role("admin")
 def rollback():
     """Make the previous default the default again (verified first); 409 when there is none."""
-    previous, current = get_service().rollback()
+    previous, current = get_service().rollback(_key_name(), _optional_reason())
     return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})
 
 
@@ -107,8 +127,9 @@ def rollback():
 @require_role("admin")
 def set_shadow():
     """Verify a version, then have it score every /predict in the background (its answers are only counted)."""
-    version = _requested_version()
-    previous = get_service().set_shadow(version)
+    body = _body.load(request.get_json())
+    version = body["version"]
+    previous = get_service().set_shadow(version, _key_name(), body["reason"])
     return construct_response(HTTPStatus.OK, data={"previous": previous, "shadow": version})
 
 
@@ -116,5 +137,5 @@ def set_shadow():
 @require_role("admin")
 def clear_shadow():
     """Stop shadow scoring (200 also when there was no shadow)."""
-    previous = get_service().clear_shadow()
+    previous = get_service().clear_shadow(_key_name())
     return construct_response(HTTPStatus.OK, data={"previous": previous, "shadow": None})

@@ -80,6 +80,8 @@ class ScoreOptions:
     artifacts_dir: Path
     max_text_length: int
     version: str = "default"
+    #: the name ``"default"`` stands for (the registry's default when the run starts)
+    default_version: str | None = None
     input_format: str | None = None
     text_column: str | None = None
     title_column: str = "title"
@@ -321,6 +323,10 @@ def run(opts: ScoreOptions) -> Summary:
         if version not in ("default", previous):
             raise UsageError(f"cannot resume with --version {version}: the interrupted run used {previous}")
         version = previous
+    if version == "default":
+        if opts.default_version is None:
+            raise UsageError("no default model version is recorded: train one with `python -m tagifai_api train`")
+        version = opts.default_version
     try:
         model = artifacts.load(opts.artifacts_dir, version)
     except artifacts.ArtifactError as exc:

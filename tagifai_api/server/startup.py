@@ -1,7 +1,8 @@
-"""Start-up checks: a setting, directory, keys file or port the service cannot use stops it with
+"""Start-up checks: a setting, directory, state store or port the service cannot use stops it with
 one line on standard error and exit status 2, never a traceback or a worker that fails to boot.
 
-Standard library only: the Gunicorn master runs these (``gunicorn.conf.py``) without importing the app.
+No Flask: the Gunicorn master runs these (``gunicorn.conf.py``) without importing the app. It also
+brings the store's schema up to date here, once, before any worker starts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from tagifai_api import settings
-from tagifai_api.auth.keys import read_keys
 
 EXIT_STATUS = 2
 
@@ -31,7 +31,7 @@ def fail(message: str) -> NoReturn:
 
 def serving_settings(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The settings, checked as the web service needs them: every ``TAGIFAI_*`` variable known and
-    well-formed, the artifacts directory present, the keys file readable."""
+    well-formed, the artifacts directory present."""
     try:
         values = settings.from_env(environ)
     except settings.SettingError as exc:
@@ -41,12 +41,22 @@ def serving_settings(environ: Mapping[str, str] | None = None) -> dict[str, obje
         raise StartupError(
             f"TAGIFAI_ARTIFACTS_DIR: {artifacts_dir} is not a directory; set it to a directory of model versions, "
             "or create one with `make model` (python -m tagifai_api train)")
-    try:
-        read_keys(Path(str(values["API_KEYS_FILE"])))
-    except ValueError as exc:
-        raise StartupError(f"TAGIFAI_API_KEYS_FILE: {exc}; fix the file or point the setting at another "
-                           "(`python -m tagifai_api keys create` writes one)") from None
     return values
+
+
+def prepare_store(values: Mapping[str, object]) -> None:
+    """Create or upgrade the store's schema and import the old state files (once, here in the master,
+    never by workers racing); a store that cannot be used stops the service."""
+    from tagifai_api.store import open_store
+    from tagifai_api.store.database import StoreError
+    from tagifai_api.store.legacy import LegacyFileError
+
+    try:
+        open_store({**values, "STORE_UPGRADE": True}).close()
+    except StoreError as exc:
+        raise StartupError(f"TAGIFAI_DATABASE_URL: {exc}") from None
+    except LegacyFileError as exc:
+        raise StartupError(f"{exc}; fix the file or move it away (it is imported into an empty store once)") from None
 
 
 def check_free(addresses: Iterable[object]) -> None:
@@ -73,6 +83,8 @@ def check_or_exit(addresses: Iterable[object] = ()) -> dict[str, object]:
     try:
         values = serving_settings()
         check_free(addresses)
+        if values["STORE_UPGRADE"]:
+            prepare_store(values)
     except StartupError as exc:
         fail(str(exc))
     return values

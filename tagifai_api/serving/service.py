@@ -1,9 +1,11 @@
 """The model versions this worker serves: loading, warm-up, the default, cache, batching and shadow.
 
-The default and the shadow are whatever ``artifacts/DEFAULT`` and ``artifacts/SHADOW`` say (see
-:mod:`tagifai_api.store.registry`): a watcher thread re-reads them every ``poll_s`` and loads a new
-default before serving it, so a switch made by any worker or replica reaches this one with no
-signal. Other versions are loaded on first request, at most ``max_loaded`` at a time.
+The default and the shadow are whatever the registry's store says (see
+:mod:`tagifai_api.store.registry`): a watcher thread polls the store's change counter every
+``poll_s`` and, when it moved, re-reads them and loads a new default before serving it, so a switch
+made by any worker, replica or the CLI reaches this one with no signal. Requests never wait for the
+store: a worker serves what it last read while the store is slow or down. Other versions are
+loaded on first request, at most ``max_loaded`` at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 from tagifai_api.ml import versions
@@ -24,7 +25,8 @@ from tagifai_api.ml.predict import Predictor
 from tagifai_api.serving.batcher import BatchFailedError, BatchStats, ClosedError, DeadlineError, MicroBatcher
 from tagifai_api.serving.cache import LRUCache
 from tagifai_api.serving.shadow import ShadowObserver, ShadowScorer
-from tagifai_api.store import registry
+from tagifai_api.store.database import StoreError
+from tagifai_api.store.registry import NoDefaultError, Registry
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +115,21 @@ class ModelService:
     """Owns this worker's loaded versions, prediction cache, micro-batchers and shadow scorer.
 
     Args:
-        artifacts_dir: where model versions live.
-        version: ``"default"`` to follow ``artifacts/DEFAULT``, or a version to pin.
+        registry: the model versions and the store that records the default and the shadow.
+        version: ``"default"`` to follow the registry's default, or a version to pin.
         batching: use micro-batchers (else predict in the request thread).
         max_texts, max_wait_s, queue_size: each batcher's limits.
         cache_size: LRU entries (0: no cache).
         observer: told of each model call, cache look-up, default change and shadow outcome.
         max_loaded: most versions kept loaded; the least recently used goes first, never the
             default or the shadow.
-        poll_s: how often the watcher re-reads the pointers (0: never; :meth:`refresh` by hand).
+        poll_s: how often the watcher polls the store for changes (0: never; :meth:`refresh` by hand).
         shadow_queue_size: most requests waiting for the shadow.
     """
 
     def __init__(
         self,
-        artifacts_dir: str | Path,
+        registry: Registry,
         version: str = "default",
         *,
         batching: bool = True,
@@ -140,7 +142,8 @@ class ModelService:
         poll_s: float = 1.0,
         shadow_queue_size: int = 256,
     ) -> None:
-        self.artifacts_dir = Path(artifacts_dir)
+        self.registry = registry
+        self.artifacts_dir = registry.root
         self.pinned = None if version == "default" else version
         self.batching = batching
         self._batcher_limits = {"max_texts": max_texts, "max_wait_s": max_wait_s, "queue_size": queue_size}
@@ -151,6 +154,8 @@ class ModelService:
         self.default: Served | None = None
         self.shadow_version: str | None = None
         self.load_error: str | None = None
+        #: why the store could not be read at the last attempt (None: it could)
+        self.store_error: str | None = None
         self.loaded_at: float | None = None
         self._last_attempt = 0.0
         self._last_failure: str | None = None
@@ -217,10 +222,18 @@ class ModelService:
         """Follow ``DEFAULT`` and ``SHADOW``: load a new default before serving it; note the shadow."""
         with self._refresh_lock:
             try:
-                default, shadow = registry.pointers(self.artifacts_dir)
-                name = self.pinned or default or registry.default_version(self.artifacts_dir)
-            except ArtifactError as exc:
-                self._default_failed(exc)
+                default, shadow = self.registry.pointers()
+            except StoreError as exc:
+                self._store_failed(exc)
+                return
+            if self.store_error is not None:
+                log.info("the state store %s answers again", self.registry.store.describe())
+                self.store_error = None
+            name = self.pinned or default
+            if name is None:
+                self._default_failed(NoDefaultError(
+                    f"no default model in the state store {self.registry.store.describe()}: train one with "
+                    "`python -m tagifai_api train`"))
                 return
             if shadow != self.shadow_version:
                 log.info("shadow model %s (was %s) in pid %d", shadow, self.shadow_version, os.getpid())
@@ -234,6 +247,7 @@ class ModelService:
                 return
             previous, self.default = self.default, served
             self.load_error = None
+            self._last_failure = None
             self.loaded_at = time.time()
             log.info("default model %s (was %s) in pid %d", name, previous and previous.version, os.getpid(),
                      extra={"event": "default_switched", "model_version": name})
@@ -249,12 +263,33 @@ class ModelService:
             log.error("default model not loaded%s: %s",
                       f" (still serving {self.default.version})" if self.default else "", message)
 
+    def _store_failed(self, exc: StoreError) -> None:
+        """Keep serving what was read last; say so once per distinct failure."""
+        message = str(exc)
+        if self.default is None:
+            self.load_error = message
+        if message != self.store_error:
+            log.error("%s%s", message, f"; still serving {self.default.version}" if self.default else "")
+        self.store_error = message
+
     def _watch(self) -> None:
+        seen = None
         while not self._stop.wait(self.poll_s):
             try:
-                self.refresh()
+                generation = self.registry.store.generation()
+            except StoreError as exc:
+                self._store_failed(exc)
+                continue
             except Exception:  # noqa: BLE001 - the watcher must outlive any surprise
-                log.exception("reading the registry failed")
+                log.exception("polling the state store failed")
+                continue
+            # a change, or a store or default that failed last time: read the pointers again
+            if generation != seen or self.store_error is not None or self._last_failure is not None:
+                seen = generation
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001
+                    log.exception("reading the registry failed")
 
     def get(self, version: str | None = None) -> Served:
         """A loaded version (``None`` or ``"default"``: the default), loading it on first use.
@@ -303,9 +338,9 @@ class ModelService:
         if self.pinned:
             return self.pinned
         try:
-            return registry.pointers(self.artifacts_dir)[0]
-        except ArtifactError:
-            return None
+            return self.registry.pointers()[0]
+        except StoreError:
+            return self.default.version if self.default is not None else None
 
     def check_switchable(self) -> None:
         """Refuse a default switch or rollback while a version is pinned."""
@@ -313,31 +348,32 @@ class ModelService:
             raise SwitchRefusedError(f"This service is pinned to {self.pinned} by TAGIFAI_MODEL_VERSION; unset "
                                      "it to switch the default through the registry.")
 
-    def set_default(self, version: str) -> tuple[str | None, str]:
+    def set_default(self, version: str, key_name: str | None = None,
+                    reason: str | None = None) -> tuple[str | None, str]:
         """Verify ``version`` and make it the default; ``(previous, new)``."""
         self.check_switchable()
-        switched = registry.set_default(self.artifacts_dir, version, verifier=self.verify)
+        switched = self.registry.set_default(version, self.verify, key_name, reason)
         self.refresh()
         return switched
 
-    def rollback(self) -> tuple[str | None, str]:
+    def rollback(self, key_name: str | None = None, reason: str | None = None) -> tuple[str | None, str]:
         """Make the previous default the default again (verified first); ``(previous, new)``."""
         self.check_switchable()
-        switched = registry.rollback(self.artifacts_dir, verifier=self.verify)
+        switched = self.registry.rollback(self.verify, key_name, reason)
         self.refresh()
         return switched
 
-    def set_shadow(self, version: str) -> str | None:
+    def set_shadow(self, version: str, key_name: str | None = None, reason: str | None = None) -> str | None:
         """Verify ``version`` and have it shadow the default; returns the shadow it replaced."""
         if version == self.default_name():
             raise SwitchRefusedError(f"{version} is the default already; a shadow is scored against the default.")
-        previous = registry.set_shadow(self.artifacts_dir, version, verifier=self.verify)
+        previous = self.registry.set_shadow(version, self.verify, key_name, reason)
         self.refresh()
         return previous
 
-    def clear_shadow(self) -> str | None:
+    def clear_shadow(self, key_name: str | None = None, reason: str | None = None) -> str | None:
         """Stop shadow scoring; returns the shadow it removed."""
-        previous = registry.clear_shadow(self.artifacts_dir)
+        previous = self.registry.clear_shadow(key_name, reason)
         self.refresh()
         return previous
 

@@ -59,6 +59,8 @@ class ModelMetrics:
         self.text_length = Histogram("tagifai_input_text_length_characters", "Length of each input text.",
                                      buckets=_LENGTH_BUCKETS, registry=r)
         self.errors = Counter("tagifai_errors", "Errors answered, by type.", ["type"], registry=r)
+        self.store_errors = Counter("tagifai_store_errors", "Failed reads and writes of the state store, by operation.",
+                                    ["operation"], registry=r)
         self.cache_hits = Counter("tagifai_cache_hits", "Prediction cache hits.", registry=r)
         self.cache_misses = Counter("tagifai_cache_misses", "Prediction cache misses.", registry=r)
         self.model_info = Gauge("tagifai_model_info", "The model each live worker serves (value 1).",
@@ -153,6 +155,9 @@ class ModelMetrics:
                 elif metric.name == "tagifai_shadow_dropped":
                     totals["dropped"] += int(sample.value)
         return totals
+
+    def store_error(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
 
     def error(self, kind: str) -> None:
         """An error answered to a client."""

@@ -16,12 +16,8 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from tagifai_api.ml.versions import InvalidVersionError, UnknownVersionError
 from tagifai_api.serving.batcher import BatchFailedError, ClosedError, DeadlineError, QueueFullError
 from tagifai_api.serving.service import ModelUnavailableError, SwitchRefusedError, VersionLoadError
-from tagifai_api.store.registry import (
-    RegistryConflictError,
-    RegistryReadError,
-    RegistryWriteError,
-    VerificationError,
-)
+from tagifai_api.store.database import StoreUnavailableError
+from tagifai_api.store.registry import RegistryConflictError, VerificationError
 from tagifai_api.web.responses import construct_response
 
 log = logging.getLogger("tagifai_api.errors")
@@ -92,10 +88,11 @@ class InferenceError(TagifaiError):
     message = "Inference failed. Quote the request id when reporting it."
 
 
-class RegistryUnwritableError(TagifaiError):
-    """The artifacts directory is not writable by the service: a deployment fault, not the client's."""
+class StoreDownError(TagifaiError):
+    """A change that needs the state store while it cannot be reached; nothing changed."""
 
-    status = 500
+    status = 503
+    message = "The state store is unavailable, so nothing changed; retry shortly."
 
 
 _RETRY_AFTER = {"Retry-After": "1"}
@@ -114,8 +111,7 @@ DOMAIN_ERRORS: dict[type[Exception], Callable[[Exception], TagifaiError]] = {
     VerificationError: lambda e: ConflictError(f"Nothing changed: the version failed verification: {e}",
                                                data={"reason": str(e)}),
     RegistryConflictError: lambda e: ConflictError(f"Nothing changed: {e}."),
-    RegistryWriteError: lambda e: RegistryUnwritableError(f"Nothing changed: {e}."),
-    RegistryReadError: lambda e: ConflictError(f"The registry's state cannot be read: {e}"),
+    StoreUnavailableError: lambda e: StoreDownError(data={"reason": str(e)}, headers=_RETRY_AFTER),
     SwitchRefusedError: lambda e: ConflictError(str(e)),
     QueueFullError: lambda e: OverloadedError(headers=_RETRY_AFTER),
     DeadlineError: lambda e: DeadlineExceededError(),

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,3 +113,73 @@ def gunicorn(
         stop(proc)
         if log_path:
             out.close()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    """Debian keeps the server's programs under /usr/lib/postgresql/<major>/bin, off the PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class Postgres:
+    """A scratch PostgreSQL cluster of its own on 127.0.0.1 (``initdb`` and ``pg_ctl`` in a temporary
+    directory), stopped and removed by :func:`postgres`; ``stop()`` and ``start()`` for outages."""
+
+    def __init__(self, directory: Path, bin_dir: Path) -> None:
+        self.directory = directory
+        self.bin = bin_dir
+        self.port = free_port()
+        self.data = directory / "data"
+        self.url = f"postgresql+psycopg://tagifai@127.0.0.1:{self.port}/tagifai"
+        # initdb refuses to run as root: as root, the cluster belongs to the postgres user
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        done = subprocess.run([*self._as, *args], timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode:
+            raise RuntimeError(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+
+    def create(self) -> None:
+        if self._as:
+            shutil.chown(self.directory, "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "tagifai", "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        self.start()
+        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "tagifai", "tagifai")
+
+    def start(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-t", "30",
+                  "-o", f"-h 127.0.0.1 -p {self.port} -k {self.directory} -F", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
+@contextmanager
+def postgres() -> Iterator[Postgres]:
+    """A fresh PostgreSQL cluster; skipped locally, a failure in CI, without one. Its directory is not
+    under pytest's (private to root, so the postgres user could not enter it)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        require_binary("initdb")  # skips or fails with the usual message
+    directory = Path(tempfile.mkdtemp(prefix="tagifai-postgres-"))
+    server = Postgres(directory, bin_dir)
+    try:
+        server.create()
+        yield server
+    finally:
+        if server.running():
+            try:
+                server.stop("immediate")
+            except (subprocess.SubprocessError, OSError):
+                pass
+        shutil.rmtree(directory, ignore_errors=True)

@@ -30,6 +30,9 @@ def ready():
         "model_version": service.model.version if service.ready else None,
         "uptime_seconds": round(time.time() - _STARTED, 3),
         "pid": os.getpid(),
+        # the store's state, not a reason to fail readiness: requests are answered from what this
+        # worker last read, and only changes need the store
+        "store": {"ok": service.store_error is None, "error": service.store_error},
     }
     if service.ready:
         return construct_response(HTTPStatus.OK, data=data)

@@ -1,0 +1,215 @@
+"""The store on SQLite and on a real PostgreSQL: schema, registry pointers and history, keys, audit log,
+concurrent writers, and what a caller sees while the database is down."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tagifai_api.store.database import (
+    HISTORY_LIMIT,
+    ConflictError,
+    NotFoundError,
+    Store,
+    StoreSchemaError,
+    StoreUnavailableError,
+)
+
+
+def _ok(version):
+    return None
+
+
+@pytest.fixture
+def store(store_url):
+    s = Store(store_url)
+    s.upgrade()
+    yield s
+    s.close()
+
+
+def test_upgrade_is_idempotent_and_check_passes(store):
+    assert store.revisions()[0] == store.revisions()[1]
+    assert store.upgrade()[0] == store.upgrade()[1]
+    store.check()
+
+
+def test_an_empty_database_is_refused_until_upgraded(store_url):
+    s = Store(store_url)
+    with pytest.raises(StoreSchemaError, match="store upgrade"):
+        s.check()
+    s.upgrade()
+    s.check()
+    s.close()
+
+
+def test_a_schema_newer_than_the_code_is_refused_in_one_line(store):
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(StoreSchemaError, match="newer than this code") as info:
+        store.check()
+    assert "\n" not in str(info.value)
+    with pytest.raises(StoreSchemaError, match="newer than this code"):
+        store.upgrade()
+
+
+def test_switches_keep_the_history_newest_last_and_rollbacks_walk_back(store):
+    assert store.pointers() == (None, None)
+    for version in ("a", "b", "c", "d"):
+        store.set_default(version, _ok)
+    assert [e["version"] for e in store.history()] == ["a", "b", "c"]
+    assert store.set_default("d", _ok) == ("d", "d")  # already the default: nothing recorded
+    assert store.rollback(_ok) == ("d", "c")
+    assert store.rollback(_ok) == ("c", "b")
+    assert [e["version"] for e in store.history()] == ["a"]
+    assert store.pointers() == ("b", None)
+    assert store.rollback(_ok) == ("b", "a")
+    with pytest.raises(ConflictError, match="history is empty"):
+        store.rollback(_ok)
+
+
+def test_history_keeps_its_newest_entries_only(store):
+    for i in range(HISTORY_LIMIT + 5):
+        store.set_default(f"v{i}", _ok)
+    history = [e["version"] for e in store.history()]
+    assert len(history) == HISTORY_LIMIT
+    assert history[-1] == f"v{HISTORY_LIMIT + 3}" and history[0] == "v4"
+
+
+def test_a_refusing_verifier_changes_nothing(store):
+    store.set_default("a", _ok)
+    generation = store.generation()
+
+    def refuse(version):
+        raise ValueError(f"{version} is broken")
+
+    with pytest.raises(ValueError):
+        store.set_default("b", refuse)
+    store.set_default("b", _ok)
+    with pytest.raises(ValueError):
+        store.rollback(refuse)
+    assert store.pointers()[0] == "b" and [e["version"] for e in store.history()] == ["a"]
+    assert store.generation() == generation + 1
+
+
+def test_every_change_moves_the_generation_and_is_audited(store):
+    seen = [store.generation()]
+    store.set_default("a", _ok, key_name="ops", reason="first")
+    store.set_default("b", _ok, key_name="ops", reason="better")
+    store.set_shadow("c", _ok, key_name="ops")
+    store.clear_shadow(key_name="ops")
+    store.clear_shadow()  # no shadow: nothing happens
+    store.rollback(_ok, key_name="ops", reason="regression")
+    store.add_key("reader", "predict", "2026-12-06T00:00:00Z", "a" * 64, key_name="ops")
+    store.revoke_key("reader", key_name="ops")
+    seen.append(store.generation())
+    assert seen[1] - seen[0] == 7
+    audit = store.audit()
+    assert [(e["action"], e["from"], e["to"], e["reason"]) for e in audit] == [
+        ("revoke_key", "reader (predict)", None, None),
+        ("create_key", None, "reader (predict)", None),
+        ("rollback", "b", "a", "regression"),
+        ("clear_shadow", "c", None, None),
+        ("set_shadow", None, "c", None),
+        ("set_default", "a", "b", "better"),
+        ("set_default", None, "a", "first"),
+    ]
+    assert {e["key_name"] for e in audit} == {"ops"}
+    assert [e["action"] for e in store.audit(limit=2)] == ["revoke_key", "create_key"]
+
+
+def test_keys_hold_hashes_with_unique_names(store):
+    store.add_key("a", "admin", "2026-12-06T00:00:00Z", "1" * 64)
+    with pytest.raises(ConflictError, match="exists already"):
+        store.add_key("a", "predict", "2026-12-06T00:00:01Z", "2" * 64)
+    store.add_key("b", "predict", "2026-12-06T00:00:02Z", "3" * 64)
+    assert [(k["name"], k["role"], k["sha256"]) for k in store.keys()] == [("a", "admin", "1" * 64),
+                                                                         ("b", "predict", "3" * 64)]
+    with pytest.raises(NotFoundError, match="keys: a, b"):
+        store.revoke_key("c")
+    assert store.revoke_key("a")["role"] == "admin"
+    assert [k["name"] for k in store.keys()] == ["b"]
+
+
+def test_two_writers_at_once_lose_nothing(store_url):
+    """Two processes' worth of writers (separate stores, separate connections) switching at the same
+    moment: every switch is either the default or in the history, exactly once."""
+    stores = [Store(store_url), Store(store_url)]
+    stores[0].upgrade()
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def switch(store, names):
+        barrier.wait()
+        try:
+            for name in names:
+                store.set_default(name, _ok)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=switch, args=(s, [f"{i}-{n}" for n in range(10)]))
+               for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    default = stores[0].pointers()[0]
+    recorded = [e["version"] for e in stores[0].history()] + [default]
+    assert sorted(recorded) == sorted(f"{i}-{n}" for i in range(2) for n in range(10))
+    assert stores[0].generation() == 20
+    for s in stores:
+        s.close()
+
+
+def test_an_unreachable_database_is_one_clear_error_and_counted():
+    failures = []
+    store = Store("postgresql+psycopg://nobody@127.0.0.1:1/none", on_error=failures.append)
+    with pytest.raises(StoreUnavailableError, match="state store is unavailable"):
+        store.pointers()
+    with pytest.raises(StoreUnavailableError):
+        store.set_default("a", _ok)
+    assert failures == ["read", "set_default"]
+
+
+def test_the_url_is_described_without_its_password():
+    store = Store("postgresql+psycopg://tagifai:s3cret@db.example/tagifai")
+    assert "s3cret" not in store.describe() and "tagifai" in store.describe()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'sub' / 'state.db'}")
+    store.upgrade()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
+    assert (tmp_path / "sub" / "state.db").exists()
+
+
+def test_a_forked_child_gets_an_engine_of_its_own(store):
+    import os
+
+    store.pointers()
+    parent = store.engine
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new engine, the parent's connections untouched
+        try:
+            ok = store.engine is not parent and store.pointers() == (None, None)
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert store.engine is parent and store.pointers() == (None, None)
+
+
+def test_the_migrations_build_exactly_the_schema_tables_py_describes(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from tagifai_api.store.tables import metadata
+
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
