@@ -57,7 +57,14 @@ def _shadow_agreement(shadow: str | None) -> dict | None:
 
 @bp.get("")
 def list_models():
-    """Return every version, newest first (damaged ones with ``valid: false``), the default and the shadow."""
+    """Return every version, newest first (damaged ones with ``valid: false``), the default and the shadow.
+    ---
+    get:
+      summary: Every model version (newest first), the default, the shadow and its agreement so far
+      tags: [registry]
+      responses:
+        200: OK
+    """
     root = get_service().artifacts_dir
     default = _default_name()
     try:
@@ -78,7 +85,23 @@ def list_models():
 
 @bp.get("/<version>")
 def get_model(version: str):
-    """Return one version's manifest, args and performance (``default`` names the default)."""
+    """Return one version's manifest, args and performance (``default`` names the default).
+    ---
+    get:
+      summary: One version's manifest, args and performance
+      tags: [registry]
+      parameters:
+        - name: version
+          in: path
+          required: true
+          schema: {type: string}
+          description: A version listed by GET /models (`default` names the default).
+          example: $default_version
+      responses:
+        200: OK
+        404: Unknown version; data.valid lists the valid ones
+        409: The version cannot be loaded; data.reason says why
+    """
     root = get_service().artifacts_dir
     name = _default_name() if version == "default" else version
     if name is None:
@@ -97,13 +120,29 @@ def get_model(version: str):
 
 @bp.get("/default")
 def get_default_model():
-    """Return the default version's manifest, args and performance (``/models/<version>`` for it)."""
+    """Return the default version's manifest, args and performance (``/models/<version>`` for it).
+    ---
+    get:
+      summary: The default version's manifest, args and performance
+      tags: [registry]
+      responses:
+        200: OK
+        404: No default version
+        409: The default is damaged
+    """
     return get_model("default")
 
 
 @bp.get("/shadow")
 def get_shadow():
-    """Return the shadow version (or null) and its agreement with the served answers so far."""
+    """Return the shadow version (or null) and its agreement with the served answers so far.
+    ---
+    get:
+      summary: The shadow version (or null) and its agreement with the served answers so far
+      tags: [registry]
+      responses:
+        200: OK
+    """
     shadow = registry.shadow_version(get_service().artifacts_dir)
     return construct_response(HTTPStatus.OK, data={"shadow": shadow, "shadow_agreement": _shadow_agreement(shadow)})
 
@@ -140,7 +179,27 @@ def _switchable() -> ModelService:
 @bp.put("/default")
 @require_role("admin")
 def set_default():
-    """Verify a version (every checksum, a warm-up prediction), then make it the default everywhere."""
+    """Verify a version (every checksum, a warm-up prediction), then make it the default everywhere.
+    ---
+    put:
+      summary: >-
+        Verify a version (checksums, a warm-up prediction), then make it the default of every worker and
+        replica within seconds
+      tags: [registry]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: tagifai_api.registry.schemas.VersionRequestSchema
+            example: {version: $default_version}
+      responses:
+        200: "Switched: data.previous and data.default"
+        404: Unknown version; data.valid lists the valid ones
+        409: The version failed verification, or the service pins its version; nothing changed
+        400: Malformed JSON
+        415: Not JSON
+        422: Invalid body
+    """
     service = _switchable()
     version = _requested_version()
     with _refusals():
@@ -152,7 +211,15 @@ def set_default():
 @bp.post("/default/rollback")
 @require_role("admin")
 def rollback():
-    """Make the previous default the default again (verified first); 409 when there is none."""
+    """Make the previous default the default again (verified first); 409 when there is none.
+    ---
+    post:
+      summary: Make the previous default the default again
+      tags: [registry]
+      responses:
+        200: "Switched: data.previous and data.default"
+        409: No earlier default, or it failed verification; nothing changed
+    """
     service = _switchable()
     with _refusals():
         previous, current = registry.rollback(service.artifacts_dir, verifier=service.verify)
@@ -163,7 +230,25 @@ def rollback():
 @bp.put("/shadow")
 @require_role("admin")
 def set_shadow():
-    """Verify a version, then have it score every /predict in the background (its answers are only counted)."""
+    """Verify a version, then have it score every /predict in the background (its answers are only counted).
+    ---
+    put:
+      summary: Verify a version, then score every /predict with it too, in the background
+      tags: [registry]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: tagifai_api.registry.schemas.VersionRequestSchema
+            example: {version: $other_version}
+      responses:
+        200: OK
+        404: Unknown version; data.valid lists the valid ones
+        409: The version failed verification, or is the default; nothing changed
+        400: Malformed JSON
+        415: Not JSON
+        422: Invalid body
+    """
     service = get_service()
     version = _requested_version()
     if version == _default_name():
@@ -177,7 +262,14 @@ def set_shadow():
 @bp.delete("/shadow")
 @require_role("admin")
 def clear_shadow():
-    """Stop shadow scoring (200 also when there was no shadow)."""
+    """Stop shadow scoring (200 also when there was no shadow).
+    ---
+    delete:
+      summary: Stop shadow scoring
+      tags: [registry]
+      responses:
+        200: OK
+    """
     service = get_service()
     previous = registry.clear_shadow(service.artifacts_dir)
     service.refresh()
