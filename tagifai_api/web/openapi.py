@@ -17,9 +17,11 @@ their 401/403 answers, so Swagger UI's "Authorize" sends the key where it is nee
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping
 
-from apispec import APISpec, BasePlugin
+from apispec import APISpec, BasePlugin, yaml_utils
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec_webframeworks.flask import FlaskPlugin
 from flask import Flask
@@ -44,6 +46,23 @@ def _implied_min_length(self, field, ret: dict, **kwargs) -> dict:
     so the document states the bound the service enforces, not only the pattern that implies it."""
     least = max((getattr(v, "min_length", 0) for v in field.validators), default=0)
     return {"minLength": least} if least > ret.get("minLength", 0) else {}
+
+
+@functools.cache
+def _docstring_operations(docstring: str) -> dict:
+    return yaml_utils.load_operations_from_docstring(docstring)
+
+
+class _FlaskPlugin(FlaskPlugin):
+    """apispec's Flask plugin, with a docstring's YAML parsed once a process rather than once an app:
+    PyYAML parses in pure Python, which made building the document ~5x slower (13-20 ms against 3),
+    paid by every app (a worker once, the tests hundreds of times)."""
+
+    def path_helper(self, path=None, operations=None, parameters=None, *, view=None, app=None, **kwargs):
+        if hasattr(view, "view_class"):  # a MethodView: its methods' docstrings, as the plugin reads them
+            return super().path_helper(path, operations, parameters, view=view, app=app, **kwargs)
+        operations.update(copy.deepcopy(_docstring_operations(view.__doc__ or "")))
+        return self.flaskpath2openapi(self._rule_for_view(view, app=app).rule)
 
 
 class _ShortForms(BasePlugin):
@@ -97,7 +116,7 @@ def build_spec(app: Flask, max_texts: int, max_text_length: int, example_version
         openapi_version="3.0.3",
         info={"description": "Tags machine-learning project descriptions as computer-vision, mlops, "
                              "natural-language-processing or other. Every response is the same JSON envelope."},
-        plugins=[FlaskPlugin(), _ShortForms(placeholders), marshmallow_plugin],
+        plugins=[_FlaskPlugin(), _ShortForms(placeholders), marshmallow_plugin],
     )
     marshmallow_plugin.converter.add_attribute_function(_implied_min_length)
     spec.components.schema("Envelope", schema=schemas.EnvelopeSchema)

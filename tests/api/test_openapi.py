@@ -135,3 +135,12 @@ def test_examples_are_the_apps_real_versions(make_app, registry_root):
     assert at(paths["/models/default"]["put"], version_body) == default
     assert at(paths["/models/shadow"]["put"], version_body) == candidate
     assert paths["/models/{version}"]["get"]["parameters"][0]["example"] == default
+
+
+def test_docstrings_parsed_once_still_give_each_document_its_own_operations(make_app):
+    app = make_app(METRICS=False)
+    first = openapi.build_spec(app, 3, 50, "v1", "v2")
+    second = openapi.build_spec(app, 7, 50, "v3", "v4", {"registry.set_default": "admin"})
+    assert second["paths"]["/models/{version}"]["get"]["parameters"][0]["example"] == "v3"
+    assert "security" in second["paths"]["/models/default"]["put"]
+    assert openapi.build_spec(app, 3, 50, "v1", "v2") == first
