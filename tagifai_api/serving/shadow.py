@@ -8,16 +8,15 @@ call, and counts whether its tags agree with the ones the client got.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tagifai_api.ml.predict import Predictor
+from tagifai_api.serving.forks import reset_after_fork
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,7 @@ class ShadowScorer:
         self.max_texts = max_texts
         self.max_wait_s = max_wait_s
         self._reset()
-        after_fork = weakref.WeakMethod(self._reset)
-        os.register_at_fork(after_in_child=lambda: (reset := after_fork()) is not None and reset())
+        reset_after_fork(self._reset)
 
     def _reset(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
