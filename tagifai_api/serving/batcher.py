@@ -143,11 +143,6 @@ class MicroBatcher:
             self._thread = threading.Thread(target=self._run, name="tagifai-batcher", daemon=True)
             self._thread.start()
 
-    @property
-    def pid(self) -> int | None:
-        """The process the batching thread runs in (``None`` before the first submit)."""
-        return self._pid
-
     def arriving(self) -> _Arrival:
         """Announce a request that will submit soon, so that a forming batch waits for it."""
         return _Arrival(self)
@@ -293,7 +288,8 @@ class MicroBatcher:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid() and thread is not threading.current_thread():
+        if (thread is not None and thread.is_alive() and self._pid == os.getpid()
+                and thread is not threading.current_thread()):
             thread.join(timeout_s)
 
 

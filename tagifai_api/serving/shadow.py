@@ -124,7 +124,7 @@ class ShadowScorer:
                 continue
             counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
             pos = 0
-            for model_version, _, texts, results in items:
+            for model_version, _, _, results in items:
                 for served in results:
                     agreed = served["predicted_tag"] == shadow[pos]["predicted_tag"]
                     counts[model_version][0 if agreed else 1] += 1
@@ -136,10 +136,6 @@ class ShadowScorer:
                         self.observer.shadow(model_version, shadow_version, agree, disagree)
                     except Exception:  # noqa: BLE001
                         log.exception("shadow metrics failed")
-
-    def idle(self) -> bool:
-        """Nothing queued (the request being scored, if any, may still be running)."""
-        return self._queue.qsize() == 0
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Score what is queued, then stop the thread."""
