@@ -148,10 +148,9 @@ def _tune_malloc():
 def _keys_file_broken_since_start_refuses_keys():
     """on_starting refused a broken keys file. A worker started later (a crash, recycling, TTIN) that
     finds it broken since must not fail to boot, which halts the whole server: it starts refusing
-    every key, logs why, and follows the file once it is fixed (the running workers keep their keys)."""
-    from tagifai_api.auth import guard
-
-    guard.STRICT_KEYS_FILE = False
+    every key, logs why, and follows the file once it is fixed (the running workers keep their keys).
+    Set in the worker only, which builds the app after this hook: the master's checks stay strict."""
+    os.environ["TAGIFAI_API_KEYS_FILE_STRICT"] = "false"
 
 
 def post_fork(server, worker):

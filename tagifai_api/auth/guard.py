@@ -24,9 +24,6 @@ _PUBLIC_ATTR = "_tagifai_public"
 #: attach a key to a page load, and without the page its "Authorize" button cannot be reached)
 OPEN_ENDPOINTS = frozenset({"index.index", "health.live", "health.ready", "prometheus_metrics",
                             "docs.docs", "docs.static", "docs.openapi"})
-#: a broken keys file when the app is made: refuse to start (True), or start refusing every key until
-#: it is fixed (False: Gunicorn workers, whose master refused a broken file at start; see gunicorn.conf.py)
-STRICT_KEYS_FILE = True
 
 
 class UnauthorizedError(TagifaiError):
@@ -48,13 +45,18 @@ class ForbiddenError(TagifaiError):
 
 
 class AuthState:
-    """Per-app state: the mode and the keys in force."""
+    """Per-app state: the mode and the keys in force.
 
-    def __init__(self, mode: str, keys_file: Path) -> None:
+    Args:
+        strict: a broken keys file raises; otherwise every key is refused until it is fixed
+            (``TAGIFAI_API_KEYS_FILE_STRICT``).
+    """
+
+    def __init__(self, mode: str, keys_file: Path, strict: bool = True) -> None:
         self.mode = mode
         self.keys_file = Path(keys_file)
         # the file is read even when off, so a broken one is refused at start-up whatever the mode
-        self.ring = KeyRing(self.keys_file, strict=STRICT_KEYS_FILE)
+        self.ring = KeyRing(self.keys_file, strict=strict)
 
 
 def _state() -> AuthState:
@@ -155,9 +157,11 @@ def _check_request() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Read the keys (a broken file raises :class:`~tagifai_api.auth.keys.KeyFileError`) and, in mode
-    ``all``, check every request. Register after the access log, so refusals carry a request id."""
-    state = AuthState(str(app.config["AUTH"]), Path(str(app.config["API_KEYS_FILE"])))
+    """Read the keys (a broken file raises :class:`~tagifai_api.auth.keys.KeyFileError`, unless
+    ``API_KEYS_FILE_STRICT`` is off) and, in mode ``all``, check every request. Register after the
+    access log, so refusals carry a request id."""
+    state = AuthState(str(app.config["AUTH"]), Path(str(app.config["API_KEYS_FILE"])),
+                      strict=bool(app.config["API_KEYS_FILE_STRICT"]))
     app.extensions[EXTENSION] = state
     if state.mode == "all":
         app.before_request(_check_request)

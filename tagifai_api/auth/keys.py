@@ -9,7 +9,6 @@ of the key; never the key. It is replaced atomically (a temporary file in the sa
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
@@ -17,14 +16,15 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from tagifai_api.store import files
 
 log = logging.getLogger("tagifai_api.auth")
 
@@ -134,22 +134,7 @@ def write_keys(path: Path, keys: tuple[ApiKey, ...] | list[ApiKey]) -> None:
     """Replace the file atomically with these keys, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"keys": [asdict(k) for k in keys]}, indent=2).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    files.write_atomic(path, body, mode=0o600)
 
 
 class KeyStore:
@@ -163,21 +148,14 @@ class KeyStore:
         """The current keys, under an exclusive lock; what the block leaves in the list is written."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = os.open(self.path.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            with files.locked(self.path.parent / f".{self.path.name}.lock", mode=0o600):
+                keys = list(read_keys(self.path))
+                before = list(keys)
+                yield keys
+                if keys != before:
+                    write_keys(self.path, keys)
         except OSError as exc:
             raise KeyFileError(f"keys file {self.path} cannot be written: {exc.strerror}") from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            keys = list(read_keys(self.path))
-            before = list(keys)
-            yield keys
-            if keys != before:
-                try:
-                    write_keys(self.path, keys)
-                except OSError as exc:
-                    raise KeyFileError(f"keys file {self.path} cannot be written: {exc.strerror}") from None
-        finally:
-            os.close(lock)
 
     def list(self) -> tuple[ApiKey, ...]:
         return read_keys(self.path)
@@ -190,7 +168,7 @@ class KeyStore:
         with self._locked() as keys:
             if any(k.name == name for k in keys):
                 raise KeyStoreError(f"a key named {name!r} exists already; revoke it first or pick another name")
-            created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+            created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
             keys.append(ApiKey(name, role, created, hash_key(key)))
         return key
 

@@ -4,7 +4,7 @@ the CLI and every web worker go through these functions.
 The state lives in the artifacts directory, never in a process, so every worker of every replica
 sharing that directory (a shared volume) sees the same thing:
 
-- ``DEFAULT``: the version new requests get, one line, replaced atomically (``os.replace``).
+- ``DEFAULT``: the version new requests get, one line, replaced atomically (see :mod:`tagifai_api.store.files`).
 - ``DEFAULT.history.json``: the defaults it replaced, newest last; a rollback pops it.
 - ``SHADOW``: the version that also scores live traffic, absent when there is none.
 - ``.registry.lock``: writers take it (``flock``), so two replicas switching at once cannot lose a
@@ -15,19 +15,18 @@ Readers never take the lock: each file is replaced whole, so a reader sees the o
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tagifai_api.ml import artifacts, versions
 from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
+from tagifai_api.store import files
 
 HISTORY_FILE = "DEFAULT.history.json"
 SHADOW_POINTER = "SHADOW"
@@ -60,27 +59,10 @@ def _cannot_write(root: Path, exc: OSError) -> RegistryWriteError:
 def _locked(root: Path) -> Iterator[None]:
     """Hold the writers' lock; a failed write inside is a :class:`RegistryWriteError`."""
     try:
-        fd = os.open(root / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        with files.locked(root / LOCK_FILE):
+            yield
     except OSError as exc:
         raise _cannot_write(root, exc) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        except OSError as exc:
-            raise _cannot_write(root, exc) from None
-    finally:
-        os.close(fd)
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())  # the rename must not reach the disk before the data
-    os.replace(tmp, path)
 
 
 def _read_pointer(path: Path) -> str | None:
@@ -124,7 +106,7 @@ def history(root: Path) -> list[dict]:
 
 
 def _write_history(root: Path, entries: list[dict]) -> None:
-    _replace(root / HISTORY_FILE, json.dumps(entries[-HISTORY_LIMIT:], indent=1) + "\n")
+    files.write_atomic(root / HISTORY_FILE, json.dumps(entries[-HISTORY_LIMIT:], indent=1) + "\n")
 
 
 Verifier = Callable[[str], object]
@@ -165,7 +147,7 @@ def set_default(root: Path, version: str, verifier: Verifier | None = None) -> t
             entries = history(root)
             entries.append({"version": previous, "replaced_at": _now()})
             _write_history(root, entries)
-        _replace(root / artifacts.DEFAULT_POINTER, version + "\n")
+        files.write_atomic(root / artifacts.DEFAULT_POINTER, version + "\n")
     return previous, version
 
 
@@ -198,7 +180,7 @@ def rollback(root: Path, verifier: Verifier | None = None) -> tuple[str | None, 
         _verify(root, target, verifier)
         entries.pop()
         _write_history(root, entries)
-        _replace(root / artifacts.DEFAULT_POINTER, target + "\n")
+        files.write_atomic(root / artifacts.DEFAULT_POINTER, target + "\n")
     return current, target
 
 
@@ -208,7 +190,7 @@ def set_shadow(root: Path, version: str, verifier: Verifier | None = None) -> st
     _verify(root, version, verifier)
     with _locked(root):
         previous = shadow_version(root)
-        _replace(root / SHADOW_POINTER, version + "\n")
+        files.write_atomic(root / SHADOW_POINTER, version + "\n")
     return previous
 
 
@@ -255,9 +237,9 @@ def seed(root: Path, source: Path) -> list[str]:
         raise _cannot_write(root, exc) from None
     with _locked(root):
         if _read_pointer(root / artifacts.DEFAULT_POINTER) is None:
-            _replace(root / artifacts.DEFAULT_POINTER, default_version(source) + "\n")
+            files.write_atomic(root / artifacts.DEFAULT_POINTER, default_version(source) + "\n")
     return copied
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
