@@ -67,8 +67,10 @@ test: model $(DEV_STAMP) ## Set up and run the whole test suite
 test-fast: $(DEV_STAMP) ## Unit and API tests only (no real servers)
 	$(BIN)/python -m pytest -m "not integration"
 
-bench: model $(DEV_STAMP) ## Benchmark in-process and over HTTP (results in reports/bench/)
-	$(BIN)/python -m benchmarks.run
+BASELINE ?=
+BENCH_ARGS ?=
+bench: model $(DEV_STAMP) ## Benchmark in-process and over HTTP (results in reports/bench/); BASELINE=<git rev> compares with that revision
+	$(BIN)/python -m benchmarks.run $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 bench-score: model $(DEV_STAMP) ## Benchmark `score` on 1,000,000 rows against the fast path (results in reports/bench/)
 	$(BIN)/python -m benchmarks.score

@@ -3,12 +3,18 @@
 Everything is measured side by side in one run on this machine, so ratios are meaningful even
 when absolute numbers drift with the machine's load. Results: a table on stdout and
 ``reports/bench/bench-<time>.json``.
+
+``--baseline REV`` measures this working tree against the service as it was at git revision REV
+instead: REV is exported to a temporary directory and served from there (its own gunicorn.conf.py
+and wsgi.py, the same virtualenv, model versions and settings), and the chosen scenarios alternate
+between the two, round after round.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import multiprocessing as mp
 import os
@@ -19,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -187,9 +194,11 @@ MODEL_PEERS = ("minimal Flask + sklearn", "asyncio batcher (FastAPI)")  # peers 
 
 
 @contextlib.contextmanager
-def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = None,
+          cwd: Path = ROOT) -> Iterator[subprocess.Popen]:
     """Serve one target (Gunicorn, or uvicorn for the FastAPI peer) on a free loopback port, until the
-    block ends; the process has the port as ``.port``."""
+    block ends; the process has the port as ``.port``. ``cwd`` is the source tree served (another
+    revision's, for ``--baseline``)."""
     target = TARGETS[name]
     port = _free_port()
     env = {
@@ -206,6 +215,8 @@ def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = N
                *target["args"]]
     elif target["conf"]:
         env.update({"TAGIFAI_ARTIFACTS_DIR": str(root),
+                    # this tree's keys file, not one next to another revision's code
+                    "TAGIFAI_API_KEYS_FILE": str(settings.DEFAULTS["API_KEYS_FILE"]),
                     "TAGIFAI_CACHE_SIZE": "0",  # rotating texts: measure the model, not a cache
                     **target["env"]})
         cmd = [str(bindir / "gunicorn"), "-c", target["conf"], target["app"]]
@@ -216,7 +227,7 @@ def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = N
                target["app"]]
     env.update(extra_env or {})
     log = tempfile.NamedTemporaryFile(prefix="tagifai-bench-", suffix=".log", delete=False)
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     server.port = port
     try:
         _wait_ready(port, server)
@@ -255,13 +266,14 @@ def _cpu_figures(before: dict[int, float], after: dict[int, float], requests: in
             "process_cores": [round(u / seconds, 2) for u in used]}
 
 
-def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path], tmp: Path) -> dict:
+def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path], tmp: Path,
+         scenarios: list[tuple] = HTTP_SCENARIOS, cwd: Path = ROOT) -> dict:
     """Run every scenario against one target."""
-    with serve(name, root, tmp) as server:
+    with serve(name, root, tmp, cwd=cwd) as server:
         sampler = RssSampler(server.pid)
         sampler.start()
         results = {}
-        for scenario, conns, threads, per_request in HTTP_SCENARIOS:
+        for scenario, conns, threads, per_request in scenarios:
             before = _cpu_seconds(server.pid)
             r = _wrk(wrk, server.port, conns, threads, seconds, bodies[per_request])
             cpu = _cpu_figures(before, _cpu_seconds(server.pid), r["requests"], r["seconds"])
@@ -279,10 +291,10 @@ def http(name: str, root: Path, wrk: str, seconds: float, bodies: dict[int, Path
         return results
 
 
-def median_of_rounds(rounds: list[dict]) -> dict:
+def median_of_rounds(rounds: list[dict], scenarios: list[tuple] = HTTP_SCENARIOS) -> dict:
     """Per scenario and figure, the median over rounds (errors are summed, peak RSS is the max)."""
     out = {}
-    for scenario, *_ in HTTP_SCENARIOS:
+    for scenario, *_ in scenarios:
         runs = [r[scenario] for r in rounds]
         out[scenario] = {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]
                          if k not in ("errors", "process_cores")}
@@ -388,13 +400,107 @@ def ratios(result: dict) -> dict[str, str]:
     return out
 
 
+# --- against another revision ------------------------------------------------------------------
+
+SERVICE = "tagifai, batching on"  # the target both sides of a --baseline comparison serve
+HELD_TO = {"1 text, 64 conns": 0.97}  # a change keeps at least this share of the baseline's req/s
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+def export_revision(rev: str, dest: Path) -> str:
+    """Write the files of revision ``rev`` into ``dest`` (``git archive``: the repository gains no
+    worktree to clean up); the full commit id."""
+    try:
+        commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except subprocess.CalledProcessError:
+        sys.exit(f"--baseline {rev}: not a commit of this repository")
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True,
+                             check=True, timeout=120).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return commit
+
+
+def compare(tree: Path, root: Path, wrk: str, seconds: float, bodies: dict[int, Path], tmp: Path,
+            scenarios: list[tuple], rounds: int) -> dict:
+    """The service from this tree and from ``tree`` in alternating rounds: current then baseline,
+    then baseline then current, and so on, so a drift in the machine's load falls on both alike."""
+    sides = {"current": ROOT, "baseline": tree}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    order = []
+    for i in range(rounds):
+        turn = list(sides) if i % 2 == 0 else list(sides)[::-1]
+        order.append(turn)
+        for side in turn:
+            print(f"round {i + 1}: {side} ...", file=sys.stderr)
+            runs[side].append(http(SERVICE, root, wrk, seconds, bodies, tmp, scenarios, cwd=sides[side]))
+    medians = {side: median_of_rounds(r, scenarios) for side, r in runs.items()}
+    return {"order": order, "http_rounds": runs, "http": medians, "ratios": baseline_ratios(runs, medians, scenarios)}
+
+
+def baseline_ratios(runs: dict[str, list[dict]], medians: dict[str, dict], scenarios: list[tuple]) -> dict:
+    """Per scenario, current over baseline: of the medians, and of req/s in each round."""
+    change = {}
+    for scenario, *_ in scenarios:
+        cur, base = medians["current"][scenario], medians["baseline"][scenario]
+        q = {k: cur[k] / base[k] for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req") if base[k]}
+        change[scenario] = {f"{k}_ratio": round(v, 3) for k, v in q.items()}  # none where the baseline had 0
+        # a round's two runs are seconds apart, so their ratio is blind to slower drifts in the load
+        paired = [c[scenario]["req_per_s"] / b[scenario]["req_per_s"]
+                  for c, b in zip(runs["current"], runs["baseline"], strict=True) if b[scenario]["req_per_s"]]
+        change[scenario]["req_per_s_round_ratios"] = [round(r, 3) for r in paired]
+        if paired:
+            change[scenario]["req_per_s_median_round_ratio"] = round(statistics.median(paired), 3)
+        if scenario in HELD_TO:
+            change[scenario]["req_per_s_target"] = f">= {HELD_TO[scenario]}x"
+            change[scenario]["req_per_s_met"] = q.get("req_per_s", 0.0) >= HELD_TO[scenario]
+    return change
+
+
+def comparison_table(result: dict) -> str:
+    base = result["baseline"]
+    lines = [f"{SERVICE}, 2 workers, wrk on loopback, median of {result['rounds']} alternating rounds:",
+             f"  current:  this tree ({base['current_commit'][:12]}"
+             f"{', with uncommitted changes' if base['current_dirty'] else ''})",
+             f"  baseline: {base['rev']} ({base['commit'][:12]})",
+             f"  {'scenario':<19} {'':<9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU us/req':>10}"]
+    for scenario, *_ in result["scenarios"]:
+        for side in ("current", "baseline"):
+            r = result["http"][side][scenario]
+            lines.append(f"  {scenario:<19} {side:<9} {r['req_per_s']:>8,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+                         f"{r['errors']:>6} {r['cpu_us_per_req']:>10,.0f}")
+        q = result["ratios"][scenario]
+        shown = [f"{label} {q[key]:.3f}x" for label, key in
+                 (("req/s", "req_per_s_ratio"), ("p99", "p99_ms_ratio"), ("CPU per request", "cpu_us_per_req_ratio"))
+                 if key in q]
+        if "req_per_s_target" in q:
+            shown[0] += f" (target {q['req_per_s_target']}: {'met' if q['req_per_s_met'] else 'MISSED'})"
+        lines.append(f"  {scenario:<19} current/baseline, of the medians: " + ", ".join(shown))
+        lines.append(f"  {scenario:<19} each round, req/s current / baseline (ratio): " + "; ".join(
+            f"{c[scenario]['req_per_s']:,.0f} / {b[scenario]['req_per_s']:,.0f} ({r:.2f})" for c, b, r in
+            zip(result["http_rounds"]["current"], result["http_rounds"]["baseline"], q["req_per_s_round_ratios"],
+                strict=True)) + f"; median {q.get('req_per_s_median_round_ratio', float('nan')):.3f}x")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each HTTP scenario")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all services")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds over all services (with --baseline: over current and baseline)")
     parser.add_argument("--inproc-seconds", type=float, default=2.0, help="duration of each in-process measurement")
     parser.add_argument("--artifacts", type=Path, default=Path(settings.DEFAULTS["ARTIFACTS_DIR"]))
+    parser.add_argument("--baseline", metavar="REV",
+                        help="instead: this tree against git revision REV, the --scenario ones only")
+    parser.add_argument("--scenario", action="append", metavar="NAME", choices=[name for name, *_ in HTTP_SCENARIOS],
+                        help="with --baseline, a scenario to compare (repeat for more; default: 1 text, 64 conns)")
     opts = parser.parse_args()
+    if opts.scenario and not opts.baseline:
+        parser.error("--scenario goes with --baseline")
 
     wrk = shutil.which("wrk")
     if not wrk:
@@ -409,28 +515,45 @@ def main() -> None:
         "rounds": opts.rounds,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min: others' work skews figures
     }
-    print("in-process ...", file=sys.stderr)
-    result["in_process"] = in_process(opts.artifacts, opts.inproc_seconds)
-    result["explain"] = explain_cost.in_process(opts.artifacts, 2 * opts.inproc_seconds)
+    if not opts.baseline:
+        print("in-process ...", file=sys.stderr)
+        result["in_process"] = in_process(opts.artifacts, opts.inproc_seconds)
+        result["explain"] = explain_cost.in_process(opts.artifacts, 2 * opts.inproc_seconds)
     texts = dataset_texts()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="tagifai-bench-") as tmp:
         bodies = {n: Path(tmp) / f"bodies-{n}.jsonl" for n in (1, 100)}
         for n, path in bodies.items():
             _write_bodies(path, texts, n)
-        rounds: dict[str, list[dict]] = {name: [] for name in TARGETS}
-        for i in range(opts.rounds):
-            for name in TARGETS:
-                print(f"over HTTP, round {i + 1}: {name} ...", file=sys.stderr)
-                rounds[name].append(http(name, opts.artifacts, wrk, opts.seconds, bodies, Path(tmp)))
-        result["http_rounds"] = rounds
-        result["http"] = {name: median_of_rounds(r) for name, r in rounds.items()}
+        if opts.baseline:
+            tree = Path(tmp) / "baseline"
+            result["baseline"] = {"rev": opts.baseline, "commit": export_revision(opts.baseline, tree),
+                                  "current_commit": _git("rev-parse", "HEAD"),
+                                  "current_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+            result["scenarios"] = [s for s in HTTP_SCENARIOS if s[0] in (opts.scenario or ["1 text, 64 conns"])]
+            result.update(compare(tree, opts.artifacts, wrk, opts.seconds, bodies, Path(tmp), result["scenarios"],
+                                  opts.rounds))
+        else:
+            rounds: dict[str, list[dict]] = {name: [] for name in TARGETS}
+            for i in range(opts.rounds):
+                for name in TARGETS:
+                    print(f"over HTTP, round {i + 1}: {name} ...", file=sys.stderr)
+                    rounds[name].append(http(name, opts.artifacts, wrk, opts.seconds, bodies, Path(tmp)))
+            result["http_rounds"] = rounds
+            result["http"] = {name: median_of_rounds(r) for name, r in rounds.items()}
+            result["ratios"] = ratios(result)
+    if opts.baseline:
+        _write_report(result, started, comparison_table(result), "bench-baseline")
+    else:
+        _write_report(result, started, table(result), "bench")
+
+
+def _write_report(result: dict, started: float, text: str, prefix: str) -> None:
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    result["ratios"] = ratios(result)
     result["seconds"] = round(time.time() - started, 1)
     REPORTS.mkdir(parents=True, exist_ok=True)
-    out = REPORTS / f"bench-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out = REPORTS / f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
+    print(text)
     print(f"\nload average (1, 5, 15 min) before {result['load_average_before']}, after {result['load_average_after']}")
     print(f"{result['seconds']} s; written to {out.relative_to(ROOT)}")
 

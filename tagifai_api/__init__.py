@@ -71,7 +71,7 @@ def create_app(config: Mapping[str, object] | None = None):
     guard.init_app(app, store)  # after the access log: a refused request still gets its id and access line
     default = service.model.version if service.ready else None
     others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]
-    spec = openapi.build_spec(int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]), default,
-                              others[-1] if others else None)
-    app.extensions["tagifai_openapi"] = openapi.secure(spec, guard.key_requirements(app))
+    app.extensions["tagifai_openapi"] = openapi.build_spec(
+        app, int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]), default,
+        others[-1] if others else None, guard.key_requirements(app))
     return app

@@ -20,12 +20,20 @@ ENV_PREFIX = "TAGIFAI_"
 #: key -> (default, meaning); the README's configuration table is generated from this.
 SETTINGS: dict[str, tuple[object, str]] = {
     "ARTIFACTS_DIR": (str(ROOT / "artifacts"), "Directory of model versions."),
-    "DATABASE_URL": (f"sqlite:///{ROOT / 'var' / 'tagifai.db'}", "The state store (registry pointers and history, API keys, audit log): an embedded SQLite file by default, created on first start; `postgresql+psycopg://user:password@host/db` for replicas that share it."),
-    "STORE_UPGRADE": (True, "Create or upgrade the store's schema (and import the old state files) when the app starts; Gunicorn's master does it once and turns it off for its workers."),
-    "MODEL_VERSION": ("default", "Version to serve by default; `default` follows the registry's default (another value pins it, and the registry cannot switch it)."),
-    "MAX_LOADED_VERSIONS": (3, "Most model versions a worker keeps loaded; the least recently used goes first, never the default or the shadow."),
-    "REGISTRY_POLL_S": (1.0, "How often each worker polls the store for changes (registry switches, keys), so one reaches it with no signal."),
-    "SHADOW_QUEUE_SIZE": (256, "Most answered /predict requests waiting in a worker for the shadow model; beyond it they are dropped and counted."),
+    "DATABASE_URL": (f"sqlite:///{ROOT / 'var' / 'tagifai.db'}",
+                     "The state store (registry pointers and history, API keys, audit log): an embedded SQLite "
+                     "file by default, created on first start; `postgresql+psycopg://user:password@host/db` for "
+                     "replicas that share it."),
+    "STORE_UPGRADE": (True, "Create or upgrade the store's schema (and import the old state files) when the app "
+                            "starts; Gunicorn's master does it once and turns it off for its workers."),
+    "MODEL_VERSION": ("default", "Version to serve by default; `default` follows the registry's default (another "
+                                 "value pins it, and the registry cannot switch it)."),
+    "MAX_LOADED_VERSIONS": (3, "Most model versions a worker keeps loaded; the least recently used goes first, "
+                               "never the default or the shadow."),
+    "REGISTRY_POLL_S": (1.0, "How often each worker polls the store for changes (registry switches, keys), so one "
+                             "reaches it with no signal."),
+    "SHADOW_QUEUE_SIZE": (256, "Most answered /predict requests waiting in a worker for the shadow model; beyond "
+                               "it they are dropped and counted."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),
@@ -35,14 +43,16 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "BATCH_QUEUE_SIZE": (1024, "Most texts waiting in a worker's queue; beyond it /predict answers 503."),
     "PREDICT_TIMEOUT_MS": (10_000, "A request still queued after this long is dropped with 504."),
     "CACHE_SIZE": (0, "Per-worker LRU cache of predictions, in texts; 0 (the default) turns it off."),
-    "PROXY_COUNT": (0, "Reverse-proxy hops whose X-Forwarded-* headers are trusted (0, the default: none; 1 behind nginx)."),
+    "PROXY_COUNT": (0, "Reverse-proxy hops whose X-Forwarded-* headers are trusted (0, the default: none; "
+                       "1 behind nginx)."),
     "LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
     "LOG_TEXTS": (False, "Also log the input texts (they may be private)."),
     "METRICS": (True, "Expose /metrics and record Prometheus metrics."),
     "AUTH": ("admin", "What needs an API key: `admin` (routes that change what is served), `all` (every route "
                       "but /, /health/*, /metrics and the docs) or `off`."),
     "API_KEYS_FILE": (str(ROOT / "config" / "api_keys.json"),
-                      "The keys file of an install from before the store: imported into an empty store once, on first start."),
+                      "The keys file of an install from before the store: imported into an empty store once, on "
+                      "first start."),
 }
 
 #: settings that take one of a few words

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Callable
 
 from flask import Flask, current_app, g, request
@@ -166,15 +165,9 @@ def init_app(app: Flask, store: Store) -> AuthState:
     return state
 
 
-def key_requirements(app: Flask) -> dict[tuple[str, str], str]:
-    """``{(OpenAPI path, lower-case method): role}`` for every route that needs a key in this app's
-    mode; the OpenAPI document marks exactly these as secured."""
+def key_requirements(app: Flask) -> dict[str, str]:
+    """``{endpoint: role}`` for every endpoint that needs a key in this app's mode; the OpenAPI
+    document marks exactly these endpoints' operations as secured."""
     mode = app.extensions[EXTENSION].mode
-    out = {}
-    for rule in app.url_map.iter_rules():
-        role = needed_role(app, rule.endpoint, mode)
-        if role:
-            path = re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule)
-            for method in rule.methods - {"HEAD", "OPTIONS"}:
-                out[(path, method.lower())] = role
-    return out
+    roles = {endpoint: needed_role(app, endpoint, mode) for endpoint in app.view_functions}
+    return {endpoint: role for endpoint, role in roles.items() if role}

@@ -11,9 +11,8 @@ import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from sklearn.model_selection import train_test_split
 
-from tagifai_api.ml.text import clean_text, join_text  # noqa: F401 - join_text is part of this module's API
+from tagifai_api.ml.text import OTHER, clean_text, join_text  # noqa: F401 - OTHER, join_text: re-exported
 
-OTHER = "other"
 STOPWORDS = frozenset(ENGLISH_STOP_WORDS)
 
 def load_dataset(path: str | Path) -> pd.DataFrame:
@@ -45,7 +44,7 @@ def prepare(
     out = df.copy()
     out["title"] = out["title"].fillna("")
     out["description"] = out["description"].fillna("")
-    out["text"] = [join_text(t, d) for t, d in zip(out["title"], out["description"])]
+    out["text"] = [join_text(t, d) for t, d in zip(out["title"], out["description"], strict=True)]
     out["clean"] = [clean_text(t, stopwords) for t in out["text"]]
     out["tag"] = map_labels(out["tag"].fillna(OTHER), accepted_tags, min_freq)
     return out.reset_index(drop=True)
@@ -92,6 +91,6 @@ def nlp_cnn(texts: Sequence[str], tags: Sequence[str]) -> np.ndarray:
     """Slice mask: NLP projects that mention convolutions, which look like vision to the model."""
     pattern = re.compile(r"\b(cnn|cnns|convolution|convolutional)\b")
     return np.array(
-        [tag == "natural-language-processing" and bool(pattern.search(t)) for t, tag in zip(texts, tags)],
+        [tag == "natural-language-processing" and bool(pattern.search(t)) for t, tag in zip(texts, tags, strict=True)],
         dtype=bool,
     )

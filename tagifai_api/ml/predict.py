@@ -8,8 +8,7 @@ import numpy as np
 
 from tagifai_api.ml.artifacts import ModelVersion
 from tagifai_api.ml.explain import Explainer
-
-OTHER = "other"
+from tagifai_api.ml.text import OTHER
 
 
 class Predictor:
@@ -54,13 +53,13 @@ class Predictor:
         confidence = proba[np.arange(len(top)), top]
         classes = self._classes
         out = []
-        for row, j, conf in zip(proba.tolist(), top.tolist(), confidence.tolist()):
+        for row, j, conf in zip(proba.tolist(), top.tolist(), confidence.tolist(), strict=True):
             low = conf < self.threshold
             out.append(
                 {
                     "predicted_tag": OTHER if low else classes[j],
                     "confidence": conf,
-                    "probabilities": dict(zip(classes, row)),
+                    "probabilities": dict(zip(classes, row, strict=True)),
                     "low_confidence": low,
                 }
             )
@@ -83,7 +82,7 @@ class Predictor:
         scored = [self._explainer.score(t) for t in texts]
         proba = self._model.probabilities(np.vstack([s.scores for s in scored]))
         out = self._results(proba)
-        for result, s, top in zip(out, scored, proba.argmax(axis=1).tolist()):
+        for result, s, top in zip(out, scored, proba.argmax(axis=1).tolist(), strict=True):
             explanation = self._explainer.explain_scored(s, top)
             if result["low_confidence"]:
                 explanation["note"] = (

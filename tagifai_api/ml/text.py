@@ -1,9 +1,12 @@
-"""Text cleaning shared by training and serving (standard library only, so workers stay small)."""
+"""Text cleaning, and the fallback tag, shared by training and serving (standard library only, so
+workers stay small)."""
 
 from __future__ import annotations
 
 import re
 
+#: the tag of a project no accepted tag fits: a rare tag at training, a low-confidence answer at serving
+OTHER = "other"
 # public: the explainer (explain.py) retraces these same steps over the original text
 LINK = re.compile(r"https?://\S+|www\.\S+")
 NON_ALNUM = re.compile(r"[^a-z0-9]+")

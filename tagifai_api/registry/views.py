@@ -39,7 +39,14 @@ def _shadow_agreement(shadow: str | None) -> dict | None:
 
 @bp.get("")
 def list_models():
-    """Return every version, newest first (damaged ones with ``valid: false``), the default and the shadow."""
+    """Return every version, newest first (damaged ones with ``valid: false``), the default and the shadow.
+    ---
+    get:
+      summary: Every model version (newest first), the default, the shadow and its agreement so far
+      tags: [registry]
+      responses:
+        200: OK
+    """
     service = get_service()
     root = service.artifacts_dir
     default = service.default_name()
@@ -59,14 +66,41 @@ def list_models():
 @bp.get("/history")
 @require_role("admin")
 def get_history():
-    """Return the audit log of registry and key changes, newest first (``?limit=``, default 100)."""
+    """Return the audit log of registry and key changes, newest first (``?limit=``, default 100).
+    ---
+    get:
+      summary: "The audit log: registry switches and key changes, newest first, with who and why"
+      tags: [registry]
+      parameters:
+        - {name: limit, in: query, required: false, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
+      responses:
+        200: "data.changes: at, action, from, to, key_name, reason"
+        422: Invalid limit
+        503: The state store is unavailable (see Retry-After)
+    """
     limit = _history_query.load(request.args)["limit"]
     return construct_response(HTTPStatus.OK, data={"changes": get_service().registry.store.audit(limit)})
 
 
 @bp.get("/<version>")
 def get_model(version: str):
-    """Return one version's manifest, args and performance (``default`` names the default)."""
+    """Return one version's manifest, args and performance (``default`` names the default).
+    ---
+    get:
+      summary: One version's manifest, args and performance
+      tags: [registry]
+      parameters:
+        - name: version
+          in: path
+          required: true
+          schema: {type: string}
+          description: A version listed by GET /models (`default` names the default).
+          example: $default_version
+      responses:
+        200: OK
+        404: Unknown version; data.valid lists the valid ones
+        409: The version cannot be loaded; data.reason says why
+    """
     service = get_service()
     default = service.default_name()
     name = default if version == "default" else version
@@ -80,13 +114,29 @@ def get_model(version: str):
 
 @bp.get("/default")
 def get_default_model():
-    """Return the default version's manifest, args and performance (``/models/<version>`` for it)."""
+    """Return the default version's manifest, args and performance (``/models/<version>`` for it).
+    ---
+    get:
+      summary: The default version's manifest, args and performance
+      tags: [registry]
+      responses:
+        200: OK
+        404: No default version
+        409: The default is damaged
+    """
     return get_model("default")
 
 
 @bp.get("/shadow")
 def get_shadow():
-    """Return the shadow version (or null) and its agreement with the served answers so far."""
+    """Return the shadow version (or null) and its agreement with the served answers so far.
+    ---
+    get:
+      summary: The shadow version (or null) and its agreement with the served answers so far
+      tags: [registry]
+      responses:
+        200: OK
+    """
     shadow = registry.shadow_version(get_service().artifacts_dir)
     return construct_response(HTTPStatus.OK, data={"shadow": shadow, "shadow_agreement": _shadow_agreement(shadow)})
 
@@ -107,7 +157,28 @@ def _optional_reason() -> str | None:
 @bp.put("/default")
 @require_role("admin")
 def set_default():
-    """Verify a version (every checksum, a warm-up prediction), then make it the default everywhere."""
+    """Verify a version (every checksum, a warm-up prediction), then make it the default everywhere.
+    ---
+    put:
+      summary: >-
+        Verify a version (checksums, a warm-up prediction), then make it the default of every worker and
+        replica within seconds
+      tags: [registry]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: tagifai_api.registry.schemas.VersionRequestSchema
+            example: {version: $default_version}
+      responses:
+        200: "Switched: data.previous and data.default"
+        404: Unknown version; data.valid lists the valid ones
+        409: The version failed verification, or the service pins its version; nothing changed
+        503: The state store is unavailable; nothing changed (see Retry-After)
+        400: Malformed JSON
+        415: Not JSON
+        422: Invalid body
+    """
     service = get_service()
     service.check_switchable()  # before the body: a pinned service refuses whatever it asks for
     body = _body.load(request.get_json())
@@ -118,7 +189,22 @@ def set_default():
 @bp.post("/default/rollback")
 @require_role("admin")
 def rollback():
-    """Make the previous default the default again (verified first); 409 when there is none."""
+    """Make the previous default the default again (verified first); 409 when there is none.
+    ---
+    post:
+      summary: Make the previous default the default again
+      tags: [registry]
+      requestBody:
+        required: false
+        content:
+          application/json:
+            schema: tagifai_api.registry.schemas.ReasonSchema
+            example: {reason: a regression in the new version}
+      responses:
+        200: "Switched: data.previous and data.default"
+        409: No earlier default, or it failed verification; nothing changed
+        503: The state store is unavailable; nothing changed (see Retry-After)
+    """
     previous, current = get_service().rollback(_key_name(), _optional_reason())
     return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})
 
@@ -126,7 +212,26 @@ def rollback():
 @bp.put("/shadow")
 @require_role("admin")
 def set_shadow():
-    """Verify a version, then have it score every /predict in the background (its answers are only counted)."""
+    """Verify a version, then have it score every /predict in the background (its answers are only counted).
+    ---
+    put:
+      summary: Verify a version, then score every /predict with it too, in the background
+      tags: [registry]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: tagifai_api.registry.schemas.VersionRequestSchema
+            example: {version: $other_version}
+      responses:
+        200: OK
+        404: Unknown version; data.valid lists the valid ones
+        409: The version failed verification, or is the default; nothing changed
+        503: The state store is unavailable; nothing changed (see Retry-After)
+        400: Malformed JSON
+        415: Not JSON
+        422: Invalid body
+    """
     body = _body.load(request.get_json())
     version = body["version"]
     previous = get_service().set_shadow(version, _key_name(), body["reason"])
@@ -136,6 +241,13 @@ def set_shadow():
 @bp.delete("/shadow")
 @require_role("admin")
 def clear_shadow():
-    """Stop shadow scoring (200 also when there was no shadow)."""
+    """Stop shadow scoring (200 also when there was no shadow).
+    ---
+    delete:
+      summary: Stop shadow scoring
+      tags: [registry]
+      responses:
+        200: OK
+    """
     previous = get_service().clear_shadow(_key_name())
     return construct_response(HTTPStatus.OK, data={"previous": previous, "shadow": None})

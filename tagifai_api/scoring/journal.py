@@ -9,9 +9,10 @@ committed and a resumed run truncates them away.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from tagifai_api.store import files
 
 FORMAT = 1
 
@@ -37,29 +38,10 @@ def path_for(output: Path) -> Path:
     return output.with_name(output.name + ".progress")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory
-    finally:
-        os.close(fd)
-
-
 def write(path: Path, identity: dict, committed: Committed) -> None:
     """Replace the progress file atomically and durably."""
-    tmp = path.with_name(path.name + ".tmp")
     body = json.dumps({"format": FORMAT, "run": identity, "committed": asdict(committed)}, sort_keys=True)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(body + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    files.write_atomic(path, body + "\n")
 
 
 def read(path: Path) -> tuple[dict, Committed]:
@@ -81,5 +63,6 @@ def differences(recorded: dict, now: dict) -> list[str]:
 def remove(path: Path) -> None:
     """Delete the progress file (the run is complete)."""
     path.unlink(missing_ok=True)
-    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    for tmp in files.leftovers(path):
+        tmp.unlink(missing_ok=True)
+    files.fsync_dir(path.parent)

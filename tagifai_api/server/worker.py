@@ -1,27 +1,12 @@
 """Gunicorn's ``gthread`` worker with fewer system calls per keep-alive request.
 
-Profiled at 64 connections, most of a single-text request's worker time was not Flask or the model
-but Gunicorn moving bytes: the response left in two ``sendall`` calls (headers, then body), and
-every kept-alive connection went back to the main loop between requests (a pipe write and a wake-up,
-a ``fcntl`` and an ``epoll_ctl`` to register it, another to unregister it, a thread-pool hand-off).
-Each of those calls releases the GIL, and under load getting it back means waiting for the other
-threads. This worker changes three things and nothing else:
-
-- a response whose body comes as one chunk (every response of this app) leaves in one ``sendall``,
-  headers and body together; streamed, chunked and ``sendfile`` responses keep Gunicorn's writes;
-- after answering on a kept-alive connection, the thread serves the connection's next request
-  itself when it is already buffered or arrives within :data:`LINGER_S`, and only while no other
-  connection is waiting for a thread (otherwise the connection goes back to the main loop, as in
-  ``gthread``). A stopping or recycling worker answers with ``Connection: close`` as before;
-- new connections go to the worker with the fewest busy ones (being served or waiting for a thread;
-  idle kept-alive connections cost nothing): workers publish their count in memory shared from the
-  master, and a busier worker leaves a new connection to a less busy one for up to
-  :data:`BALANCE_MAX_WAIT_S` before taking it anyway.
-
-It subclasses Gunicorn's own classes and overrides methods whose behaviour it must reproduce, so it
-is tied to the Gunicorn version it was written and tested against: importing it with another
-version raises :class:`GunicornVersionError`. Standard library and Gunicorn only (the master
-imports this module; the web app is never imported there).
+Under load, a single-text request spent more of a worker's time in Gunicorn's system calls (each
+one gives up the GIL and waits to get it back) than in Flask or the model. This worker sends each
+response in one write, serves a kept-alive connection's next request in the thread that answered
+the last one, and spreads new connections over the workers by how busy they are; README,
+Performance, "The Gunicorn worker" has the measurements. It reproduces parts of Gunicorn's own
+classes, so it refuses any other Gunicorn version; standard library and Gunicorn only (the master
+imports it).
 """
 
 from __future__ import annotations
@@ -80,7 +65,11 @@ check_gunicorn_version()
 
 
 class OneWriteResponse(wsgi.Response):
-    """A response whose headers go out with the first body chunk, in one ``sendall``."""
+    """A response whose headers go out with the first body chunk, in one ``sendall``.
+
+    Gunicorn sent them in two (headers, then body). Later chunks of a streamed response, bodiless
+    answers (HEAD, 204, 304) and ``sendfile`` responses go out as Gunicorn writes them.
+    """
 
     _head: bytes | None = None
 
@@ -142,7 +131,9 @@ class ThreadWorker(gthread.ThreadWorker):
     # --- accepting: new connections go to the worker with the fewest busy ones -----------------
     # Workers share the listening socket and whichever wakes first accepts, so a burst of new
     # connections (a client opening its pool, nginx its upstream keep-alives) can all land on one
-    # worker, leaving the other cores idle for as long as those connections live.
+    # worker, leaving the other cores idle for as long as those connections live. Each worker
+    # publishes its busy count in _BOARD; a busier one leaves a new connection to a less busy one
+    # for up to BALANCE_MAX_WAIT_S, then takes it anyway.
 
     def _busy_conns(self) -> int:
         """Connections being served or waiting for a thread: idle kept-alive ones cost nothing."""
@@ -198,6 +189,12 @@ class ThreadWorker(gthread.ThreadWorker):
             else:
                 timeout = min(timeout, self._paused_until - now)
         super().wait_for_and_dispatch_events(timeout)
+
+    # --- kept-alive connections served in place ---------------------------------------------
+    # gthread sends every kept-alive connection back to the main loop between requests (a pipe
+    # write and a wake-up, fcntl and epoll_ctl calls, a thread-pool hand-off); this thread serves
+    # the next request itself when it is there already or within LINGER_S, and no other
+    # connection is waiting for a thread.
 
     def enqueue_req(self, conn):
         with self._waiting_lock:

@@ -14,10 +14,11 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from tagifai_api.serving.forks import reset_after_fork
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._pid: int | None = None
         self._reset()
-        after_fork = weakref.WeakMethod(self._reset)
-        os.register_at_fork(after_in_child=lambda: (reset := after_fork()) is not None and reset())
+        reset_after_fork(self._reset)
 
     def _reset(self) -> None:
         """Fresh lock, queue and (lazily) thread: nothing is inherited across a fork."""
@@ -135,18 +135,13 @@ class MicroBatcher:
         atexit.register(self.close)  # a worker that exits finishes what it holds
 
     def _ensure_thread(self, queuing: bool) -> None:
-        if self._pid != os.getpid():  # first use here; a fork resets through register_at_fork
+        if self._pid != os.getpid():  # first use here; a fork resets through reset_after_fork
             self._pid = os.getpid()
             self._thread = None
         # whether it died is asked only when a job is about to wait for it (is_alive() takes a lock)
         if self._thread is None or (queuing and not self._thread.is_alive()):
             self._thread = threading.Thread(target=self._run, name="tagifai-batcher", daemon=True)
             self._thread.start()
-
-    @property
-    def pid(self) -> int | None:
-        """The process the batching thread runs in (``None`` before the first submit)."""
-        return self._pid
 
     def arriving(self) -> _Arrival:
         """Announce a request that will submit soon, so that a forming batch waits for it."""
@@ -293,7 +288,8 @@ class MicroBatcher:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid() and thread is not threading.current_thread():
+        if (thread is not None and thread.is_alive() and self._pid == os.getpid()
+                and thread is not threading.current_thread()):
             thread.join(timeout_s)
 
 

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
@@ -24,6 +23,7 @@ from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
 from tagifai_api.ml.predict import Predictor
 from tagifai_api.serving.batcher import BatchFailedError, BatchStats, ClosedError, DeadlineError, MicroBatcher
 from tagifai_api.serving.cache import LRUCache
+from tagifai_api.serving.forks import reset_after_fork
 from tagifai_api.serving.shadow import ShadowObserver, ShadowScorer
 from tagifai_api.store.database import StoreError
 from tagifai_api.store.registry import NoDefaultError, Registry
@@ -163,8 +163,7 @@ class ModelService:
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self.shadow = ShadowScorer(lambda v: self.get(v).predictor, observer, shadow_queue_size, max_texts)
         self._reset()
-        after_fork = weakref.WeakMethod(self._reset)
-        os.register_at_fork(after_in_child=lambda: (reset := after_fork()) is not None and reset())
+        reset_after_fork(self._reset)
         self.try_load()
 
     def _reset(self) -> None:

@@ -8,16 +8,15 @@ call, and counts whether its tags agree with the ones the client got.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tagifai_api.ml.predict import Predictor
+from tagifai_api.serving.forks import reset_after_fork
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,7 @@ class ShadowScorer:
         self.max_texts = max_texts
         self.max_wait_s = max_wait_s
         self._reset()
-        after_fork = weakref.WeakMethod(self._reset)
-        os.register_at_fork(after_in_child=lambda: (reset := after_fork()) is not None and reset())
+        reset_after_fork(self._reset)
 
     def _reset(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -126,7 +124,7 @@ class ShadowScorer:
                 continue
             counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
             pos = 0
-            for model_version, _, texts, results in items:
+            for model_version, _, _, results in items:
                 for served in results:
                     agreed = served["predicted_tag"] == shadow[pos]["predicted_tag"]
                     counts[model_version][0 if agreed else 1] += 1
@@ -138,10 +136,6 @@ class ShadowScorer:
                         self.observer.shadow(model_version, shadow_version, agree, disagree)
                     except Exception:  # noqa: BLE001
                         log.exception("shadow metrics failed")
-
-    def idle(self) -> bool:
-        """Nothing queued (the request being scored, if any, may still be running)."""
-        return self._queue.qsize() == 0
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Score what is queued, then stop the thread."""

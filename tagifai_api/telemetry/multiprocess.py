@@ -6,31 +6,27 @@ histograms into ``<type>_archive.db`` and removes its files; its gauges describe
 gone and are dropped. A shared/exclusive file lock keeps a scrape from reading mid-fold (which
 would count the dead worker twice, or miss a file that disappeared).
 
-Imported by the Gunicorn master: only the standard library here, and prometheus_client is
-imported inside the functions, after ``PROMETHEUS_MULTIPROC_DIR`` is set.
+Imported by the Gunicorn master: only the standard library here (:mod:`tagifai_api.store.files`
+is too), and prometheus_client is imported inside the functions, after ``PROMETHEUS_MULTIPROC_DIR``
+is set.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import glob
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from tagifai_api.store import files
 
 _LOCK_FILE = ".lock"
 
 
-@contextmanager
-def locked(directory: str, exclusive: bool) -> Iterator[None]:
+def locked(directory: str, exclusive: bool) -> AbstractContextManager[None]:
     """Hold the directory's lock, shared for readers and exclusive for the fold."""
-    fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    return files.locked(os.path.join(directory, _LOCK_FILE), shared=not exclusive, mode=0o600)
 
 
 def archive_dead_worker(directory: str, pid: int) -> int:

@@ -1,11 +1,8 @@
 """Request ids and the one JSON access-log line per request.
 
-The access line is built with orjson rather than through ``logging``: it is on every request's
-path, and a LogRecord, caller lookup and formatter cost several times the line itself. It has the
-same shape as :class:`tagifai_api.telemetry.logs.JsonFormatter` lines. Lines are written to stdout in
-batches, at most ``FLUSH_INTERVAL_S`` late: a write per request costs a system call and, under
-load, a hand-over of the GIL to another thread, which measured as the largest single cost of a
-request after the framework itself.
+The line is on every request's path, so it is built with orjson rather than through ``logging`` and
+written to stdout in batches by a background thread; README, Performance, "Access lines" has the
+measurements.
 """
 
 from __future__ import annotations
@@ -141,6 +138,8 @@ class LineWriter:
             self.flush()
 
 
+# Lines wait at most this long: a write per request cost a system call and, under load, a hand-over
+# of the GIL to another thread, measured as the largest single cost of a request after the framework.
 FLUSH_INTERVAL_S = 0.2
 _ids = RequestIds()
 _writer = LineWriter(1, FLUSH_INTERVAL_S)  # the stdout file descriptor, whatever sys.stdout is now
@@ -180,6 +179,8 @@ def _finish(response: Response) -> Response:
         if metrics is not None:
             metrics.error(state.get("error_type") or str(status))
     if log.isEnabledFor(logging.INFO):
+        # orjson, not a LogRecord, caller look-up and formatter (several times the line's own
+        # cost); the same shape as JsonFormatter's lines
         pid = os.getpid()
         path = req.path
         entry = {

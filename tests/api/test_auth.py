@@ -11,7 +11,7 @@ from flask import Blueprint
 
 from tagifai_api.auth import guard
 from tagifai_api.auth.guard import public, require_role
-from tagifai_api.auth.keys import KeyStore
+from tagifai_api.auth.keys import KeyFileError, KeyStore
 from tagifai_api.web import access
 from tagifai_api.web.responses import construct_response
 
@@ -89,7 +89,7 @@ def cases():
         for kind, statuses in kinds.items():
             routes = {"open": OPEN, "read": READ, "admin": ["admin"]}[kind]
             for route in routes:
-                for who, status in zip(WHO, statuses):
+                for who, status in zip(WHO, statuses, strict=True):
                     for header in ("bearer", "x-api-key"):
                         if who == "none" and header == "x-api-key":
                             continue
@@ -178,7 +178,8 @@ def test_every_route_that_changes_state_needs_an_admin_key_in_every_spelling(aut
     client = app.test_client()
     for path, method, endpoint in routes:
         assert guard.needed_role(app, endpoint, mode) == "admin", (method, path)
-        spellings = {path, path + "/", path.replace("/", "//"), re.sub(r"([a-z])", lambda m: f"%{ord(m[1]):02x}", path, 1)}
+        escaped = re.sub(r"([a-z])", lambda m: f"%{ord(m[1]):02x}", path, count=1)
+        spellings = {path, path + "/", path.replace("/", "//"), escaped}
         for who, status in (("none", 401), ("predict", 403)):
             headers = credentials(keyset, who, "bearer")
             r = client.open(path, method=method, headers=headers, json={"version": "x"})
@@ -275,6 +276,19 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
 def test_invalid_mode_is_refused(make_app):
     with pytest.raises(ValueError, match="TAGIFAI_AUTH: expected one of admin, all, off, got 'some'"):
         make_app(AUTH="some")
+
+
+def test_a_broken_keys_file_stops_the_app_unless_it_is_told_to_refuse_every_key(make_app, keys_file, keyset,
+                                                                               monkeypatch, caplog):
+    keys_file.write_text("{ broken")
+    with pytest.raises(KeyFileError, match="not valid JSON"):
+        make_app(AUTH="all", API_KEYS_FILE=str(keys_file), REGISTRY_POLL_S=0)  # no watcher left behind
+    monkeypatch.setenv("TAGIFAI_API_KEYS_FILE_STRICT", "false")  # what gunicorn.conf.py sets in a worker
+    with caplog.at_level(logging.ERROR, logger="tagifai_api.auth"):
+        client = make_app(AUTH="all", API_KEYS_FILE=str(keys_file), METRICS=False).test_client()
+    assert "starting with no keys (every key refused)" in caplog.text
+    assert call(client, "/args", {"Authorization": f"Bearer {keyset['admin']}"}).status_code == 401
+    assert call(client, "/health/ready", {}).status_code == 200
 
 
 def test_require_role_refuses_an_unknown_role():

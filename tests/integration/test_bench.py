@@ -16,17 +16,20 @@ from tests.integration import servers
 pytestmark = pytest.mark.integration
 
 
-def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
+def run_bench(*args: str, timeout_s: float) -> tuple[str, dict]:
+    """``python -m benchmarks.run`` with ``args``: its stdout and the JSON report it wrote."""
     servers.require_binary("wrk")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--seconds", "2", "--rounds", "1", "--inproc-seconds", "0.2",
-         "--artifacts", str(artifacts_dir)],
-        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", *args],
+                         cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     written = re.search(r"written to (\S+)", out.stdout).group(1)
-    result = json.loads((servers.ROOT / written).read_text())
+    return out.stdout, json.loads((servers.ROOT / written).read_text())
+
+
+def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
+    stdout, result = run_bench("--seconds", "2", "--rounds", "1", "--inproc-seconds", "0.2",
+                               "--artifacts", str(artifacts_dir), timeout_s=240)
     assert set(result["http"]) == set(bench.TARGETS)
     for name, scenarios in result["http"].items():
         for scenario, *_ in bench.HTTP_SCENARIOS:
@@ -40,5 +43,26 @@ def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
     for size in (1, 100):
         cost = result["explain"][f"batch_{size}"]
         assert cost["plain_us"] > 0 and cost["explain_us"] > 0 and cost["ratio"] > 0
-    assert "explain=true against a plain prediction" in out.stdout
-    assert "Ratios (batching on):" in out.stdout
+    assert "explain=true against a plain prediction" in stdout
+    assert "Ratios (batching on):" in stdout
+
+
+def test_baseline_mode_alternates_this_tree_and_a_revision(artifacts_dir):
+    """HEAD served from a temporary export against this tree, in two rounds of opposite order."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=servers.ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    stdout, result = run_bench("--baseline", "HEAD", "--seconds", "1", "--rounds", "2",
+                               "--artifacts", str(artifacts_dir), timeout_s=120)
+    assert result["baseline"]["commit"] == head.stdout.strip()
+    assert result["order"] == [["current", "baseline"], ["baseline", "current"]]
+    scenario = "1 text, 64 conns"
+    assert [s[0] for s in result["scenarios"]] == [scenario]
+    for side in ("current", "baseline"):
+        assert len(result["http_rounds"][side]) == 2
+        assert result["http"][side][scenario]["errors"] == 0, side
+        assert result["http"][side][scenario]["req_per_s"] > 0, side
+    ratio = result["ratios"][scenario]["req_per_s_ratio"]
+    assert ratio == pytest.approx(result["http"]["current"][scenario]["req_per_s"]
+                                  / result["http"]["baseline"][scenario]["req_per_s"], rel=1e-2)
+    assert f"req/s {ratio:.3f}x (target >= 0.97x: " in stdout

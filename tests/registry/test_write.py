@@ -9,7 +9,7 @@ import pytest
 
 from tagifai_api.auth.keys import KeyStore
 from tagifai_api.ml import artifacts
-from tagifai_api.store import registry
+from tagifai_api.store import files, registry
 
 TEXTS = ["YOLO object detection", "a project about things", "BERT for question answering", "an idea"]
 
@@ -125,10 +125,10 @@ def test_a_pinned_service_refuses_to_switch(make_app, registry_root, keys):
 def test_a_state_that_cannot_be_written_is_a_clear_500(setup, keys, monkeypatch):
     app, client, root, first, second = setup
 
-    def read_only(path, text):
+    def read_only(path, data, **options):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(registry, "_replace", read_only)
+    monkeypatch.setattr(files, "write_atomic", read_only)
     body = client.put("/models/default", json={"version": second}, headers=admin(keys)).get_json()
     assert body["status-code"] == 500 and "Permission denied" in body["message"]
     assert artifacts.default_version(root) == first

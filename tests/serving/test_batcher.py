@@ -124,7 +124,7 @@ def test_batch_limit_counts_texts_and_never_splits_a_request(make_batcher):
         threads += t
         results[key], errors[key] = got, failed
         queued = sum(len(jobs[k]) for k in jobs if k <= key)
-        wait_until(lambda: b._queued_items == queued)
+        wait_until(lambda n=queued: b._queued_items == n)
     gate.set()
     for t in [blocker, *threads]:
         t.join(5)
@@ -231,13 +231,13 @@ def test_wrong_result_count_is_a_batch_failure(make_batcher):
 
 def test_thread_starts_lazily_in_the_process_that_uses_it(make_batcher, monkeypatch):
     b = make_batcher(FakeModel())
-    assert b.pid is None and b._thread is None  # nothing started at construction (the Gunicorn master)
+    assert b._pid is None and b._thread is None  # nothing started at construction (the Gunicorn master)
     b.submit(["a"], 5.0)
-    assert b.pid == os.getpid()
+    assert b._pid == os.getpid()
     first = b._thread
     monkeypatch.setattr(os, "getpid", lambda: 999_999)  # as if we were now a forked child
     assert b.submit(["b"], 5.0) == ["r:b"]
-    assert b.pid == 999_999 and b._thread is not first and b._thread.is_alive()
+    assert b._pid == 999_999 and b._thread is not first and b._thread.is_alive()
 
 
 def test_a_batching_thread_that_died_is_started_again(make_batcher):
@@ -263,7 +263,7 @@ def test_works_in_a_forked_child(make_batcher):
     pid = os.fork()
     if pid == 0:  # child: the parent's thread did not survive the fork; a new one must start
         try:
-            ok = b.submit(["child"], 5.0) == ["r:child"] and b.pid == os.getpid()
+            ok = b.submit(["child"], 5.0) == ["r:child"] and b._pid == os.getpid()
             os.write(w, b"1" if ok else b"0")
         finally:
             os._exit(0)

@@ -16,13 +16,28 @@ _STARTED = time.time()
 
 @bp.get("/live")
 def live():
-    """Answer 200 whenever the process can answer at all (no model needed)."""
+    """Answer 200 whenever the process can answer at all (no model needed).
+    ---
+    get:
+      summary: Liveness probe
+      tags: [health]
+      responses:
+        200: OK
+    """
     return construct_response(HTTPStatus.OK, data={"pid": os.getpid()})
 
 
 @bp.get("/ready")
 def ready():
-    """Answer 200 only when this worker has a warmed-up model, else 503."""
+    """Answer 200 only when this worker has a warmed-up model, else 503.
+    ---
+    get:
+      summary: "Readiness probe: 200 only with a loaded, warmed-up model"
+      tags: [health]
+      responses:
+        200: OK
+        503: No model loaded
+    """
     service = get_service()
     service.maybe_reload()
     data = {

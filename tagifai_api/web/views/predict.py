@@ -25,7 +25,36 @@ def _read_body() -> None:
 @bp.post("/predict")
 def predict():
     """Tag each of ``{"texts": [{"text": ...}, ...], "explain": false}``, in order, with the default
-    version or ``?version=``."""
+    version or ``?version=``.
+    ---
+    post:
+      summary: Tag texts
+      tags: [model]
+      parameters: [version]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: PredictRequest
+            example:
+              texts:
+                - text: Transfer learning with transformers for text classification.
+                - text: Generative adversarial networks for image generation.
+      responses:
+        200:
+          description: Predictions in input order
+          content:
+            application/json:
+              schema: PredictResponse
+        400: Malformed JSON
+        413: Body too large
+        415: Not JSON
+        422: Invalid body; data.errors gives each field path and message
+        404: Unknown version; data.valid lists the valid ones
+        409: The version cannot be loaded; data.reason says why
+        503: No model loaded, or the worker's queue is full (see Retry-After)
+        504: Waited too long in the queue
+    """
     _read_body()
     # begun once the body is here, before it is parsed, so a batch being formed waits for its texts
     with get_service().request(requested_version()) as answering:
