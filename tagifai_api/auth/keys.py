@@ -156,12 +156,17 @@ class KeyRing:
             generation = self.store.generation()
             if generation == self._seen:
                 return
-            keys = tuple(ApiKey(**row) for row in self.store.keys())
+            rows = self.store.keys()
+            keys = tuple(ApiKey(**row) for row in rows)
         except StoreError as exc:
             if str(exc) != self._failure:
                 self._failure = str(exc)
+                if self._seen is None and not self._keys:  # a worker started during an outage
+                    self._keys = tuple(ApiKey(**row) for row in self.store.last_known("keys") or ())
                 log.error("%s; keeping the %d keys read before", exc, len(self._keys))
             return
+        if keys != self._keys:
+            self.store.remember("keys", rows)  # hashes only, like the store itself
         if self._failure is not None or (self._seen is not None and keys != self._keys):
             log.info("keys re-read from the store: %d keys", len(keys))
         self._failure = None

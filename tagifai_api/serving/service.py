@@ -156,6 +156,7 @@ class ModelService:
         self.load_error: str | None = None
         #: why the store could not be read at the last attempt (None: it could)
         self.store_error: str | None = None
+        self._remembered: tuple[str | None, str | None] | None = None
         self.loaded_at: float | None = None
         self._last_attempt = 0.0
         self._last_failure: str | None = None
@@ -224,10 +225,20 @@ class ModelService:
                 default, shadow = self.registry.pointers()
             except StoreError as exc:
                 self._store_failed(exc)
-                return
-            if self.store_error is not None:
-                log.info("the state store %s answers again", self.registry.store.describe())
-                self.store_error = None
+                last = self.registry.last_known() if self.default is None else None
+                if last is None or not (self.pinned or last[0]):
+                    return
+                # a worker started during an outage serves what this host's workers last read
+                default, shadow = last
+                log.warning("serving %s, the default this host last read, until the store answers",
+                            self.pinned or default)
+            else:
+                if self.store_error is not None:
+                    log.info("the state store %s answers again", self.registry.store.describe())
+                    self.store_error = None
+                if (default, shadow) != self._remembered:
+                    self.registry.remember(default, shadow)
+                    self._remembered = (default, shadow)
             name = self.pinned or default
             if name is None:
                 self._default_failed(NoDefaultError(

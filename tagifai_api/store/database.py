@@ -8,8 +8,11 @@ in here: they stay immutable directories beside it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tagifai_api.store import tables as t
+from tagifai_api.store.files import write_atomic
 
 log = logging.getLogger("tagifai_api.store")
 
@@ -152,6 +156,28 @@ class Store:
                 self.on_error(operation)
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise StoreUnavailableError(f"the state store is unavailable ({reason})") from None
+
+    # -- this host's copy of what was read last ---------------------------------------------------
+
+    def _snapshot_path(self, name: str) -> Path:
+        digest = hashlib.sha256(f"{self.url}|{name}".encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"tagifai-state-{digest}.json"
+
+    def remember(self, name: str, value: object) -> None:
+        """Keep ``value`` (JSON) on this host, readable by its owner only, as what was read last:
+        a worker that starts while the database is down serves from it instead of not at all.
+        Best effort: a failure only logs."""
+        try:
+            write_atomic(self._snapshot_path(name), json.dumps(value), mode=0o600)
+        except OSError as exc:
+            log.warning("cannot keep the state last read (%s): %s", name, exc)
+
+    def last_known(self, name: str) -> object | None:
+        """What :meth:`remember` kept under ``name`` on this host, if anything."""
+        try:
+            return json.loads(self._snapshot_path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     # -- schema ------------------------------------------------------------------------------------
 

@@ -43,6 +43,19 @@ class Registry:
     def __init__(self, store: Store, root: str | Path) -> None:
         self.store = store
         self.root = Path(root)
+        self._snapshot = f"pointers-{self.root.resolve()}"
+
+    def remember(self, default: str | None, shadow: str | None) -> None:
+        """Keep the pointers as read now on this host (see :meth:`Store.remember`)."""
+        self.store.remember(self._snapshot, {"default": default, "shadow": shadow})
+
+    def last_known(self) -> tuple[str | None, str | None] | None:
+        """The pointers a worker of this host last read from the store, if any did."""
+        data = self.store.last_known(self._snapshot)
+        try:
+            return data["default"], data["shadow"]
+        except (KeyError, TypeError):
+            return None
 
     def pointers(self) -> tuple[str | None, str | None]:
         """``(default, shadow)`` as the store says now; what every worker polls."""
