@@ -13,7 +13,7 @@ import gunicorn
 import pytest
 
 from tagifai_api.server import worker
-from tests.integration import servers
+from tests import helpers
 
 
 class RecordingSocket:
@@ -114,8 +114,8 @@ def test_gunicorn_of_another_version_stops_at_start_in_one_line():
     code = ("import sys, gunicorn; gunicorn.version_info = (27, 1, 0); "
             "sys.argv = ['gunicorn', '-c', 'gunicorn.conf.py', 'wsgi:app']; "
             "from gunicorn.app.wsgiapp import run; run()")
-    out = subprocess.run([sys.executable, "-c", code], cwd=servers.ROOT, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "GUNICORN_BIND": f"127.0.0.1:{servers.free_port()}"})
+    out = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "GUNICORN_BIND": f"127.0.0.1:{helpers.free_port()}"})
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         "error: tagifai_api.server.worker.ThreadWorker is written for gunicorn==27.0.1, found 27.1.0: "

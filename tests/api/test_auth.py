@@ -14,8 +14,8 @@ from tagifai_api.auth.guard import public, require_role
 from tagifai_api.auth.keys import KeyStore
 from tagifai_api.web import access
 from tagifai_api.web.responses import construct_response
+from tests.helpers import ENVELOPE
 
-ENVELOPE_KEYS = {"message", "method", "status-code", "timestamp", "url", "request-id"}
 PREDICT_BODY = {"texts": [{"text": "Transformers for text classification."}]}
 UNKNOWN = "tagifai_" + "A" * 43
 
@@ -105,7 +105,7 @@ def test_mode_role_and_key_decide_the_answer(auth_app, keyset, mode, route, who,
         return  # an HTML page
     body = r.get_json()
     if route != "/openapi.json":
-        assert ENVELOPE_KEYS <= body.keys() and body["status-code"] == status
+        assert ENVELOPE <= body.keys() and body["status-code"] == status
     if status == 401:
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert ("invalid_token" in r.headers["WWW-Authenticate"]) == (who == "unknown")

@@ -2,12 +2,8 @@
 
 import pytest
 
-from tests.api.test_routes import check_envelope
-
-LESSON = [
-    "Transfer learning with transformers for text classification.",
-    "Generative adversarial networks for image generation.",
-]
+from tests.helpers import LESSON_TEXTS as LESSON
+from tests.helpers import check_envelope
 
 
 def post(client, texts, **extra):

@@ -4,14 +4,7 @@ import json
 
 import pytest
 
-from tests.api.test_routes import check_envelope
-
-LESSON = {
-    "texts": [
-        {"text": "Transfer learning with transformers for text classification."},
-        {"text": "Generative adversarial networks for image generation."},
-    ]
-}
+from tests.helpers import LESSON, check_envelope
 
 
 def post(client, body, **kw):

@@ -11,22 +11,22 @@ import sys
 import pytest
 
 from benchmarks import run as bench
-from tests.integration import servers
+from tests import helpers
 
 pytestmark = pytest.mark.integration
 
 
 def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
-    servers.require_binary("wrk")
+    helpers.require_binary("wrk")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--seconds", "2", "--rounds", "1", "--inproc-seconds", "0.2",
          "--artifacts", str(artifacts_dir)],
-        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     written = re.search(r"written to (\S+)", out.stdout).group(1)
-    result = json.loads((servers.ROOT / written).read_text())
+    result = json.loads((helpers.ROOT / written).read_text())
     assert set(result["http"]) == set(bench.TARGETS)
     for name, scenarios in result["http"].items():
         for scenario, *_ in bench.HTTP_SCENARIOS:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scoring.conftest import ROOT, command, repeated
+from tests.helpers import ROOT, command, repeated
 
 ARGS = ("--workers", "2", "--chunk-size", "50", "--quiet")
 

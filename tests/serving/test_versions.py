@@ -12,7 +12,7 @@ import pytest
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.serving.service import ModelService
 from tagifai_api.store import registry
-from tests.conftest import copy_version
+from tests.helpers import copy_version, wait_until
 
 
 class Recorder:
@@ -49,13 +49,6 @@ def service_factory():
     yield make
     for s in services:
         s.close()
-
-
-def wait_for(condition, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_versions_load_on_first_use_and_the_least_recently_used_goes_first(registry_root, service_factory):
@@ -120,13 +113,13 @@ def test_the_default_is_followed_from_disk_and_a_bad_one_is_not_served(registry_
     obs = Recorder()
     s = service_factory(root, poll_s=0.02, observer=obs)
     registry.set_default(root, second)
-    wait_for(lambda: s.default.version == second)
+    wait_until(lambda: s.default.version == second)
     assert obs.loaded == [first, second]
     # a pointer edited by hand to a damaged version: the worker keeps serving the last good default
     damaged = copy_version(root, first, "v29990101T000000000000Z")
     (root / damaged / "model.npz").write_bytes(b"x")
     (root / "DEFAULT").write_text(damaged + "\n")
-    wait_for(lambda: "default model not loaded (still serving" in caplog.text)
+    wait_until(lambda: "default model not loaded (still serving" in caplog.text)
     assert s.get().version == second and s.ready
     with pytest.raises(ArtifactError, match="does not match"):
         s.get(damaged)
@@ -159,7 +152,7 @@ def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, 
     s.predict(texts, 5.0)
     assert time.monotonic() - started < 1.0
     slow.set()
-    wait_for(lambda: obs.shadows)
+    wait_until(lambda: obs.shadows)
     (model_version, shadow_version, agree, disagree), = obs.shadows
     assert (model_version, shadow_version) == (first, second)
     assert agree + disagree == len(texts)
@@ -184,7 +177,7 @@ def test_a_full_shadow_queue_drops_and_counts(registry_root, service_factory):
     for i in range(1, 10):
         s.predict([f"text {i}"], 5.0)
     gate.set()
-    wait_for(lambda: sum(a + d for *_, a, d in obs.shadows) + s.shadow.dropped >= 10)
+    wait_until(lambda: sum(a + d for *_, a, d in obs.shadows) + s.shadow.dropped >= 10)
     # one being scored, two waiting: the other seven were dropped and counted
     assert obs.dropped == [(second, "queue_full", 1)] * 7 and s.shadow.dropped == 7
     assert sum(a + d for *_, a, d in obs.shadows) == 3
@@ -209,7 +202,7 @@ def test_a_broken_shadow_is_counted_and_never_touches_the_answer(registry_root, 
     (root / second / "model.npz").write_bytes(b"damaged after it was set")
     s._loaded.pop(second, None)  # as if evicted: the next use loads it again, and fails
     assert s.predict(["YOLO"], 5.0)[0]["predicted_tag"] == "computer-vision"
-    wait_for(lambda: obs.dropped)
+    wait_until(lambda: obs.dropped)
     assert obs.dropped == [(second, "error", 1)]
 
 
