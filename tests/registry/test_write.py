@@ -10,6 +10,7 @@ import pytest
 from tagifai_api.auth.keys import KeyStore
 from tagifai_api.ml import artifacts
 from tagifai_api.store import registry
+from tests.helpers import copy_version
 
 TEXTS = ["YOLO object detection", "a project about things", "BERT for question answering", "an idea"]
 
@@ -76,6 +77,26 @@ def test_switch_then_roll_back(setup, keys):
     assert again["status-code"] == 409 and "history is empty" in again["message"]
     assert artifacts.default_version(root) == first
 
+
+
+def test_history_is_newest_first_and_rollbacks_walk_it_back_in_order(setup, keys):
+    app, client, root, first, second = setup
+    third = copy_version(root, second, "v29990101T000000000000Z")
+    fourth = copy_version(root, second, "v29990102T000000000000Z")
+    for previous, version in ((first, second), (second, third), (third, fourth)):
+        r = client.put("/models/default", json={"version": version}, headers=admin(keys)).get_json()
+        assert r["status-code"] == 200 and r["data"] == {"previous": previous, "default": version}
+    listed = client.get("/models").get_json()["data"]
+    assert listed["default"] == fourth and listed["history"] == [third, second, first]
+    for current, back, left in ((fourth, third, [second, first]), (third, second, [first]), (second, first, [])):
+        r = client.post("/models/default/rollback", headers=admin(keys)).get_json()
+        assert r["status-code"] == 200 and r["data"] == {"previous": current, "default": back}
+        listed = client.get("/models").get_json()["data"]
+        assert listed["default"] == back and listed["history"] == left
+        served = client.post("/predict", json={"texts": [{"text": TEXTS[0]}]}).get_json()["data"]
+        assert served["model_version"] == back
+    again = client.post("/models/default/rollback", headers=admin(keys)).get_json()
+    assert again["status-code"] == 409 and artifacts.default_version(root) == first
 
 def test_a_version_failing_verification_is_409_and_nothing_changes(setup, keys):
     app, client, root, first, second = setup
