@@ -69,6 +69,30 @@ def test_versions_load_on_first_use_and_the_least_recently_used_goes_first(regis
     assert s.get() is s.default and s.default.version == first
 
 
+
+def test_the_shadow_is_never_evicted_even_with_one_version_allowed(registry_root, service_factory):
+    """TAGIFAI_MAX_LOADED_VERSIONS at its minimum (1): the default and the shadow stay loaded however
+    many other versions requests ask for; only those others are evicted."""
+    root, first, second = registry_root
+    third = copy_version(root, second, "v29990101T000000000000Z")
+    fourth = copy_version(root, second, "v29990102T000000000000Z")
+    obs = Recorder()
+    s = service_factory(root, max_loaded=1, observer=obs, batching=False)
+    registry.set_shadow(root, second)
+    s.refresh()
+    s.predict(["YOLO"], 5.0)
+    wait_until(lambda: s.shadow.scored == 1, what="the shadow's first score")
+    shadow = s.get(second)
+    for other in (third, fourth):
+        s.predict(["YOLO"], 5.0, served=s.get(other))
+        assert s.loaded_versions() == [first, second, other]
+    assert s.get(second) is shadow  # the very same loaded model, not one loaded again
+    s.predict(["BERT for question answering"], 5.0)
+    wait_until(lambda: s.shadow.scored == 4, what="every request scored by the shadow")
+    assert sorted(model for model, *_ in obs.shadows) == sorted([first, third, fourth, first])
+    assert {shadow_version for _, shadow_version, *_ in obs.shadows} == {second} and obs.dropped == []
+    assert s.get(second) is shadow
+
 def test_an_evicted_version_still_answers_a_request_that_picked_it_up(registry_root, service_factory):
     root, first, second = registry_root
     third = copy_version(root, second, "v29990101T000000000000Z")
