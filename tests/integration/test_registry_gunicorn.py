@@ -122,10 +122,16 @@ def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path,
     root, first, second = registry_root
     texts = ["YOLO object detection", "a project about things", "BERT for question answering",
              "Kubernetes pipelines for model deployment", "an idea"]
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **admin[0]}
-    with helpers.gunicorn(root, workers=2, env=env) as server:
+    log = tmp_path / "gunicorn.log"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_LOG_LEVEL": "INFO", **admin[0]}
+    with helpers.gunicorn(root, workers=2, env=env, log_path=log) as server:
+        pids = workers(server)
         assert call(server, "PUT", "/models/shadow", admin[1], json={"version": second})["shadow"] == second
-        time.sleep(1.5)  # the other worker reads SHADOW within TAGIFAI_REGISTRY_POLL_S (1 s)
+        # the other worker reads SHADOW within TAGIFAI_REGISTRY_POLL_S (1 s), and says so in its log
+        deadline = time.monotonic() + SWITCH_DEADLINE_S
+        while {e["pid"] for e in log_lines(log) if e.get("message", "").startswith(f"shadow model {second} ")} != pids:
+            assert time.monotonic() < deadline, f"not every worker of {sorted(pids)} took the shadow"
+            time.sleep(0.1)
         sent = 0
         for i in range(40):
             r = requests.post(f"{server.url}/predict", json={"texts": [{"text": texts[i % len(texts)]}]},
