@@ -99,12 +99,3 @@ def registry_root(tmp_path, two_versions_template) -> tuple[Path, str, str]:
     root = tmp_path / "artifacts"
     shutil.copytree(template, root)
     return root, first, second
-
-
-def copy_version(root: Path, version: str, name: str) -> str:
-    """Another sound version with the same files under a new name (its manifest says so)."""
-    shutil.copytree(root / version, root / name)
-    manifest = json.loads((root / name / artifacts.MANIFEST).read_text())
-    manifest["version"] = name
-    (root / name / artifacts.MANIFEST).write_text(json.dumps(manifest))
-    return name

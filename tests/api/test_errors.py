@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from tests.api.test_predict import LESSON
-from tests.api.test_routes import check_envelope
+from tests.helpers import LESSON, check_envelope
 
 
 @pytest.mark.parametrize(

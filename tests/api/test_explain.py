@@ -2,12 +2,8 @@
 
 import pytest
 
-from tests.api.test_routes import check_envelope
-
-LESSON = [
-    "Transfer learning with transformers for text classification.",
-    "Generative adversarial networks for image generation.",
-]
+from tests.helpers import LESSON_TEXTS as LESSON
+from tests.helpers import check_envelope
 
 
 def post(client, texts, **extra):
@@ -74,12 +70,20 @@ def test_explained_requests_never_use_the_batcher_or_the_cache(make_app, monkeyp
         raise AssertionError("an explained request went through the micro-batcher")
 
     monkeypatch.setattr(service.batcher, "submit", no_batch)
-    assert post(client, LESSON, explain=True).status_code == 200
+    explained = check_envelope(post(client, LESSON, explain=True), 200, "POST")["data"]
     assert len(service.cache) == 0
     assert service.batcher._arriving == 0  # it announced itself, then withdrew: no batch waits for it
     monkeypatch.undo()
-    assert post(client, LESSON).status_code == 200
+    plain = check_envelope(post(client, LESSON), 200, "POST")["data"]
     assert len(service.cache) == 2
+    assert explained["model_version"] == plain["model_version"]
+    for p, q in zip(plain["predictions"], explained["predictions"]):
+        assert q.keys() == p.keys() | {"explanation"}
+        assert q["probabilities"] == pytest.approx(p["probabilities"], abs=1e-12)
+        assert [q[k] for k in ("input_text", "predicted_tag", "low_confidence")] == \
+            [p[k] for k in ("input_text", "predicted_tag", "low_confidence")]
+    # both texts are in the cache now: an explained request is still explained, not read from it
+    assert check_envelope(post(client, LESSON, explain=True), 200, "POST")["data"] == explained
 
 
 def test_largest_request_is_explained(client):

@@ -4,14 +4,7 @@ import json
 
 import pytest
 
-from tests.api.test_routes import check_envelope
-
-LESSON = {
-    "texts": [
-        {"text": "Transfer learning with transformers for text classification."},
-        {"text": "Generative adversarial networks for image generation."},
-    ]
-}
+from tests.helpers import LESSON, check_envelope
 
 
 def post(client, body, **kw):
@@ -94,9 +87,20 @@ def test_text_length_and_count_limits(make_app):
 
 
 def test_default_limits(client):
-    assert post(client, {"texts": [{"text": "x" * 10_000}]}).status_code == 200
-    assert post(client, {"texts": [{"text": "x" * 10_001}]}).status_code == 422
-    assert post(client, {"texts": [{"text": "a"}] * 101}).status_code == 422
+    # 10,000 characters whose only telling words are at the very end: an answer from a shortened
+    # text would be 'other', as the filler alone is
+    tail = " YOLO object detection in images with convolutional networks."
+    longest = ("x " * 5_000)[: 10_000 - len(tail)] + tail
+    assert len(longest) == 10_000
+    (prediction,) = check_envelope(post(client, {"texts": [{"text": longest}]}), 200, "POST")["data"]["predictions"]
+    assert prediction["input_text"] == longest
+    assert prediction["predicted_tag"] == "computer-vision" and prediction["low_confidence"] is False
+    (filler,) = post(client, {"texts": [{"text": "x " * 5_000}]}).get_json()["data"]["predictions"]
+    assert filler["predicted_tag"] == "other"
+    too_long = check_envelope(post(client, {"texts": [{"text": "x" * 10_001}]}), 422, "POST")
+    assert too_long["data"]["errors"] == {"texts": {"0": {"text": ["Longer than maximum length 10000."]}}}
+    too_many = check_envelope(post(client, {"texts": [{"text": "a"}] * 101}), 422, "POST")
+    assert too_many["data"]["errors"] == {"texts": ["Length must be between 1 and 100."]}
 
 
 def test_cache_hits_give_identical_answers(make_app):

@@ -1,23 +1,10 @@
 """The read-only routes: /, /performance, /args."""
 
 import json
-from datetime import datetime
 
 import pytest
 
-ENVELOPE = {"message", "method", "status-code", "timestamp", "url", "request-id"}
-
-
-def check_envelope(response, status, method="GET"):
-    body = response.get_json()
-    assert response.status_code == status
-    assert response.mimetype == "application/json"
-    assert ENVELOPE <= set(body) <= ENVELOPE | {"data"}
-    assert body["status-code"] == status
-    assert body["method"] == method
-    assert datetime.fromisoformat(body["timestamp"]).utcoffset().total_seconds() == 0
-    assert body["request-id"] == response.headers["X-Request-ID"]
-    return body
+from tests.helpers import check_envelope
 
 
 def test_index(client, app):
