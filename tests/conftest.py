@@ -54,7 +54,7 @@ def make_app(artifacts_dir):
 
     yield factory
     for app in apps:
-        app.extensions["tagifai"].close()
+        app.extensions["tagifai"].service.close()
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
 from tagifai_api.auth.guard import require_role
 from tagifai_api.ml import versions
 from tagifai_api.registry.schemas import VersionRequestSchema
 from tagifai_api.store import registry
-from tagifai_api.web.context import get_service
+from tagifai_api.web.context import get_service, state
 from tagifai_api.web.errors import NotFoundError
 from tagifai_api.web.responses import construct_response
 
@@ -27,7 +27,7 @@ _body = VersionRequestSchema()
 
 def _shadow_agreement(shadow: str | None) -> dict | None:
     """Counts so far (since the service started, summed over its workers) and the agreement rate."""
-    metrics = current_app.extensions.get("tagifai_metrics")
+    metrics = state().metrics
     if shadow is None or metrics is None:
         return None
     totals = metrics.shadow_totals(shadow)

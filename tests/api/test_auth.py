@@ -216,7 +216,7 @@ def test_refusals_are_counted_as_errors_by_type(make_app, keys_file, keyset, mon
         def error(self, kind):
             seen.append(kind)
 
-    app.extensions["tagifai_metrics"] = Recorder()
+    app.extensions["tagifai"].metrics = Recorder()
     app.test_client().get("/args")
     assert seen == ["UnauthorizedError"]
 

@@ -42,7 +42,7 @@ def test_lesson_example_explains_its_tags_by_the_words_one_expects(client):
 
 
 def test_low_confidence_answer_explains_the_top_class_and_says_so(client, app):
-    threshold = app.extensions["tagifai"].model.args["threshold"]
+    threshold = app.extensions["tagifai"].service.model.args["threshold"]
     p = post(client, ["hello"], explain=True).get_json()["data"]["predictions"][0]
     assert p["low_confidence"] and p["predicted_tag"] == "other"
     e = p["explanation"]
@@ -64,7 +64,7 @@ def test_explain_false_is_the_plain_answer(client):
 
 def test_explained_requests_never_use_the_batcher_or_the_cache(make_app, monkeypatch):
     client = make_app(BATCHING=True, CACHE_SIZE=100).test_client()
-    service = client.application.extensions["tagifai"]
+    service = client.application.extensions["tagifai"].service
 
     def no_batch(*args, **kwargs):
         raise AssertionError("an explained request went through the micro-batcher")
@@ -100,7 +100,7 @@ def _failing_hook(fn, items):
 
 def test_explainer_failure_is_a_500_envelope_and_the_worker_keeps_serving(make_app, model_hook):
     app = make_app()
-    model_hook(app.extensions["tagifai"], _failing_hook)
+    model_hook(app.extensions["tagifai"].service, _failing_hook)
     client = app.test_client()
     response = post(client, LESSON, explain=True)
     body = check_envelope(response, 500, "POST")
@@ -110,7 +110,7 @@ def test_explainer_failure_is_a_500_envelope_and_the_worker_keeps_serving(make_a
 
 def test_explained_request_waiting_too_long_is_a_504(make_app):
     client = make_app(PREDICT_TIMEOUT_MS=50).test_client()
-    service = client.application.extensions["tagifai"]
+    service = client.application.extensions["tagifai"].service
     with service._explain_lock:  # another explained request holds this worker's explainer
         check_envelope(post(client, LESSON, explain=True), 504, "POST")
     assert post(client, LESSON, explain=True).status_code == 200

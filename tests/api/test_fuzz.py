@@ -33,7 +33,7 @@ def fuzz_client(artifacts_dir):
     app = create_app({"ARTIFACTS_DIR": str(artifacts_dir), "LOG_LEVEL": "WARNING", "MAX_TEXTS": 4,
                       "MAX_TEXT_LENGTH": 40, "METRICS": False})
     yield app.test_client()
-    app.extensions["tagifai"].close()
+    app.extensions["tagifai"].service.close()
 
 
 @FUZZ

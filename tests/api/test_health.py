@@ -28,7 +28,7 @@ def test_live(client):
 def test_ready_with_a_model(client, app):
     data = check_envelope(client.get("/health/ready"), 200)["data"]
     assert data["ready"] is True
-    assert data["model_version"] == app.extensions["tagifai"].model.version
+    assert data["model_version"] == app.extensions["tagifai"].service.model.version
     assert data["pid"] == os.getpid()
     assert data["uptime_seconds"] >= 0
 

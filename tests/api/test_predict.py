@@ -14,7 +14,7 @@ def post(client, body, **kw):
 def test_lesson_example_verbatim(client, app):
     body = check_envelope(post(client, LESSON), 200, "POST")
     data = body["data"]
-    assert data["model_version"] == app.extensions["tagifai"].model.version
+    assert data["model_version"] == app.extensions["tagifai"].service.model.version
     preds = data["predictions"]
     assert [p["predicted_tag"] for p in preds] == ["natural-language-processing", "computer-vision"]
     for item, p in zip(LESSON["texts"], preds):
@@ -48,7 +48,7 @@ def test_unicode_is_accepted_and_echoed_exactly(client, text):
 def test_low_confidence_falls_back_to_other(make_app):
     client = make_app().test_client()
     app = client.application
-    threshold = app.extensions["tagifai"].model.args["threshold"]
+    threshold = app.extensions["tagifai"].service.model.args["threshold"]
     preds = post(client, {"texts": [{"text": "hello"}, {"text": "zzzz qqqq"}]}).get_json()["data"]["predictions"]
     for p in preds:
         assert p["low_confidence"] == (p["confidence"] < threshold)
@@ -108,4 +108,4 @@ def test_cache_hits_give_identical_answers(make_app):
     first = post(client, LESSON).get_json()["data"]["predictions"]
     second = post(client, LESSON).get_json()["data"]["predictions"]
     assert first == second
-    assert client.application.extensions["tagifai"].cache.hits == 2
+    assert client.application.extensions["tagifai"].service.cache.hits == 2

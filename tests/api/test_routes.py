@@ -11,12 +11,12 @@ def test_index(client, app):
     body = check_envelope(client.get("/"), 200)
     assert body["message"] == "OK"
     assert body["url"] == "http://localhost/"
-    assert body["data"] == {"model_version": app.extensions["tagifai"].model.version}
+    assert body["data"] == {"model_version": app.extensions["tagifai"].service.model.version}
 
 
 def test_performance(client, artifacts_dir, app):
     body = check_envelope(client.get("/performance"), 200)
-    stored = json.loads((app.extensions["tagifai"].model.path / "performance.json").read_text())
+    stored = json.loads((app.extensions["tagifai"].service.model.path / "performance.json").read_text())
     assert body["data"]["performance"] == stored
 
 
@@ -25,12 +25,12 @@ def test_performance(client, artifacts_dir, app):
 def test_performance_filter(client, selector, keys, app):
     body = check_envelope(client.get(f"/performance?filter={selector}"), 200)
     part = body["data"]["performance"]
-    assert set(part) == (keys or set(app.extensions["tagifai"].model.labels))
+    assert set(part) == (keys or set(app.extensions["tagifai"].service.model.labels))
 
 
 def test_performance_filter_goes_deeper_with_dots(client, app):
     body = check_envelope(client.get("/performance?filter=class.mlops.f1"), 200)
-    assert body["data"]["performance"] == app.extensions["tagifai"].model.performance["class"]["mlops"]["f1"]
+    assert body["data"]["performance"] == app.extensions["tagifai"].service.model.performance["class"]["mlops"]["f1"]
 
 
 @pytest.mark.parametrize("selector", ["nope", "class.nope", "overall.f1.deeper"])
@@ -45,13 +45,13 @@ def test_unknown_filter_is_404_naming_the_valid_ones(client, selector):
 
 def test_args(client, app):
     body = check_envelope(client.get("/args"), 200)
-    assert body["data"]["args"] == app.extensions["tagifai"].model.args
+    assert body["data"]["args"] == app.extensions["tagifai"].service.model.args
     assert "threshold" in body["data"]["args"]
 
 
 def test_one_arg(client, app):
     body = check_envelope(client.get("/args/threshold"), 200)
-    assert body["data"] == {"threshold": app.extensions["tagifai"].model.args["threshold"]}
+    assert body["data"] == {"threshold": app.extensions["tagifai"].service.model.args["threshold"]}
 
 
 def test_unknown_arg_is_404(client):

@@ -163,7 +163,7 @@ def test_shadow_is_scored_and_its_agreement_shown(setup, keys):
     assert r["status-code"] == 200 and r["data"] == {"previous": None, "shadow": second}
     for text in TEXTS:
         assert client.post("/predict", json={"texts": [{"text": text}]}).status_code == 200
-    service = app.extensions["tagifai"]
+    service = app.extensions["tagifai"].service
     deadline = time.monotonic() + 5
     while service.shadow.scored < len(TEXTS) and time.monotonic() < deadline:
         time.sleep(0.01)
