@@ -25,7 +25,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api.web import errors, openapi, responses, schemas
     from tagifai_api.web.access import register_access_log
     from tagifai_api.web.app import TagifaiFlask
-    from tagifai_api.web.context import EXTENSION
+    from tagifai_api.web.context import EXTENSION, Tagifai
     from tagifai_api.web.views import args, docs, health, index, performance, predict
 
     app = TagifaiFlask(__name__)
@@ -42,7 +42,7 @@ def create_app(config: Mapping[str, object] | None = None):
         n = int(app.config["PROXY_COUNT"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
-    model_metrics, http_metrics = metrics.init_metrics(app) if app.config["METRICS"] else (None, None)
+    model_metrics, http_metrics, exporter = metrics.init_metrics(app) if app.config["METRICS"] else (None,) * 3
     store = open_store(app.config, on_error=model_metrics.store_error if model_metrics is not None else None)
     service = ModelService(
         Registry(store, app.config["ARTIFACTS_DIR"]),
@@ -57,11 +57,12 @@ def create_app(config: Mapping[str, object] | None = None):
         poll_s=float(app.config["REGISTRY_POLL_S"]),
         shadow_queue_size=int(app.config["SHADOW_QUEUE_SIZE"]),
     )
-    app.extensions[EXTENSION] = service
-    app.extensions["tagifai_metrics"] = model_metrics
-    app.extensions["tagifai_http_metrics"] = http_metrics
-    app.extensions["tagifai_predict_schema"] = schemas.predict_request_schema(
-        int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"])
+    tagifai = app.extensions[EXTENSION] = Tagifai(
+        service=service,
+        predict_schema=schemas.predict_request_schema(int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"])),
+        metrics=model_metrics,
+        http_metrics=http_metrics,
+        exporter=exporter,
     )
 
     for module in (index, performance, args, predict, health, docs, registry_views, demo):
@@ -71,7 +72,7 @@ def create_app(config: Mapping[str, object] | None = None):
     guard.init_app(app, store)  # after the access log: a refused request still gets its id and access line
     default = service.model.version if service.ready else None
     others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]
-    app.extensions["tagifai_openapi"] = openapi.build_spec(
+    tagifai.openapi = openapi.build_spec(
         app, int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]), default,
         others[-1] if others else None, guard.key_requirements(app))
     return app

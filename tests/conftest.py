@@ -14,21 +14,7 @@ import sqlalchemy
 from tagifai_api import create_app, settings
 from tagifai_api.ml import artifacts, data
 from tagifai_api.ml import train as training
-from tagifai_api.store.database import Store
-from tests.integration.servers import postgres
-from tagifai_api.store.registry import Registry
-
-
-def state_url(root: Path) -> str:
-    """The test store of an artifacts folder: a SQLite file inside it, so copying the folder copies its state."""
-    return f"sqlite:///{Path(root) / 'state.db'}"
-
-
-def open_registry(root: Path) -> Registry:
-    """The registry of a test artifacts folder, its store created if need be."""
-    store = Store(state_url(root))
-    store.upgrade()
-    return Registry(store, root)
+from tests.helpers import open_registry, postgres, state_url
 
 
 @pytest.fixture(scope="session")
@@ -60,14 +46,22 @@ def artifacts_dir(tmp_path_factory, trained) -> Path:
 
 
 @pytest.fixture
-def make_app(artifacts_dir):
-    """Build apps with overrides; batchers are closed afterwards."""
+def make_app(artifacts_dir, tmp_path):
+    """Build apps with overrides; batchers are closed afterwards. Each test's apps share a store of
+    their own: a copy of the session folder's, or the one inside an ``ARTIFACTS_DIR`` it passes."""
     apps = []
+    private = tmp_path / "session-state.db"
 
     def factory(**overrides):
-        root = overrides.get("ARTIFACTS_DIR", artifacts_dir)
-        config = {"ARTIFACTS_DIR": str(artifacts_dir), "DATABASE_URL": state_url(root), "LOG_LEVEL": "WARNING",
-                  "API_KEYS_FILE": str(Path(root) / "no-old-keys-file.json"), **overrides}
+        root = Path(overrides.get("ARTIFACTS_DIR", artifacts_dir))
+        if root == artifacts_dir:
+            if not private.exists():
+                shutil.copy(artifacts_dir / "state.db", private)
+            url = f"sqlite:///{private}"
+        else:
+            url = state_url(root)
+        config = {"ARTIFACTS_DIR": str(artifacts_dir), "DATABASE_URL": url, "LOG_LEVEL": "WARNING",
+                  "API_KEYS_FILE": str(tmp_path / "no-old-keys-file.json"), **overrides}
         app = create_app(config)
         apps.append(app)
         return app
@@ -76,7 +70,7 @@ def make_app(artifacts_dir):
     for app in apps:
         app.extensions["tagifai"].close()
         app.extensions["tagifai_auth"].ring.close()
-        app.extensions["tagifai"].registry.store.close()
+        app.extensions["tagifai"].service.registry.store.close()
 
 
 @pytest.fixture
@@ -123,15 +117,6 @@ def registry_root(tmp_path, two_versions_template) -> tuple[Path, str, str]:
     root = tmp_path / "artifacts"
     shutil.copytree(template, root)
     return root, first, second
-
-
-def copy_version(root: Path, version: str, name: str) -> str:
-    """Another sound version with the same files under a new name (its manifest says so)."""
-    shutil.copytree(root / version, root / name)
-    manifest = json.loads((root / name / artifacts.MANIFEST).read_text())
-    manifest["version"] = name
-    (root / name / artifacts.MANIFEST).write_text(json.dumps(manifest))
-    return name
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_http_metrics_are_what_the_exporter_itself_records(make_app):
     assert client.delete("/predict").status_code == 405
     assert client.get("/boom").status_code == 500
     assert client.get("/metrics").status_code == 200  # not tracked, as the exporter does not track itself
-    ours = _http_samples(app.extensions["prometheus_exporter"].registry)
+    ours = _http_samples(app.extensions["tagifai"].exporter.registry)
     assert ours == _http_samples(reference)
     assert ours[("tagifai_http_request_duration_seconds_count",
                  (("endpoint", "predict.predict"), ("method", "POST"), ("status", "200")))] == 3

@@ -10,10 +10,10 @@ import subprocess
 import pytest
 
 from tagifai_api import settings
-from tests.integration import servers
+from tests import helpers
 
-README = (servers.ROOT / "README.md").read_text(encoding="utf-8")
-GUNICORN_CONF = (servers.ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
+README = (helpers.ROOT / "README.md").read_text(encoding="utf-8")
+GUNICORN_CONF = (helpers.ROOT / "gunicorn.conf.py").read_text(encoding="utf-8")
 
 
 def section(name: str) -> str:
@@ -88,10 +88,10 @@ def test_every_route_has_a_curl_example():
 
 @pytest.mark.integration
 def test_curl_examples_work_verbatim_against_gunicorn(artifacts_dir):
-    servers.require_binary("curl")
+    helpers.require_binary("curl")
     examples = curl_examples()
     assert len(examples) >= 10
-    with servers.gunicorn(artifacts_dir) as server:
+    with helpers.gunicorn(artifacts_dir) as server:
         for command, expected in examples:
             # the only change: the address of this test's server
             run = command.replace("http://localhost:8000", server.url)
@@ -137,18 +137,18 @@ def run_as_one_script(steps, url: str, env: dict, tmp_path) -> tuple[subprocess.
             script.append(f"{{ {run}}} > {tmp_path / f'out{i}.json'}")
             checks.append((i, command, expected))
     out = subprocess.run(["bash", "-c", "".join(line if line.endswith("\n") else line + "\n" for line in script)],
-                         cwd=servers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+                         cwd=helpers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     return out, checks
 
 
 @pytest.mark.integration
 def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_path):
     """The block runs as one shell script (it sets $KEY), each curl's output kept for checking."""
-    servers.require_binary("curl")
+    helpers.require_binary("curl")
     env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(tmp_path / "api_keys.json")}
     steps = examples("auth-examples")
     assert sum(expected is not None for _, expected in steps) >= 6
-    with servers.gunicorn(artifacts_dir, env=env) as server:
+    with helpers.gunicorn(artifacts_dir, env=env) as server:
         out, checks = run_as_one_script(steps, server.url, env, tmp_path)
         assert out.returncode == 0, out.stderr
     assert "reader" in out.stdout  # keys list
@@ -161,14 +161,14 @@ def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, t
 @pytest.mark.integration
 def test_registry_examples_work_verbatim_against_gunicorn(registry_root, tmp_path):
     """The block runs as one shell script (it sets $ADMIN and $NEW), each curl's output kept for checking."""
-    servers.require_binary("curl")
+    helpers.require_binary("curl")
     root, first, second = registry_root
     env = {"TAGIFAI_API_KEYS_FILE": str(tmp_path / "api_keys.json")}
     steps = examples("registry-examples")
     paths = {p for c, _ in steps for p in re.findall(r"localhost:8000(/[\w/.-]*)", c)}
     assert {"/models", "/models/default", "/models/default/rollback", "/models/shadow", "/predict", "/performance",
             "/args"} <= paths
-    with servers.gunicorn(root, env=env) as server:
+    with helpers.gunicorn(root, env=env) as server:
         out, checks = run_as_one_script(steps, server.url, env, tmp_path)
         assert out.returncode == 0, out.stderr
     assert len(checks) >= 12

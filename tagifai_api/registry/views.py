@@ -1,21 +1,20 @@
 """``/models``: what versions exist, which one is the default, and which one shadows it; switching,
 rolling back and shadowing need an admin key (see :mod:`tagifai_api.auth`).
 
-A write changes the files in the artifacts directory (:mod:`tagifai_api.store.registry`), then this
-worker follows at once; every other worker and replica follows within ``TAGIFAI_REGISTRY_POLL_S``.
+A write changes the state store (:mod:`tagifai_api.store.registry`), then this worker follows at
+once; every other worker and replica sharing the store follows within ``TAGIFAI_REGISTRY_POLL_S``.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, g, request
 
 from tagifai_api.auth.guard import require_role
 from tagifai_api.ml import versions
 from tagifai_api.registry.schemas import HistoryQuerySchema, ReasonSchema, VersionRequestSchema
-from tagifai_api.store import registry
-from tagifai_api.web.context import get_service
+from tagifai_api.web.context import get_service, state
 from tagifai_api.web.errors import NotFoundError
 from tagifai_api.web.responses import construct_response
 
@@ -29,7 +28,7 @@ _history_query = HistoryQuerySchema()
 
 def _shadow_agreement(shadow: str | None) -> dict | None:
     """Counts so far (since the service started, summed over its workers) and the agreement rate."""
-    metrics = current_app.extensions.get("tagifai_metrics")
+    metrics = state().metrics
     if shadow is None or metrics is None:
         return None
     totals = metrics.shadow_totals(shadow)
@@ -50,8 +49,8 @@ def list_models():
     service = get_service()
     root = service.artifacts_dir
     default = service.default_name()
-    shadow = registry.shadow_version(root)
-    previous = [e["version"] for e in reversed(registry.history(root))]
+    shadow = service.registry.shadow_version()
+    previous = [e["version"] for e in reversed(service.registry.history())]
     models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow}
               for entry in versions.describe_all(root)]
     return construct_response(HTTPStatus.OK, data={
@@ -107,7 +106,7 @@ def get_model(version: str):
     if name is None:
         raise NotFoundError("There is no default model version.", data={"valid": []})
     described = versions.describe(service.artifacts_dir, name)
-    shadow = registry.shadow_version(service.artifacts_dir)
+    shadow = service.registry.shadow_version()
     return construct_response(HTTPStatus.OK, data={**described, "default": name == service.default_name(),
                                                    "shadow": name == shadow})
 
@@ -137,7 +136,7 @@ def get_shadow():
       responses:
         200: OK
     """
-    shadow = registry.shadow_version(get_service().artifacts_dir)
+    shadow = get_service().registry.shadow_version()
     return construct_response(HTTPStatus.OK, data={"shadow": shadow, "shadow_agreement": _shadow_agreement(shadow)})
 
 

@@ -232,9 +232,9 @@ def _collect(registry: CollectorRegistry | None, own: tuple) -> list:
 PREFIX = "tagifai"
 
 
-def init_metrics(app: Flask) -> tuple[ModelMetrics, HttpMetrics]:
-    """Attach the exporter (``/metrics``) and the HTTP and model metrics to ``app``; the access
-    hook (:mod:`tagifai_api.web.access`) records the HTTP ones."""
+def init_metrics(app: Flask) -> tuple[ModelMetrics, HttpMetrics, PrometheusMetrics]:
+    """Attach the exporter (``/metrics``) to ``app``; return the model and HTTP metrics (the access
+    hook, :mod:`tagifai_api.web.access`, records the HTTP ones) and the exporter."""
     if multiprocess():
         exporter = MultiprocessInternalPrometheusMetrics(app=None, export_defaults=False, registry=None,
                                                          metrics_decorator=read_locked)
@@ -243,5 +243,4 @@ def init_metrics(app: Flask) -> tuple[ModelMetrics, HttpMetrics]:
         registry = CollectorRegistry(auto_describe=True)
         exporter = PrometheusMetrics(app=None, export_defaults=False, registry=registry)
     exporter.init_app(app)
-    app.extensions["prometheus_exporter"] = exporter
-    return ModelMetrics(registry), HttpMetrics(exporter, PREFIX, registry)
+    return ModelMetrics(registry), HttpMetrics(exporter, PREFIX, registry), exporter

@@ -22,6 +22,7 @@ import orjson
 from flask import Flask, Response, current_app, g, request
 
 from tagifai_api.telemetry.logs import JsonFormatter
+from tagifai_api.web.context import EXTENSION
 from tagifai_api.web.responses import REQUEST_ID_HEADER
 
 log = logging.getLogger("tagifai_api.access")
@@ -169,13 +170,13 @@ def _finish(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = request_id
     status = response.status_code
     method = req.method
-    extensions = app.extensions
-    http = extensions.get("tagifai_http_metrics")
+    tagifai = app.extensions[EXTENSION]
+    http = tagifai.http_metrics
     if http is not None and not _untracked(req):
         http.request(method, req.endpoint, status, seconds)
         state.http_recorded = True
     if status >= 400:
-        metrics = extensions.get("tagifai_metrics")
+        metrics = tagifai.metrics
         if metrics is not None:
             metrics.error(state.get("error_type") or str(status))
     if log.isEnabledFor(logging.INFO):
@@ -214,7 +215,7 @@ def _teardown(exc: BaseException | None) -> None:
     """An exception no error handler answered is counted as the exporter counts it (status 500)."""
     if exc is None:
         return
-    http = current_app.extensions.get("tagifai_http_metrics")
+    http = current_app.extensions[EXTENSION].http_metrics
     req = request._get_current_object()
     if http is None or _untracked(req):
         return

@@ -63,13 +63,27 @@ def wait_for_bytes(fd: int, expected: int, timeout_s: float = 10.0) -> bytes:
     return got
 
 
+class CountingEvent(threading.Event):
+    """The writer thread's wake-up, counting the times it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
 def test_a_full_batch_wakes_the_writer_at_once(pipe):
     r, w = pipe
     writer = LineWriter(w, interval_s=3600, batch_bytes=100)
+    writer._wake = wake = CountingEvent()  # before the first line starts the thread that waits on it
     writer.write(b"a" * 60 + b"\n")
-    time.sleep(0.1)
-    assert read_all(r) == []  # not a full batch yet, and the interval is long
+    # not a full batch yet: the thread, waiting out its hour, was not woken, so it cannot write
+    assert wake.sets == 0 and read_all(r) == []
     writer.write(b"b" * 60 + b"\n")
+    assert wake.sets == 1
     assert wait_for_bytes(r, 122) == b"a" * 60 + b"\n" + b"b" * 60 + b"\n"
 
 

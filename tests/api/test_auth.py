@@ -14,8 +14,8 @@ from tagifai_api.auth.guard import public, require_role
 from tagifai_api.auth.keys import KeyFileError, KeyStore
 from tagifai_api.web import access
 from tagifai_api.web.responses import construct_response
+from tests.helpers import ENVELOPE
 
-ENVELOPE_KEYS = {"message", "method", "status-code", "timestamp", "url", "request-id"}
 PREDICT_BODY = {"texts": [{"text": "Transformers for text classification."}]}
 UNKNOWN = "tagifai_" + "A" * 43
 
@@ -101,11 +101,14 @@ def test_mode_role_and_key_decide_the_answer(auth_app, keyset, mode, route, who,
     client = auth_app(mode).test_client()
     r = call(client, route, credentials(keyset, who, header))
     assert r.status_code == status, r.get_data(as_text=True)
-    if route in {"/docs"}:
-        return  # an HTML page
+    if route == "/docs":  # the Swagger UI page itself, whatever key came with the request
+        assert r.mimetype == "text/html" and 'SwaggerUIBundle({url: "openapi.json"' in r.get_data(as_text=True)
+        return
     body = r.get_json()
+    if route == "/openapi.json":
+        assert body["openapi"].startswith("3.") and "/predict" in body["paths"]
     if route != "/openapi.json":
-        assert ENVELOPE_KEYS <= body.keys() and body["status-code"] == status
+        assert ENVELOPE <= body.keys() and body["status-code"] == status
     if status == 401:
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert ("invalid_token" in r.headers["WWW-Authenticate"]) == (who == "unknown")
@@ -213,7 +216,7 @@ def test_refusals_are_counted_as_errors_by_type(make_app, keys_file, keyset, mon
         def error(self, kind):
             seen.append(kind)
 
-    app.extensions["tagifai_metrics"] = Recorder()
+    app.extensions["tagifai"].metrics = Recorder()
     app.test_client().get("/args")
     assert seen == ["UnauthorizedError"]
 

@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from tests.api.test_predict import LESSON
-from tests.api.test_routes import check_envelope
+from tests.helpers import LESSON, check_envelope
 
 
 @pytest.mark.parametrize(
@@ -56,7 +55,7 @@ def _failing_hook(predict, items):
 @pytest.mark.parametrize("batching", [True, False])
 def test_inference_exception_is_500_without_internals_and_the_app_keeps_serving(make_app, model_hook, batching):
     app = make_app(BATCHING=batching, CACHE_SIZE=0)
-    model_hook(app.extensions["tagifai"], _failing_hook)
+    model_hook(app.extensions["tagifai"].service, _failing_hook)
     client = app.test_client()
     response = client.post("/predict", json={"texts": [{"text": "explode please"}]},
                            headers={"X-Request-ID": "req-42"})
@@ -116,7 +115,7 @@ def _post_in_thread(app, i: int, out: list) -> threading.Thread:
 
 
 def _wait_queued(app, texts: int) -> None:
-    batcher = app.extensions["tagifai"].batcher
+    batcher = app.extensions["tagifai"].service.batcher
     deadline = time.monotonic() + 30  # bounds a broken run only
     while batcher._queued_items < texts:
         assert time.monotonic() < deadline
@@ -126,7 +125,7 @@ def _wait_queued(app, texts: int) -> None:
 def test_full_queue_is_503_with_retry_after(make_app, model_hook):
     hook = GatedHook()
     app = make_app(BATCH_QUEUE_SIZE=1, CACHE_SIZE=0)
-    model_hook(app.extensions["tagifai"], hook)
+    model_hook(app.extensions["tagifai"].service, hook)
     statuses: list = []
     running = _post_in_thread(app, 0, statuses)  # holds the model
     assert hook.entered.wait(30)
@@ -144,7 +143,7 @@ def test_full_queue_is_503_with_retry_after(make_app, model_hook):
 def test_deadline_passed_in_queue_is_504(make_app, model_hook):
     hook = GatedHook()
     app = make_app(PREDICT_TIMEOUT_MS=100, CACHE_SIZE=0)
-    model_hook(app.extensions["tagifai"], hook)
+    model_hook(app.extensions["tagifai"].service, hook)
     results: list = []
     running = _post_in_thread(app, 0, results)
     assert hook.entered.wait(30)

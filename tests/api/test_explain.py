@@ -2,12 +2,8 @@
 
 import pytest
 
-from tests.api.test_routes import check_envelope
-
-LESSON = [
-    "Transfer learning with transformers for text classification.",
-    "Generative adversarial networks for image generation.",
-]
+from tests.helpers import LESSON_TEXTS as LESSON
+from tests.helpers import check_envelope
 
 
 def post(client, texts, **extra):
@@ -46,7 +42,7 @@ def test_lesson_example_explains_its_tags_by_the_words_one_expects(client):
 
 
 def test_low_confidence_answer_explains_the_top_class_and_says_so(client, app):
-    threshold = app.extensions["tagifai"].model.args["threshold"]
+    threshold = app.extensions["tagifai"].service.model.args["threshold"]
     p = post(client, ["hello"], explain=True).get_json()["data"]["predictions"][0]
     assert p["low_confidence"] and p["predicted_tag"] == "other"
     e = p["explanation"]
@@ -68,18 +64,26 @@ def test_explain_false_is_the_plain_answer(client):
 
 def test_explained_requests_never_use_the_batcher_or_the_cache(make_app, monkeypatch):
     client = make_app(BATCHING=True, CACHE_SIZE=100).test_client()
-    service = client.application.extensions["tagifai"]
+    service = client.application.extensions["tagifai"].service
 
     def no_batch(*args, **kwargs):
         raise AssertionError("an explained request went through the micro-batcher")
 
     monkeypatch.setattr(service.batcher, "submit", no_batch)
-    assert post(client, LESSON, explain=True).status_code == 200
+    explained = check_envelope(post(client, LESSON, explain=True), 200, "POST")["data"]
     assert len(service.cache) == 0
     assert service.batcher._arriving == 0  # it announced itself, then withdrew: no batch waits for it
     monkeypatch.undo()
-    assert post(client, LESSON).status_code == 200
+    plain = check_envelope(post(client, LESSON), 200, "POST")["data"]
     assert len(service.cache) == 2
+    assert explained["model_version"] == plain["model_version"]
+    for p, q in zip(plain["predictions"], explained["predictions"]):
+        assert q.keys() == p.keys() | {"explanation"}
+        assert q["probabilities"] == pytest.approx(p["probabilities"], abs=1e-12)
+        assert [q[k] for k in ("input_text", "predicted_tag", "low_confidence")] == \
+            [p[k] for k in ("input_text", "predicted_tag", "low_confidence")]
+    # both texts are in the cache now: an explained request is still explained, not read from it
+    assert check_envelope(post(client, LESSON, explain=True), 200, "POST")["data"] == explained
 
 
 def test_largest_request_is_explained(client):
@@ -96,7 +100,7 @@ def _failing_hook(fn, items):
 
 def test_explainer_failure_is_a_500_envelope_and_the_worker_keeps_serving(make_app, model_hook):
     app = make_app()
-    model_hook(app.extensions["tagifai"], _failing_hook)
+    model_hook(app.extensions["tagifai"].service, _failing_hook)
     client = app.test_client()
     response = post(client, LESSON, explain=True)
     body = check_envelope(response, 500, "POST")
@@ -106,7 +110,7 @@ def test_explainer_failure_is_a_500_envelope_and_the_worker_keeps_serving(make_a
 
 def test_explained_request_waiting_too_long_is_a_504(make_app):
     client = make_app(PREDICT_TIMEOUT_MS=50).test_client()
-    service = client.application.extensions["tagifai"]
+    service = client.application.extensions["tagifai"].service
     with service._explain_lock:  # another explained request holds this worker's explainer
         check_envelope(post(client, LESSON, explain=True), 504, "POST")
     assert post(client, LESSON, explain=True).status_code == 200

@@ -14,7 +14,7 @@ def test_precedence(monkeypatch, make_app):
     assert app.config["CACHE_SIZE"] == 9  # explicit mapping over environment
     assert app.config["BATCHING"] is False
     assert app.config["MAX_TEXT_LENGTH"] == settings.DEFAULTS["MAX_TEXT_LENGTH"]
-    assert app.extensions["tagifai"].batcher is None
+    assert app.extensions["tagifai"].service.batcher is None
 
 
 def test_env_values_are_typed_and_checked():

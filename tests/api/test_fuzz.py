@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.api.test_routes import check_envelope
+from tests.helpers import check_envelope
 
 # any JSON value, with keys and strings that look like the real ones often enough to get past the outer checks
 json_text = st.one_of(st.text(max_size=50), st.sampled_from(["", " ", "\u200b", "text", "texts", "\x00"]))
@@ -33,7 +33,7 @@ def fuzz_client(artifacts_dir):
     app = create_app({"ARTIFACTS_DIR": str(artifacts_dir), "LOG_LEVEL": "WARNING", "MAX_TEXTS": 4,
                       "MAX_TEXT_LENGTH": 40, "METRICS": False})
     yield app.test_client()
-    app.extensions["tagifai"].close()
+    app.extensions["tagifai"].service.close()
 
 
 @FUZZ

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-ENVELOPE = {"message", "method", "status-code", "timestamp", "url", "request-id"}
+from tests.helpers import check_envelope
 
 
 @pytest.fixture
@@ -20,31 +20,21 @@ def no_model_client(make_app, tmp_path):
     return make_app(ARTIFACTS_DIR=str(empty)).test_client()
 
 
-def envelope(response, status):
-    body = response.get_json()
-    assert response.status_code == status
-    assert response.mimetype == "application/json"
-    assert ENVELOPE <= set(body)
-    assert body["status-code"] == status
-    assert body["request-id"] == response.headers["X-Request-ID"]
-    return body
-
-
 def test_live(client):
-    body = envelope(client.get("/health/live"), 200)
+    body = check_envelope(client.get("/health/live"), 200)
     assert body["data"]["pid"] == os.getpid()
 
 
 def test_ready_with_a_model(client, app):
-    data = envelope(client.get("/health/ready"), 200)["data"]
+    data = check_envelope(client.get("/health/ready"), 200)["data"]
     assert data["ready"] is True
-    assert data["model_version"] == app.extensions["tagifai"].model.version
+    assert data["model_version"] == app.extensions["tagifai"].service.model.version
     assert data["pid"] == os.getpid()
     assert data["uptime_seconds"] >= 0
 
 
 def test_ready_is_503_without_a_model(no_model_client):
-    body = envelope(no_model_client.get("/health/ready"), 503)
+    body = check_envelope(no_model_client.get("/health/ready"), 503)
     assert body["message"] == "The model is not loaded."
     data = body["data"]
     assert data["ready"] is False
@@ -54,5 +44,5 @@ def test_ready_is_503_without_a_model(no_model_client):
 
 
 def test_live_is_200_without_a_model(no_model_client):
-    body = envelope(no_model_client.get("/health/live"), 200)
+    body = check_envelope(no_model_client.get("/health/live"), 200)
     assert body["data"]["pid"] == os.getpid()

@@ -107,7 +107,7 @@ def test_a_documented_method_the_route_does_not_answer_is_refused(make_app):
 @pytest.mark.parametrize("mode", ["off", "admin", "all"])
 def test_secured_operations_are_the_ones_that_need_a_key(make_app, keys_file, mode):
     app = make_app(AUTH=mode, API_KEYS_FILE=str(keys_file), METRICS=False)
-    spec = app.extensions["tagifai_openapi"]
+    spec = app.extensions["tagifai"].openapi
     assert set(spec["paths"]) == DOCUMENTED  # the docs, the demo and /metrics stay out
     urls = app.url_map.bind("localhost")
     endpoints = set()
@@ -124,7 +124,7 @@ def test_secured_operations_are_the_ones_that_need_a_key(make_app, keys_file, mo
 
 def test_examples_are_the_apps_real_versions(make_app, registry_root):
     root, default, candidate = registry_root
-    paths = make_app(ARTIFACTS_DIR=str(root), METRICS=False).extensions["tagifai_openapi"]["paths"]
+    paths = make_app(ARTIFACTS_DIR=str(root), METRICS=False).extensions["tagifai"].openapi["paths"]
     version_body = "requestBody", "content", "application/json", "example", "version"
 
     def at(node, keys):

@@ -4,14 +4,7 @@ import json
 
 import pytest
 
-from tests.api.test_routes import check_envelope
-
-LESSON = {
-    "texts": [
-        {"text": "Transfer learning with transformers for text classification."},
-        {"text": "Generative adversarial networks for image generation."},
-    ]
-}
+from tests.helpers import LESSON, check_envelope
 
 
 def post(client, body, **kw):
@@ -21,7 +14,7 @@ def post(client, body, **kw):
 def test_lesson_example_verbatim(client, app):
     body = check_envelope(post(client, LESSON), 200, "POST")
     data = body["data"]
-    assert data["model_version"] == app.extensions["tagifai"].model.version
+    assert data["model_version"] == app.extensions["tagifai"].service.model.version
     preds = data["predictions"]
     assert [p["predicted_tag"] for p in preds] == ["natural-language-processing", "computer-vision"]
     for item, p in zip(LESSON["texts"], preds):
@@ -55,7 +48,7 @@ def test_unicode_is_accepted_and_echoed_exactly(client, text):
 def test_low_confidence_falls_back_to_other(make_app):
     client = make_app().test_client()
     app = client.application
-    threshold = app.extensions["tagifai"].model.args["threshold"]
+    threshold = app.extensions["tagifai"].service.model.args["threshold"]
     preds = post(client, {"texts": [{"text": "hello"}, {"text": "zzzz qqqq"}]}).get_json()["data"]["predictions"]
     for p in preds:
         assert p["low_confidence"] == (p["confidence"] < threshold)
@@ -94,9 +87,20 @@ def test_text_length_and_count_limits(make_app):
 
 
 def test_default_limits(client):
-    assert post(client, {"texts": [{"text": "x" * 10_000}]}).status_code == 200
-    assert post(client, {"texts": [{"text": "x" * 10_001}]}).status_code == 422
-    assert post(client, {"texts": [{"text": "a"}] * 101}).status_code == 422
+    # 10,000 characters whose only telling words are at the very end: an answer from a shortened
+    # text would be 'other', as the filler alone is
+    tail = " YOLO object detection in images with convolutional networks."
+    longest = ("x " * 5_000)[: 10_000 - len(tail)] + tail
+    assert len(longest) == 10_000
+    (prediction,) = check_envelope(post(client, {"texts": [{"text": longest}]}), 200, "POST")["data"]["predictions"]
+    assert prediction["input_text"] == longest
+    assert prediction["predicted_tag"] == "computer-vision" and prediction["low_confidence"] is False
+    (filler,) = post(client, {"texts": [{"text": "x " * 5_000}]}).get_json()["data"]["predictions"]
+    assert filler["predicted_tag"] == "other"
+    too_long = check_envelope(post(client, {"texts": [{"text": "x" * 10_001}]}), 422, "POST")
+    assert too_long["data"]["errors"] == {"texts": {"0": {"text": ["Longer than maximum length 10000."]}}}
+    too_many = check_envelope(post(client, {"texts": [{"text": "a"}] * 101}), 422, "POST")
+    assert too_many["data"]["errors"] == {"texts": ["Length must be between 1 and 100."]}
 
 
 def test_cache_hits_give_identical_answers(make_app):
@@ -104,4 +108,4 @@ def test_cache_hits_give_identical_answers(make_app):
     first = post(client, LESSON).get_json()["data"]["predictions"]
     second = post(client, LESSON).get_json()["data"]["predictions"]
     assert first == second
-    assert client.application.extensions["tagifai"].cache.hits == 2
+    assert client.application.extensions["tagifai"].service.cache.hits == 2

@@ -1,35 +1,22 @@
 """The read-only routes: /, /performance, /args."""
 
 import json
-from datetime import datetime
 
 import pytest
 
-ENVELOPE = {"message", "method", "status-code", "timestamp", "url", "request-id"}
-
-
-def check_envelope(response, status, method="GET"):
-    body = response.get_json()
-    assert response.status_code == status
-    assert response.mimetype == "application/json"
-    assert ENVELOPE <= set(body) <= ENVELOPE | {"data"}
-    assert body["status-code"] == status
-    assert body["method"] == method
-    assert datetime.fromisoformat(body["timestamp"]).utcoffset().total_seconds() == 0
-    assert body["request-id"] == response.headers["X-Request-ID"]
-    return body
+from tests.helpers import check_envelope
 
 
 def test_index(client, app):
     body = check_envelope(client.get("/"), 200)
     assert body["message"] == "OK"
     assert body["url"] == "http://localhost/"
-    assert body["data"] == {"model_version": app.extensions["tagifai"].model.version}
+    assert body["data"] == {"model_version": app.extensions["tagifai"].service.model.version}
 
 
 def test_performance(client, artifacts_dir, app):
     body = check_envelope(client.get("/performance"), 200)
-    stored = json.loads((app.extensions["tagifai"].model.path / "performance.json").read_text())
+    stored = json.loads((app.extensions["tagifai"].service.model.path / "performance.json").read_text())
     assert body["data"]["performance"] == stored
 
 
@@ -38,12 +25,12 @@ def test_performance(client, artifacts_dir, app):
 def test_performance_filter(client, selector, keys, app):
     body = check_envelope(client.get(f"/performance?filter={selector}"), 200)
     part = body["data"]["performance"]
-    assert set(part) == (keys or set(app.extensions["tagifai"].model.labels))
+    assert set(part) == (keys or set(app.extensions["tagifai"].service.model.labels))
 
 
 def test_performance_filter_goes_deeper_with_dots(client, app):
     body = check_envelope(client.get("/performance?filter=class.mlops.f1"), 200)
-    assert body["data"]["performance"] == app.extensions["tagifai"].model.performance["class"]["mlops"]["f1"]
+    assert body["data"]["performance"] == app.extensions["tagifai"].service.model.performance["class"]["mlops"]["f1"]
 
 
 @pytest.mark.parametrize("selector", ["nope", "class.nope", "overall.f1.deeper"])
@@ -58,13 +45,13 @@ def test_unknown_filter_is_404_naming_the_valid_ones(client, selector):
 
 def test_args(client, app):
     body = check_envelope(client.get("/args"), 200)
-    assert body["data"]["args"] == app.extensions["tagifai"].model.args
+    assert body["data"]["args"] == app.extensions["tagifai"].service.model.args
     assert "threshold" in body["data"]["args"]
 
 
 def test_one_arg(client, app):
     body = check_envelope(client.get("/args/threshold"), 200)
-    assert body["data"] == {"threshold": app.extensions["tagifai"].model.args["threshold"]}
+    assert body["data"] == {"threshold": app.extensions["tagifai"].service.model.args["threshold"]}
 
 
 def test_unknown_arg_is_404(client):

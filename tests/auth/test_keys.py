@@ -140,6 +140,19 @@ def test_lookup_finds_the_key_and_nothing_else(path):
     assert ring.has_role("admin") and ring.has_role("predict")
 
 
+
+def test_lookup_compares_the_whole_hash(path):
+    """A stored hash equal to a key's in all but its last hex digit is another key's: it must neither
+    answer for the key nor, listed after the real entry, take its place with a stronger role."""
+    key = keys.generate_key()
+    digest = keys.hash_key(key)
+    near = digest[:-1] + ("1" if digest[-1] == "0" else "0")
+    impostor = keys.ApiKey("impostor", "admin", "2026-01-01T00:00:00Z", near)
+    keys.write_keys(path, [impostor])
+    assert KeyRing(path).lookup(key) is None
+    keys.write_keys(path, [keys.ApiKey("reader", "predict", "2026-01-01T00:00:00Z", digest), impostor])
+    assert KeyRing(path).lookup(key) == keys.ApiKey("reader", "predict", "2026-01-01T00:00:00Z", digest)
+
 def test_lookup_compares_in_constant_time(path, monkeypatch):
     store = KeyStore(path)
     key = store.create("a", "admin")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 from pathlib import Path
 
@@ -9,17 +11,61 @@ import pytest
 import yaml
 
 from tagifai_api import settings
-from tests.deploy.files import (
-    ROOT,
-    dockerfile_instructions,
-    dockerignore_patterns,
-    exec_form,
-    gunicorn_default,
-    is_dockerignored,
-)
+from tests.helpers import ROOT, gunicorn_default
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        keyword, _, rest = full.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+    assert not pending, "Dockerfile ends inside a continued line"
+    return instructions
+
+
+def exec_form(arguments: str) -> list[str] | None:
+    """The JSON array of an exec-form CMD/RUN/HEALTHCHECK, or None for shell form."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def is_dockerignored(relative: str, patterns: list[str]) -> bool:
+    """Whether a path (or a folder above it) is left out of the build context; ``!`` re-includes."""
+    parts = Path(relative).parts
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        pattern = pattern[3:] if pattern.startswith("**/") else pattern
+        for i in range(1, len(parts) + 1):
+            candidates = ["/".join(parts[:i]), parts[i - 1]]
+            if any(fnmatch.fnmatch(c, pattern) for c in candidates):
+                ignored = not negate
+                break
+    return ignored
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration import servers
+from tests import helpers
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
@@ -125,7 +125,7 @@ def test_prometheus_config_scrapes_the_service():
 
 def test_promtool_accepts_the_config_and_the_queries(tmp_path):
     """``promtool check config``, and every dashboard query parsed as PromQL (through a rules file)."""
-    promtool = servers.require_binary("promtool")  # Debian's prometheus package ships it
+    promtool = helpers.require_binary("promtool")  # Debian's prometheus package ships it
     result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr

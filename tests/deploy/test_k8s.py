@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tagifai_api import settings
-from tests.deploy.files import ROOT, gunicorn_default
+from tests.helpers import ROOT, gunicorn_default
 
 K8S = ROOT / "deploy" / "k8s"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")

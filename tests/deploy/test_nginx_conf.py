@@ -5,13 +5,26 @@ from __future__ import annotations
 import re
 
 from tagifai_api import settings
-from tests.deploy.files import ROOT, gunicorn_default, nginx_seconds, nginx_size
+from tests.helpers import ROOT, gunicorn_default
 
 CONF = (ROOT / "deploy" / "nginx" / "tagifai.conf").read_text()
 
 
 def directive(name: str) -> list[str]:
     return re.findall(rf"^\s*{name}\s+([^;]+);", CONF, flags=re.M)
+
+
+def nginx_size(value: str) -> int:
+    """nginx's size syntax (8m, 512k, 1024) in bytes."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", value)
+    assert match, value
+    return int(match[1]) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match[2].lower()]
+
+
+def nginx_seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)?", value)
+    assert match, value
+    return int(match[1]) * {"ms": 0.001, "s": 1, None: 1, "m": 60}[match[2]]
 
 
 def test_body_limit_matches_the_app():

@@ -11,20 +11,20 @@ import sys
 import pytest
 
 from benchmarks import run as bench
-from tests.integration import servers
+from tests import helpers
 
 pytestmark = pytest.mark.integration
 
 
 def run_bench(*args: str, timeout_s: float) -> tuple[str, dict]:
     """``python -m benchmarks.run`` with ``args``: its stdout and the JSON report it wrote."""
-    servers.require_binary("wrk")
+    helpers.require_binary("wrk")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     out = subprocess.run([sys.executable, "-m", "benchmarks.run", *args],
-                         cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+                         cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     written = re.search(r"written to (\S+)", out.stdout).group(1)
-    return out.stdout, json.loads((servers.ROOT / written).read_text())
+    return out.stdout, json.loads((helpers.ROOT / written).read_text())
 
 
 def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
@@ -49,7 +49,7 @@ def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
 
 def test_baseline_mode_alternates_this_tree_and_a_revision(artifacts_dir):
     """HEAD served from a temporary export against this tree, in two rounds of opposite order."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=servers.ROOT, capture_output=True, text=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=helpers.ROOT, capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
     stdout, result = run_bench("--baseline", "HEAD", "--seconds", "1", "--rounds", "2",

@@ -10,14 +10,9 @@ import sys
 import pytest
 import requests
 
-from tests.integration import servers
-from tests.integration.browser import chromium
+from tests import helpers
 
-SCREENSHOTS = servers.ROOT / "reports" / "screenshots"
-LESSON = {
-    "natural-language-processing": "Transfer learning with transformers for text classification.",
-    "computer-vision": "Generative adversarial networks for image generation.",
-}
+SCREENSHOTS = helpers.ROOT / "reports" / "screenshots"
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +64,13 @@ def requested_urls(page) -> list[str]:
 
 
 def test_demo_tags_and_shades_words_in_the_browser(artifacts_dir, tmp_path):
-    with servers.gunicorn(artifacts_dir, workers=1) as api, chromium(tmp_path / "profile") as page:
+    with helpers.gunicorn(artifacts_dir, workers=1) as api, helpers.chromium(tmp_path / "profile") as page:
         headers = requests.get(f"{api.url}/demo", timeout=5).headers
         assert "script-src 'self'" in headers["Content-Security-Policy"]
         assert "unsafe-inline" not in headers["Content-Security-Policy"]
         open_demo(page, api.url)
 
-        for expected, text in LESSON.items():
+        for expected, text in helpers.LESSON_TAGS.items():
             submit_from_keyboard(page, text)
             shown = page.wait_for(READ_PAGE, "the answer")
             assert shown["tag"] == shown["explained"] == expected
@@ -112,7 +107,7 @@ def test_demo_tags_and_shades_words_in_the_browser(artifacts_dir, tmp_path):
         assert "too long" in message and "10,000" in message
 
         page.call("Emulation.setDeviceMetricsOverride", width=375, height=812, deviceScaleFactor=1, mobile=True)
-        submit_from_keyboard(page, LESSON["natural-language-processing"])
+        submit_from_keyboard(page, helpers.LESSON_TAGS["natural-language-processing"])
         page.wait_for(READ_PAGE, "the answer at phone width")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         page.screenshot(SCREENSHOTS / "demo-phone.png")
@@ -129,13 +124,13 @@ def test_demo_says_a_key_is_needed_and_works_with_a_pasted_one(artifacts_dir, tm
     keys_file = tmp_path / "keys.json"
     created = subprocess.run([sys.executable, "-m", "tagifai_api", "keys", "--file", str(keys_file), "create",
                               "--name", "demo", "--role", "predict"],
-                             cwd=servers.ROOT, capture_output=True, text=True, timeout=60)
+                             cwd=helpers.ROOT, capture_output=True, text=True, timeout=60)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
-    with servers.gunicorn(artifacts_dir, workers=1, env=env) as api, chromium(tmp_path / "profile") as page:
+    with helpers.gunicorn(artifacts_dir, workers=1, env=env) as api, helpers.chromium(tmp_path / "profile") as page:
         open_demo(page, api.url)  # the page itself is open, like /docs
-        submit_from_keyboard(page, LESSON["computer-vision"])
+        submit_from_keyboard(page, helpers.LESSON_TAGS["computer-vision"])
         message = error_shown(page)
         assert "needs an API key" in message
         page.screenshot(SCREENSHOTS / "demo-401.png")
@@ -143,7 +138,7 @@ def test_demo_says_a_key_is_needed_and_works_with_a_pasted_one(artifacts_dir, tm
         page.click("#key-box summary")
         page.click("#key")
         page.call("Input.insertText", text=key)
-        submit_from_keyboard(page, LESSON["computer-vision"])
+        submit_from_keyboard(page, helpers.LESSON_TAGS["computer-vision"])
         assert page.wait_for(READ_PAGE, "the answer with a key")["tag"] == "computer-vision"
         assert page.evaluate("sessionStorage.length") == 0  # kept in memory only, unless asked
         predicts = [e for e in page.events if e["method"] == "Network.requestWillBeSent"

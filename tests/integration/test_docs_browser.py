@@ -7,17 +7,16 @@ import json
 
 import pytest
 
-from tests.integration import servers
-from tests.integration.browser import chromium
+from tests import helpers
 
-SCREENSHOT = servers.ROOT / "reports" / "screenshots" / "docs.png"
+SCREENSHOT = helpers.ROOT / "reports" / "screenshots" / "docs.png"
 OPERATION = "#operations-model-post_predict"
 
 pytestmark = pytest.mark.integration
 
 
 def test_try_it_out_predicts_in_the_browser(artifacts_dir, tmp_path):
-    with servers.gunicorn(artifacts_dir, workers=1) as api, chromium(tmp_path / "profile") as page:
+    with helpers.gunicorn(artifacts_dir, workers=1) as api, helpers.chromium(tmp_path / "profile") as page:
         page.call("Page.enable")
         page.call("Runtime.enable")
         page.call("Page.navigate", url=f"{api.url}/docs")
@@ -53,7 +52,7 @@ def test_try_it_out_predicts_in_the_browser(artifacts_dir, tmp_path):
     assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
 
 
-def execute_predict(page: DevTools, status: str) -> str:
+def execute_predict(page: helpers.DevTools, status: str) -> str:
     """Press Execute on /predict (already in "Try it out"), wait for ``status`` and return the body shown."""
     page.click(f"{OPERATION} .execute")
     row = f"{OPERATION} .live-responses-table tr.response"
@@ -73,7 +72,7 @@ def test_authorize_button_sends_the_key_in_mode_all(artifacts_dir, tmp_path):
     keys_file = tmp_path / "api_keys.json"
     key = KeyStore(keys_file).create("browser", "predict")
     env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
-    with servers.gunicorn(artifacts_dir, workers=1, env=env) as api, chromium(tmp_path / "profile") as page:
+    with helpers.gunicorn(artifacts_dir, workers=1, env=env) as api, helpers.chromium(tmp_path / "profile") as page:
         page.call("Page.enable")
         page.call("Runtime.enable")
         page.call("Page.navigate", url=f"{api.url}/docs")  # the page itself needs no key

@@ -19,8 +19,7 @@ import pytest
 import requests
 
 from benchmarks.client import KeepAliveClient, Outcome
-from tests.integration.servers import gunicorn
-from tests.integration.test_metrics_gunicorn import PREDICT_COUNT, scrape, value
+from tests.helpers import PREDICT_COUNT, gunicorn, scrape, value
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.integration import servers
+from tests import helpers
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def test_short_loadtest_has_no_failures(artifacts_dir, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.loadtest", "--run-time", "5", "--users", "5", "--spawn-rate", "5",
          "--workers", "1", "--artifacts", str(artifacts_dir), "--reports", str(reports)],
-        cwd=servers.ROOT, env=env, capture_output=True, text=True, timeout=90,
+        cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=90,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     with (reports / "loadtest_stats.csv").open(newline="") as f:
@@ -35,9 +35,9 @@ def test_short_loadtest_has_no_failures(artifacts_dir, tmp_path):
 def test_loadtest_fails_when_requests_fail(tmp_path):
     """Nothing listens on the port, so every request fails and the run must say so."""
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadtest", "--host", f"http://127.0.0.1:{servers.free_port()}",
+        [sys.executable, "-m", "benchmarks.loadtest", "--host", f"http://127.0.0.1:{helpers.free_port()}",
          "--run-time", "2", "--users", "2", "--spawn-rate", "2", "--reports", str(tmp_path)],
-        cwd=servers.ROOT, capture_output=True, text=True, timeout=60,
+        cwd=helpers.ROOT, capture_output=True, text=True, timeout=60,
     )
     assert run.returncode != 0
     with (tmp_path / "loadtest_stats.csv").open(newline="") as f:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.servers import gunicorn
+from tests.helpers import gunicorn
 
 SECRET = "Confidential project zebra-7f3a: graph neural networks for fraud rings"
 ACCESS_FIELDS = {"request_id", "method", "path", "status", "latency_ms", "worker_pid", "texts", "model_version",

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.servers import ROOT, VENV_BIN, free_port, gunicorn
+from tests.helpers import PREDICT_COUNT, ROOT, VENV_BIN, free_port, gunicorn, scrape, value
 
 TEXTS = ["Transfer learning with transformers for text classification.", "GANs that generate faces."]
-PREDICT_COUNT = ("tagifai_http_request_duration_seconds_count",
-                 {"endpoint": "predict.predict", "method": "POST", "status": "200"})
 
 
 def predict_many(url: str, n: int, concurrency: int = 4) -> None:
@@ -35,20 +32,6 @@ def predict_many(url: str, n: int, concurrency: int = 4) -> None:
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(n)))
-
-
-def scrape(url: str) -> list:
-    """Every sample of one /metrics scrape."""
-    r = requests.get(f"{url}/metrics", timeout=10)
-    assert r.status_code == 200
-    return [s for family in text_string_to_metric_families(r.text) for s in family.samples]
-
-
-def value(samples: list, name: str, labels: dict | None = None) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    labels = labels or {}
-    return sum(s.value for s in samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def access_pids(log_path: Path, path: str = "/predict") -> Counter:

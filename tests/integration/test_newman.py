@@ -9,12 +9,12 @@ import subprocess
 import pytest
 
 from tagifai_api.auth.keys import KeyStore
-from tests.integration import servers
+from tests import helpers
 
-POSTMAN = servers.ROOT / "clients" / "postman"
+POSTMAN = helpers.ROOT / "clients" / "postman"
 COLLECTION = POSTMAN / "tagifai_api.postman_collection.json"
 ENVIRONMENT = POSTMAN / "local.postman_environment.json"
-NEWMAN = servers.ROOT / "node_modules" / ".bin" / "newman"
+NEWMAN = helpers.ROOT / "node_modules" / ".bin" / "newman"
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +27,8 @@ def requests_in(items: list[dict]) -> list[dict]:
 
 
 def test_lockfile_fetches_only_from_the_registry():
-    lock = json.loads((servers.ROOT / "package-lock.json").read_text())
-    declared = json.loads((servers.ROOT / "package.json").read_text())["devDependencies"]
+    lock = json.loads((helpers.ROOT / "package-lock.json").read_text())
+    declared = json.loads((helpers.ROOT / "package.json").read_text())["devDependencies"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", declared["newman"]), "newman is pinned to an exact version"
     assert lock["packages"]["node_modules/newman"]["version"] == declared["newman"]
     for name, package in lock["packages"].items():
@@ -56,10 +56,10 @@ def test_collection_covers_every_route_and_the_main_errors(app):
 
 
 def test_newman_runs_the_collection_clean(registry_root, tmp_path):
-    servers.require_binary("node", "nodejs")
+    helpers.require_binary("node", "nodejs")
     if not NEWMAN.exists():
-        npm = servers.require_binary("npm")
-        install = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=servers.ROOT,
+        npm = helpers.require_binary("npm")
+        install = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=helpers.ROOT,
                                  capture_output=True, text=True, timeout=300)
         assert install.returncode == 0, install.stderr[-4000:]
     report = tmp_path / "newman.json"
@@ -69,13 +69,13 @@ def test_newman_runs_the_collection_clean(registry_root, tmp_path):
     admin_key = KeyStore(keys_file).create("newman-admin", "admin")
     env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
     root, first, second = registry_root  # two versions, so the registry's requests switch for real
-    with servers.gunicorn(root, workers=1, env=env) as api:
+    with helpers.gunicorn(root, workers=1, env=env) as api:
         run = subprocess.run(
             [str(NEWMAN), "run", str(COLLECTION), "-e", str(ENVIRONMENT), "--env-var", f"baseUrl={api.url}",
              "--env-var", f"apiKey={key}", "--env-var", f"adminKey={admin_key}",
              "--reporters", "cli,json", "--reporter-json-export", str(report), "--color", "off",
              "--timeout-request", "10000", "--bail"],
-            cwd=servers.ROOT, capture_output=True, text=True, timeout=120,
+            cwd=helpers.ROOT, capture_output=True, text=True, timeout=120,
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     result = json.loads(report.read_text())["run"]

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration import servers
+from tests import helpers
 
-CONF = servers.ROOT / "deploy" / "nginx" / "tagifai.conf"
-ENVELOPE_KEYS = {"message", "method", "status-code", "timestamp", "url", "request-id"}
+CONF = helpers.ROOT / "deploy" / "nginx" / "tagifai.conf"
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +56,9 @@ def render(tmp: Path, upstream: str, port: int, max_body: str | None = None) -> 
 @contextmanager
 def nginx(tmp: Path, upstream: str, max_body: str | None = None) -> Iterator[str]:
     """Run nginx in the foreground on a free loopback port; yield its base URL."""
-    binary = servers.require_binary("nginx")
+    binary = helpers.require_binary("nginx")
     tmp.mkdir(parents=True, exist_ok=True)
-    port = servers.free_port()
+    port = helpers.free_port()
     conf = render(tmp, upstream, port, max_body)
     cmd = [binary, "-e", "stderr", "-c", str(conf), "-p", str(tmp),
            "-g", f"daemon off; pid {tmp / 'nginx.pid'}; error_log stderr;"]
@@ -82,14 +81,14 @@ def nginx(tmp: Path, upstream: str, max_body: str | None = None) -> Iterator[str
                 time.sleep(0.1)
         yield base
     finally:
-        servers.stop(proc)
+        helpers.stop(proc)
         log.close()
 
 
 @pytest.fixture(scope="module")
 def stack(artifacts_dir, tmp_path_factory):
     """Gunicorn (one worker) behind nginx, with a 64 KiB body limit so the 413 test stays small."""
-    with servers.gunicorn(artifacts_dir, workers=1, env={"TAGIFAI_PROXY_COUNT": "1"}) as api:
+    with helpers.gunicorn(artifacts_dir, workers=1, env={"TAGIFAI_PROXY_COUNT": "1"}) as api:
         with nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{api.port}", max_body="64k") as base:
             yield base
 
@@ -98,7 +97,7 @@ def assert_envelope(response: requests.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     body = response.json()
-    assert ENVELOPE_KEYS <= body.keys()
+    assert helpers.ENVELOPE <= body.keys()
     assert body["status-code"] == status
     assert body["request-id"] == response.headers["X-Request-ID"]
     return body
@@ -159,7 +158,7 @@ def test_app_errors_pass_through_unchanged(stack):
 
 
 def test_upstream_down_answers_502_envelope(tmp_path):
-    with nginx(tmp_path, f"127.0.0.1:{servers.free_port()}") as base:
+    with nginx(tmp_path, f"127.0.0.1:{helpers.free_port()}") as base:
         r = requests.post(f"{base}/predict", json={"texts": [{"text": "x"}]},
                           headers={"X-Request-ID": "down-1"}, timeout=10)
         body = assert_envelope(r, 502)
@@ -174,7 +173,7 @@ def test_a_burst_over_the_rate_limit_gets_429_envelopes_and_the_service_stays_he
     conf = CONF.read_text()
     rate = int(re.search(r"limit_req_zone .* rate=(\d+)r/s;", conf)[1])
     burst = int(re.search(r"limit_req zone=\S+ burst=(\d+) nodelay;", conf)[1])
-    with servers.gunicorn(artifacts_dir, workers=1) as api, nginx(tmp_path, f"127.0.0.1:{api.port}") as base:
+    with helpers.gunicorn(artifacts_dir, workers=1) as api, nginx(tmp_path, f"127.0.0.1:{api.port}") as base:
         time.sleep(1.0)  # the zone refills after nginx's own start-up probe
         start = time.monotonic()
         with ThreadPoolExecutor(16) as pool:

@@ -13,8 +13,7 @@ import requests
 
 from tagifai_api.ml import artifacts, data
 from tagifai_api.ml.predict import Predictor
-from tests.integration.servers import gunicorn
-from tests.integration.test_metrics_gunicorn import scrape, value
+from tests.helpers import gunicorn, scrape, value
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.servers import free_port, gunicorn, require_binary, stop, wait_http
+from tests.helpers import free_port, gunicorn, require_binary, stop, wait_http
 
 TEXTS = ["Transfer learning with transformers for text classification.", "GANs that generate faces.",
          "Serving models with Kubernetes and monitoring drift."]

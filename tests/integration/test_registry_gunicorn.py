@@ -17,8 +17,7 @@ import pytest
 import requests
 
 from tagifai_api.auth.keys import KeyStore
-from tests.integration import servers
-from tests.integration.test_auth_gunicorn import one_session_per_worker
+from tests import helpers
 
 pytestmark = pytest.mark.integration
 
@@ -34,21 +33,21 @@ def admin(tmp_path) -> tuple[dict, dict]:
     return {"TAGIFAI_API_KEYS_FILE": str(keys_file)}, {"Authorization": f"Bearer {key}"}
 
 
-def call(server: servers.Server, method: str, path: str, headers: dict, **kwargs) -> dict:
+def call(server: helpers.Server, method: str, path: str, headers: dict, **kwargs) -> dict:
     r = requests.request(method, f"{server.url}{path}", headers=headers, timeout=30, **kwargs)
     assert r.status_code == 200, r.text
     return r.json()["data"]
 
 
-def workers(server: servers.Server) -> set[int]:
+def workers(server: helpers.Server) -> set[int]:
     return {p.pid for p in psutil.Process(server.proc.pid).children()}
 
 
-def every_worker_serves(server: servers.Server, version: str, since: float,
+def every_worker_serves(server: helpers.Server, version: str, since: float,
                         timeout_s: float = 2 * SWITCH_DEADLINE_S) -> float:
     """Seconds from ``since`` until each worker has answered /health/ready with ``version``, asked
     over one kept-alive connection per worker (fresh connections may all reach the same one)."""
-    sessions = one_session_per_worker(server.url, len(workers(server)))
+    sessions = helpers.one_session_per_worker(server.url, len(workers(server)))
     seen: dict[int, float] = {}
     deadline = time.monotonic() + timeout_s
     try:
@@ -68,7 +67,7 @@ def every_worker_serves(server: servers.Server, version: str, since: float,
 def cli(root: Path, *args: str) -> dict:
     """``python -m tagifai_api`` as an operator would run it on any host sharing the directory."""
     proc = subprocess.run([sys.executable, "-m", "tagifai_api", "--artifacts", str(root), *args],
-                          capture_output=True, text=True, timeout=60, cwd=servers.ROOT)
+                          capture_output=True, text=True, timeout=60, cwd=helpers.ROOT)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -76,7 +75,7 @@ def cli(root: Path, *args: str) -> dict:
 def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_root, tmp_path, admin):
     root, first, second = registry_root
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **admin[0]}
-    with servers.gunicorn(root, workers=2, env=env) as server:
+    with helpers.gunicorn(root, workers=2, env=env) as server:
         assert len(workers(server)) == 2
         every_worker_serves(server, first, time.monotonic(), timeout_s=30)  # both have booted
         start = time.monotonic()
@@ -93,7 +92,7 @@ def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_r
         assert cli(root, "set-default", second) == {"previous": first, "default": second}
         assert every_worker_serves(server, second, start) < SWITCH_DEADLINE_S
         assert call(server, "GET", "/models", {})["history"] == [first]  # the rollback took the first entry
-    with servers.gunicorn(root, workers=2, env=env) as server:  # the choice is the pointer on disk
+    with helpers.gunicorn(root, workers=2, env=env) as server:  # the choice is the pointer on disk
         for _ in range(10):
             data = requests.get(f"{server.url}/health/ready", headers={"Connection": "close"}, timeout=5).json()
             assert data["data"]["model_version"] == second
@@ -102,8 +101,8 @@ def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_r
 def test_two_instances_sharing_one_directory_follow_the_same_default(registry_root, tmp_path, admin):
     root, first, second = registry_root
     env, headers = admin
-    with servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m1"), **env}) as one, \
-            servers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m2"), **env}) as two:
+    with helpers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m1"), **env}) as one, \
+            helpers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m2"), **env}) as two:
         assert one.port != two.port
         for server in (one, two):
             every_worker_serves(server, first, time.monotonic(), timeout_s=30)  # every worker has booted
@@ -123,10 +122,16 @@ def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path,
     root, first, second = registry_root
     texts = ["YOLO object detection", "a project about things", "BERT for question answering",
              "Kubernetes pipelines for model deployment", "an idea"]
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **admin[0]}
-    with servers.gunicorn(root, workers=2, env=env) as server:
+    log = tmp_path / "gunicorn.log"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_LOG_LEVEL": "INFO", **admin[0]}
+    with helpers.gunicorn(root, workers=2, env=env, log_path=log) as server:
+        pids = workers(server)
         assert call(server, "PUT", "/models/shadow", admin[1], json={"version": second})["shadow"] == second
-        time.sleep(1.5)  # the other worker reads SHADOW within TAGIFAI_REGISTRY_POLL_S (1 s)
+        # the other worker reads SHADOW within TAGIFAI_REGISTRY_POLL_S (1 s), and says so in its log
+        deadline = time.monotonic() + SWITCH_DEADLINE_S
+        while {e["pid"] for e in log_lines(log) if e.get("message", "").startswith(f"shadow model {second} ")} != pids:
+            assert time.monotonic() < deadline, f"not every worker of {sorted(pids)} took the shadow"
+            time.sleep(0.1)
         sent = 0
         for i in range(40):
             r = requests.post(f"{server.url}/predict", json={"texts": [{"text": texts[i % len(texts)]}]},
@@ -155,7 +160,7 @@ def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path,
             in scraped
         assert call(server, "DELETE", "/models/shadow", admin[1]) == {"previous": second, "shadow": None}
         assert call(server, "GET", "/models", {})["shadow"] is None
-    with servers.gunicorn(root, workers=2, env=env) as server:  # cleared for good, restart included
+    with helpers.gunicorn(root, workers=2, env=env) as server:  # cleared for good, restart included
         assert call(server, "GET", "/models", {})["shadow"] is None
 
 
@@ -175,7 +180,7 @@ def log_lines(log: Path) -> list[dict]:
 
 def test_switching_under_load_fails_no_request(registry_root, tmp_path, admin):
     """64 connections of single-text /predict while the default goes back and forth 10 times."""
-    wrk = servers.require_binary("wrk")
+    wrk = helpers.require_binary("wrk")
     root, first, second = registry_root
     log = tmp_path / "gunicorn.log"
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_LOG_LEVEL": "INFO", **admin[0]}
@@ -195,7 +200,7 @@ def test_switching_under_load_fails_no_request(registry_root, tmp_path, admin):
                 switches.append((sent, target))
                 put_seconds.append(r.elapsed.total_seconds())
 
-    with servers.gunicorn(root, workers=2, env=env, log_path=log) as server:
+    with helpers.gunicorn(root, workers=2, env=env, log_path=log) as server:
         pids = workers(server)
         every_worker_serves(server, first, time.monotonic(), timeout_s=30)  # both have booted
         thread = threading.Thread(target=switcher, args=(server.url,))

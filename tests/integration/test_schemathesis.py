@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import requests
 
-from tests.integration.servers import VENV_BIN, gunicorn
+from tests.helpers import VENV_BIN, gunicorn
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tagifai_api.cli import cli
-from tests.integration.servers import ROOT, VENV_BIN, free_port
+from tests.helpers import ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
 

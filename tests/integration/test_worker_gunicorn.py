@@ -16,7 +16,7 @@ import pytest
 import requests
 from swagger_ui_bundle import swagger_ui_path
 
-from tests.integration.servers import gunicorn
+from tests.helpers import gunicorn
 
 pytestmark = pytest.mark.integration
 

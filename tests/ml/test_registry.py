@@ -10,7 +10,7 @@ import pytest
 from tagifai_api.ml import artifacts, versions
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.store import registry
-from tests.conftest import copy_version
+from tests.helpers import copy_version
 
 
 def _damage(root, version, name="model.npz"):

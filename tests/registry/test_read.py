@@ -6,7 +6,7 @@ import pytest
 
 from tagifai_api.ml import versions
 from tagifai_api.store import registry
-from tests.conftest import copy_version
+from tests.helpers import copy_version
 
 TEXT = {"texts": [{"text": "YOLO object detection in images"}]}
 

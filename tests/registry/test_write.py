@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tagifai_api.auth.keys import KeyStore
 from tagifai_api.ml import artifacts
 from tagifai_api.store import files, registry
+from tests.helpers import copy_version, wait_until
 
 TEXTS = ["YOLO object detection", "a project about things", "BERT for question answering", "an idea"]
 
@@ -77,6 +79,26 @@ def test_switch_then_roll_back(setup, keys):
     assert artifacts.default_version(root) == first
 
 
+
+def test_history_is_newest_first_and_rollbacks_walk_it_back_in_order(setup, keys):
+    app, client, root, first, second = setup
+    third = copy_version(root, second, "v29990101T000000000000Z")
+    fourth = copy_version(root, second, "v29990102T000000000000Z")
+    for previous, version in ((first, second), (second, third), (third, fourth)):
+        r = client.put("/models/default", json={"version": version}, headers=admin(keys)).get_json()
+        assert r["status-code"] == 200 and r["data"] == {"previous": previous, "default": version}
+    listed = client.get("/models").get_json()["data"]
+    assert listed["default"] == fourth and listed["history"] == [third, second, first]
+    for current, back, left in ((fourth, third, [second, first]), (third, second, [first]), (second, first, [])):
+        r = client.post("/models/default/rollback", headers=admin(keys)).get_json()
+        assert r["status-code"] == 200 and r["data"] == {"previous": current, "default": back}
+        listed = client.get("/models").get_json()["data"]
+        assert listed["default"] == back and listed["history"] == left
+        served = client.post("/predict", json={"texts": [{"text": TEXTS[0]}]}).get_json()["data"]
+        assert served["model_version"] == back
+    again = client.post("/models/default/rollback", headers=admin(keys)).get_json()
+    assert again["status-code"] == 409 and artifacts.default_version(root) == first
+
 def test_a_version_failing_verification_is_409_and_nothing_changes(setup, keys):
     app, client, root, first, second = setup
     (root / second / "model.joblib").write_bytes(b"tampered")
@@ -141,7 +163,7 @@ def test_shadow_is_scored_and_its_agreement_shown(setup, keys):
     assert r["status-code"] == 200 and r["data"] == {"previous": None, "shadow": second}
     for text in TEXTS:
         assert client.post("/predict", json={"texts": [{"text": text}]}).status_code == 200
-    service = app.extensions["tagifai"]
+    service = app.extensions["tagifai"].service
     deadline = time.monotonic() + 5
     while service.shadow.scored < len(TEXTS) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -158,6 +180,30 @@ def test_shadow_is_scored_and_its_agreement_shown(setup, keys):
     assert client.get("/models").get_json()["data"]["shadow_agreement"] is None
     assert client.get("/models/shadow").get_json()["data"] == {"shadow": None, "shadow_agreement": None}
 
+
+
+def test_shadow_counter_is_labelled_with_the_served_version_and_the_shadow(setup, keys):
+    app, client, root, first, second = setup
+    third = copy_version(root, first, "v29990101T000000000000Z")
+    assert client.put("/models/shadow", json={"version": second}, headers=admin(keys)).status_code == 200
+    for text in TEXTS:
+        assert client.post("/predict", json={"texts": [{"text": text}]}).status_code == 200
+    asked = client.post(f"/predict?version={third}", json={"texts": [{"text": t} for t in TEXTS]}).get_json()
+    assert asked["data"]["model_version"] == third
+    wait_until(lambda: client.get("/models").get_json()["data"]["shadow_agreement"]["scored"] == 2 * len(TEXTS),
+               what="every text scored by the shadow")
+    agreement = client.get("/models").get_json()["data"]["shadow_agreement"]
+    assert agreement["agree"] > 0 and agreement["disagree"] > 0
+    families = text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+    samples = {tuple(sorted(s.labels.items())): s.value
+               for family in families for s in family.samples if s.name == "tagifai_shadow_predictions_total"}
+    # the third version has the first's files, so each of the two served versions saw the same split
+    expected = {}
+    for served in (first, third):
+        for outcome in ("agree", "disagree"):
+            labels = (("model_version", served), ("outcome", outcome), ("shadow_version", second))
+            expected[labels] = agreement[outcome] / 2
+    assert samples == expected
 
 def test_mode_off_is_an_explicit_choice_that_opens_the_writes(make_app, registry_root):
     root, first, second = registry_root

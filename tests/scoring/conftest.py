@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tagifai_api import settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, command
 
 
 @pytest.fixture
@@ -26,20 +23,7 @@ def score(artifacts_dir):
     return run
 
 
-def command(artifacts_dir: Path, *args) -> list[str]:
-    """The argv of a ``score`` run against the test model."""
-    return [sys.executable, "-m", "tagifai_api", "--artifacts", str(artifacts_dir), "score", *map(str, args)]
-
-
 @pytest.fixture(scope="session")
 def dataset_csv() -> bytes:
     """The shipped dataset as bytes (header + 764 records, some spanning several lines)."""
     return settings.DATA_FILE.read_bytes()
-
-
-def repeated(dataset_csv: bytes, times: int) -> bytes:
-    """The dataset's records ``times`` over, under one header."""
-    header, body = dataset_csv.split(b"\n", 1)
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    return header + b"\n" + body * times

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.scoring.conftest import ROOT, command, repeated
+from tests.helpers import ROOT, command, repeated
 
 ARGS = ("--workers", "2", "--chunk-size", "50", "--quiet")
 
@@ -24,12 +27,14 @@ def committed_rows(progress: Path) -> int:
         return 0
 
 
-def start_and_feed(artifacts_dir: Path, data: bytes, out: Path) -> subprocess.Popen:
+def start_and_feed(artifacts_dir: Path, data: bytes, out: Path,
+                   preexec_fn: Callable[[], None] | None = None) -> tuple[subprocess.Popen, int]:
     """Score standard input fed slowly, in its own process group (as a terminal's job is), until
-    some rows are committed; never more than half of ``data`` is sent, so the run cannot end."""
+    some rows are committed; never more than half of ``data`` is sent, so the run cannot end.
+    Returns the process and how many bytes of ``data`` it was sent."""
     proc = subprocess.Popen(command(artifacts_dir, "-", "--format", "csv", "-o", out, *ARGS), cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=preexec_fn)
     progress = out.with_name(out.name + ".progress")
     sent, step = 0, 4096
     deadline = time.monotonic() + 60
@@ -41,7 +46,7 @@ def start_and_feed(artifacts_dir: Path, data: bytes, out: Path) -> subprocess.Po
             proc.stdin.flush()
             sent += step
         time.sleep(0.02)
-    return proc
+    return proc, sent
 
 
 def wait_group_gone(pgid: int) -> None:
@@ -79,7 +84,7 @@ def reference(score, data, tmp_path):
 
 def test_resume_after_kill_9_is_byte_identical(artifacts_dir, score, data, reference, tmp_path):
     out = tmp_path / "out.csv"
-    proc = start_and_feed(artifacts_dir, data, out)
+    proc, _ = start_and_feed(artifacts_dir, data, out)
     os.killpg(proc.pid, signal.SIGKILL)  # the scorer and its workers, as a power loss would
     proc.wait(timeout=10)
     proc.stdin.close()
@@ -97,7 +102,7 @@ def test_resume_after_kill_9_is_byte_identical(artifacts_dir, score, data, refer
 
 def test_workers_die_with_a_killed_scorer(artifacts_dir, data, tmp_path):
     """kill -9 of the main process alone: its workers do not linger."""
-    proc = start_and_feed(artifacts_dir, data, tmp_path / "out.csv")
+    proc, _ = start_and_feed(artifacts_dir, data, tmp_path / "out.csv")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     proc.stdin.close()
@@ -107,7 +112,7 @@ def test_workers_die_with_a_killed_scorer(artifacts_dir, data, tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_resumes_byte_identical_gzip(artifacts_dir, score, data, reference, tmp_path):
     out = tmp_path / "out.csv.gz"
-    proc = start_and_feed(artifacts_dir, data, out)
+    proc, _ = start_and_feed(artifacts_dir, data, out)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
     assert proc.wait(timeout=30) == 130
     proc.stdin.close()
@@ -133,26 +138,26 @@ def test_ctrl_c_stops_cleanly_and_resumes_byte_identical_gzip(artifacts_dir, sco
 
 def test_a_full_disk_stops_with_one_line_and_resumes_byte_identical(artifacts_dir, score, data, reference, tmp_path):
     """Writes that fail (here: a file-size limit, as a full disk would) stop the run with the
-    committed rows kept; a resumed run finishes the same file."""
-    import re
-    import resource
-
-    src = tmp_path / "in.csv"
-    src.write_bytes(data)
+    committed rows kept; a resumed run skips exactly those and finishes the same file."""
     out = tmp_path / "out.csv"
-    limit = 150_000  # bytes: a few chunks of output fit
+    # bytes: more than the output of the half of the input sent before the first commit (about
+    # 235 kB), less than the whole output (about 470 kB)
+    limit = 350_000
 
     def small_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run(command(artifacts_dir, src, "-o", out, *ARGS), cwd=ROOT, capture_output=True,
-                          timeout=120, preexec_fn=small_disk)
-    stderr = proc.stderr.decode()
+    proc, sent = start_and_feed(artifacts_dir, data, out, preexec_fn=small_disk)
+    _, stderr = proc.communicate(data[sent:], timeout=120)  # the rest at once: the disk fills
+    stderr = stderr.decode()
+    wait_group_gone(proc.pid)
     assert proc.returncode == 1, stderr
     assert stderr.startswith(f"error: cannot write {out}: File too large; ") and stderr.count("\n") == 1, stderr
     assert "run the same command with --resume" in stderr and "Traceback" not in stderr
     committed = int(re.search(r"; ([\d,]+) rows are committed", stderr).group(1).replace(",", ""))
-    assert committed < 4 * 764  # how many depends on the clock: commits are at most a second apart
-    resumed = score(src, "-o", out, *ARGS, "--resume")
+    assert committed == committed_rows(out.with_name("out.csv.progress"))
+    assert 50 <= committed < 4 * 764  # at least one chunk (--chunk-size 50) went in before the disk filled
+    resumed = score("-", "--format", "csv", "-o", out, *ARGS[:-1], "--resume", input=data)  # not --quiet
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed after {committed:,}" in resumed.stderr
     assert out.read_bytes() == reference("out.csv")

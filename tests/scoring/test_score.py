@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tagifai_api import settings
-from tests.scoring.conftest import ROOT, command, repeated
+from tests.helpers import ROOT, command, repeated
 
 
 def read_csv(data: bytes) -> list[dict]:

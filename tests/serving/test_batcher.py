@@ -2,11 +2,11 @@
 
 import os
 import threading
-import time
 
 import pytest
 
 from tagifai_api.serving.batcher import BatchFailedError, DeadlineError, MicroBatcher, QueueFullError
+from tests.helpers import wait_until
 
 
 class FakeModel:
@@ -41,14 +41,6 @@ def make_batcher():
     yield factory
     for b in made:
         b.close()
-
-
-def wait_until(condition, timeout_s: float = 10.0) -> None:
-    """Poll ``condition`` until true; the timeout only bounds a broken run, no test relies on timing."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.002)
 
 
 def in_thread(fn, *args) -> tuple[threading.Thread, dict]:

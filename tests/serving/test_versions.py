@@ -12,7 +12,7 @@ import pytest
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.serving.service import ModelService
 from tagifai_api.store import registry
-from tests.conftest import copy_version
+from tests.helpers import copy_version, wait_until
 
 
 class Recorder:
@@ -51,13 +51,6 @@ def service_factory():
         s.close()
 
 
-def wait_for(condition, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_versions_load_on_first_use_and_the_least_recently_used_goes_first(registry_root, service_factory):
     root, first, second = registry_root
     third = copy_version(root, second, "v29990101T000000000000Z")
@@ -75,6 +68,30 @@ def test_versions_load_on_first_use_and_the_least_recently_used_goes_first(regis
     assert evicted_batcher._closed
     assert s.get() is s.default and s.default.version == first
 
+
+
+def test_the_shadow_is_never_evicted_even_with_one_version_allowed(registry_root, service_factory):
+    """TAGIFAI_MAX_LOADED_VERSIONS at its minimum (1): the default and the shadow stay loaded however
+    many other versions requests ask for; only those others are evicted."""
+    root, first, second = registry_root
+    third = copy_version(root, second, "v29990101T000000000000Z")
+    fourth = copy_version(root, second, "v29990102T000000000000Z")
+    obs = Recorder()
+    s = service_factory(root, max_loaded=1, observer=obs, batching=False)
+    registry.set_shadow(root, second)
+    s.refresh()
+    s.predict(["YOLO"], 5.0)
+    wait_until(lambda: s.shadow.scored == 1, what="the shadow's first score")
+    shadow = s.get(second)
+    for other in (third, fourth):
+        s.predict(["YOLO"], 5.0, served=s.get(other))
+        assert s.loaded_versions() == [first, second, other]
+    assert s.get(second) is shadow  # the very same loaded model, not one loaded again
+    s.predict(["BERT for question answering"], 5.0)
+    wait_until(lambda: s.shadow.scored == 4, what="every request scored by the shadow")
+    assert sorted(model for model, *_ in obs.shadows) == sorted([first, third, fourth, first])
+    assert {shadow_version for _, shadow_version, *_ in obs.shadows} == {second} and obs.dropped == []
+    assert s.get(second) is shadow
 
 def test_an_evicted_version_still_answers_a_request_that_picked_it_up(registry_root, service_factory):
     root, first, second = registry_root
@@ -120,13 +137,13 @@ def test_the_default_is_followed_from_disk_and_a_bad_one_is_not_served(registry_
     obs = Recorder()
     s = service_factory(root, poll_s=0.02, observer=obs)
     registry.set_default(root, second)
-    wait_for(lambda: s.default.version == second)
+    wait_until(lambda: s.default.version == second)
     assert obs.loaded == [first, second]
     # a pointer edited by hand to a damaged version: the worker keeps serving the last good default
     damaged = copy_version(root, first, "v29990101T000000000000Z")
     (root / damaged / "model.npz").write_bytes(b"x")
     (root / "DEFAULT").write_text(damaged + "\n")
-    wait_for(lambda: "default model not loaded (still serving" in caplog.text)
+    wait_until(lambda: "default model not loaded (still serving" in caplog.text)
     assert s.get().version == second and s.ready
     with pytest.raises(ArtifactError, match="does not match"):
         s.get(damaged)
@@ -159,7 +176,7 @@ def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, 
     s.predict(texts, 5.0)
     assert time.monotonic() - started < 1.0
     slow.set()
-    wait_for(lambda: obs.shadows)
+    wait_until(lambda: obs.shadows)
     (model_version, shadow_version, agree, disagree), = obs.shadows
     assert (model_version, shadow_version) == (first, second)
     assert agree + disagree == len(texts)
@@ -184,7 +201,7 @@ def test_a_full_shadow_queue_drops_and_counts(registry_root, service_factory):
     for i in range(1, 10):
         s.predict([f"text {i}"], 5.0)
     gate.set()
-    wait_for(lambda: sum(a + d for *_, a, d in obs.shadows) + s.shadow.dropped >= 10)
+    wait_until(lambda: sum(a + d for *_, a, d in obs.shadows) + s.shadow.dropped >= 10)
     # one being scored, two waiting: the other seven were dropped and counted
     assert obs.dropped == [(second, "queue_full", 1)] * 7 and s.shadow.dropped == 7
     assert sum(a + d for *_, a, d in obs.shadows) == 3
@@ -209,7 +226,7 @@ def test_a_broken_shadow_is_counted_and_never_touches_the_answer(registry_root, 
     (root / second / "model.npz").write_bytes(b"damaged after it was set")
     s._loaded.pop(second, None)  # as if evicted: the next use loads it again, and fails
     assert s.predict(["YOLO"], 5.0)[0]["predicted_tag"] == "computer-vision"
-    wait_for(lambda: obs.dropped)
+    wait_until(lambda: obs.dropped)
     assert obs.dropped == [(second, "error", 1)]
 
 
@@ -220,5 +237,5 @@ def test_requests_of_the_shadow_version_itself_are_not_shadowed(registry_root, s
     registry.set_shadow(root, second)
     s.refresh()
     s.predict(["YOLO"], 5.0, served=s.get(second))
-    time.sleep(0.1)
-    assert obs.shadows == [] and s.shadow.scored == 0
+    s.shadow.close()  # scores whatever was queued, then stops: nothing may have been
+    assert obs.shadows == [] and obs.dropped == [] and s.shadow.scored == 0

@@ -1,7 +1,9 @@
 """``/openapi.json`` and ``/docs``: the API description and Swagger UI, served without internet."""
 
-from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+from flask import Blueprint, Response, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
+
+from tagifai_api.web.context import state
 
 bp = Blueprint("docs", __name__)
 
@@ -27,7 +29,7 @@ _PAGE = """<!DOCTYPE html>
 @bp.get("/openapi.json")
 def openapi():
     """Return the OpenAPI 3 document."""
-    return jsonify(current_app.extensions["tagifai_openapi"])
+    return jsonify(state().openapi)
 
 
 @bp.get("/docs")

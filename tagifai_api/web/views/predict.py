@@ -5,7 +5,7 @@ from http import HTTPStatus
 from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from tagifai_api.web.context import get_service, requested_version
+from tagifai_api.web.context import requested_version, state
 from tagifai_api.web.responses import construct_response
 
 bp = Blueprint("predict", __name__)
@@ -57,15 +57,16 @@ def predict():
     """
     _read_body()
     # begun once the body is here, before it is parsed, so a batch being formed waits for its texts
-    with get_service().request(requested_version()) as answering:
-        body = current_app.extensions["tagifai_predict_schema"].load(request.get_json())
+    tagifai = state()
+    with tagifai.service.request(requested_version()) as answering:
+        body = tagifai.predict_schema.load(request.get_json())
         texts = [item["text"] for item in body["texts"]]
         g.texts = len(texts)
         timeout_s = current_app.config["PREDICT_TIMEOUT_MS"] / 1000.0
         results = (answering.explain if body["explain"] else answering.predict)(texts, timeout_s)
     version = answering.version
     g.model_version = version
-    metrics = current_app.extensions.get("tagifai_metrics")
+    metrics = tagifai.metrics
     if metrics is not None:
         metrics.request(texts, results, version)
     predictions = [{"input_text": text, **result} for text, result in zip(texts, results)]

@@ -1,0 +1,460 @@
+"""What several test modules share: the lesson's example, the envelope check, polling, model
+versions, score commands, metrics scrapes, and real servers and browsers started on loopback (bounded
+waits, always cleaned up). Fixtures live in the conftest.py files; this module holds plain code only."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+from prometheus_client.parser import text_string_to_metric_families
+
+from tagifai_api.ml import artifacts
+from tagifai_api.store.database import Store
+from tagifai_api.store.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+# --- the API's answers --------------------------------------------------------------------------
+
+#: The lesson's example: two descriptions, each under the tag the model must give it.
+LESSON_TAGS = {
+    "natural-language-processing": "Transfer learning with transformers for text classification.",
+    "computer-vision": "Generative adversarial networks for image generation.",
+}
+LESSON_TEXTS = list(LESSON_TAGS.values())
+#: The lesson's /predict request body, verbatim.
+LESSON = {"texts": [{"text": text} for text in LESSON_TEXTS]}
+
+#: The keys every JSON answer has (and ``data`` when it carries any).
+ENVELOPE = {"message", "method", "status-code", "timestamp", "url", "request-id"}
+
+
+def check_envelope(response, status, method="GET"):
+    """Assert a test client's response is the envelope with this status; return its body."""
+    body = response.get_json()
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    assert ENVELOPE <= set(body) <= ENVELOPE | {"data"}
+    assert body["status-code"] == status
+    assert body["method"] == method
+    assert datetime.fromisoformat(body["timestamp"]).utcoffset().total_seconds() == 0
+    assert body["request-id"] == response.headers["X-Request-ID"]
+    return body
+
+
+# --- waiting ------------------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true; the timeout only bounds a broken run, no test relies on timing."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s}s"
+        time.sleep(0.002)
+
+
+# --- model versions -----------------------------------------------------------------------------
+
+
+def copy_version(root: Path, version: str, name: str) -> str:
+    """Another sound version with the same files under a new name (its manifest says so)."""
+    shutil.copytree(root / version, root / name)
+    manifest = json.loads((root / name / artifacts.MANIFEST).read_text())
+    manifest["version"] = name
+    (root / name / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    return name
+
+
+# --- ``python -m tagifai_api score`` ------------------------------------------------------------
+
+
+def command(artifacts_dir: Path, *args) -> list[str]:
+    """The argv of a ``score`` run against the test model."""
+    return [sys.executable, "-m", "tagifai_api", "--artifacts", str(artifacts_dir), "score", *map(str, args)]
+
+
+def repeated(dataset_csv: bytes, times: int) -> bytes:
+    """The dataset's records ``times`` over, under one header."""
+    header, body = dataset_csv.split(b"\n", 1)
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    return header + b"\n" + body * times
+
+
+# --- deployment files ---------------------------------------------------------------------------
+
+
+def gunicorn_default(name: str) -> int:
+    """The default of a Gunicorn setting in gunicorn.conf.py, read without executing the file.
+
+    Executing it would export PROMETHEUS_MULTIPROC_DIR into the test process.
+    """
+    tree = ast.parse((ROOT / "gunicorn.conf.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "_env_int":
+                return ast.literal_eval(value.args[1])
+            return ast.literal_eval(value)
+    raise KeyError(name)
+
+
+# --- /metrics of a running server ---------------------------------------------------------------
+
+PREDICT_COUNT = ("tagifai_http_request_duration_seconds_count",
+                 {"endpoint": "predict.predict", "method": "POST", "status": "200"})
+
+
+def scrape(url: str) -> list:
+    """Every sample of one /metrics scrape."""
+    r = requests.get(f"{url}/metrics", timeout=10)
+    assert r.status_code == 200
+    return [s for family in text_string_to_metric_families(r.text) for s in family.samples]
+
+
+def value(samples: list, name: str, labels: dict | None = None) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    labels = labels or {}
+    return sum(s.value for s in samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+# --- real servers on loopback -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    """The path of a system binary; skip locally, fail in CI (CI=true) when it is missing."""
+    for candidate in (name, *candidates):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    reason = f"{name} is not installed (CI installs it through .ci/run)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    print(f"SKIP: {reason}")
+    pytest.skip(reason)
+
+
+def wait_http(url: str, timeout_s: float = 30.0, status: int = 200, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers ``status``; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            r = requests.get(url, timeout=2)
+            if r.status_code == status:
+                return
+            last = r.status_code
+        except requests.RequestException as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout_s}s (last: {last})")
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Server:
+    """A running server: ``url`` is its base URL (no trailing slash)."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen
+
+
+@contextmanager
+def gunicorn(
+    artifacts_dir: Path | None = None, workers: int = 2, env: dict | None = None, log_path: Path | None = None
+) -> Iterator[Server]:
+    """Run ``gunicorn -c gunicorn.conf.py wsgi:app`` from the repository root on 127.0.0.1."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PORT": str(port),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "PROMETHEUS_MULTIPROC_DIR": "",
+    }
+    environ.pop("PROMETHEUS_MULTIPROC_DIR")
+    if artifacts_dir is not None:
+        environ["TAGIFAI_ARTIFACTS_DIR"] = str(artifacts_dir)
+        environ["TAGIFAI_DATABASE_URL"] = state_url(artifacts_dir)
+        environ["TAGIFAI_API_KEYS_FILE"] = str(Path(artifacts_dir) / "no-old-keys-file.json")
+    environ.update(env or {})
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health/ready", proc=proc)
+        # every worker loads its model on boot; give the others a moment to finish too
+        wait_http(f"{base}/health/ready", proc=proc)
+        yield Server(url=base, port=port, proc=proc)
+    finally:
+        stop(proc)
+        if log_path:
+            out.close()
+
+
+def one_session_per_worker(url: str, workers: int = 2, timeout_s: float = 30.0) -> list[requests.Session]:
+    """Kept-alive connections, one to each worker, so a probe sent over each reaches every worker.
+    A new connection goes to a less busy worker, or on a tie to whichever wakes first: connections
+    are opened until each worker has one (the second may still be booting)."""
+    sessions: dict[int, requests.Session] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        session = requests.Session()
+        pid = session.get(f"{url}/health/ready", timeout=10).json()["data"]["pid"]
+        if sessions.setdefault(pid, session) is not session:
+            session.close()
+        elif len(sessions) == workers:
+            return list(sessions.values())
+        time.sleep(0.1)
+    pytest.fail(f"for {timeout_s}s new connections reached only the workers {sorted(sessions)}")
+
+
+# --- headless Chromium, driven over the Chrome DevTools protocol -------------------------------
+# websocket-client speaks the protocol, so no browser download or driver package is needed:
+# Debian's chromium is the browser.
+
+
+class DevTools:
+    """The few Chrome DevTools protocol calls the test needs, over one page's websocket."""
+
+    def __init__(self, ws_url: str):
+        # no Origin header: Chromium refuses devtools websockets from origins it was not told to allow
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.ids = itertools.count(1)
+        self.events: list[dict] = []  # every event received while waiting for answers, in order
+
+    def call(self, method: str, **params) -> dict:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == msg_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            if "method" in message:
+                self.events.append(message)
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, what: str, timeout_s: float = 20.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out waiting for {what}")
+
+    def click(self, selector: str) -> None:
+        """A real mouse click in the middle of the element, after scrolling it into view."""
+        box = self.wait_for(
+            f"""(() => {{
+                const el = document.querySelector({json.dumps(selector)});
+                if (!el || el.disabled) return null;
+                el.scrollIntoView({{block: "center"}});
+                const r = el.getBoundingClientRect();
+                return r.width && r.height ? {{x: r.x + r.width / 2, y: r.y + r.height / 2}} : null;
+            }})()""",
+            f"a clickable {selector}",
+        )
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=box["x"], y=box["y"], button="left", clickCount=1)
+
+    def press(self, key: str, code: int, text: str = "", modifiers: int = 0) -> None:
+        """A real key press on whatever has the focus (``code``: the Windows virtual key code)."""
+        self.call("Input.dispatchKeyEvent", type="keyDown", key=key, code=key, windowsVirtualKeyCode=code,
+                  text=text, modifiers=modifiers)
+        self.call("Input.dispatchKeyEvent", type="keyUp", key=key, code=key, windowsVirtualKeyCode=code,
+                  modifiers=modifiers)
+
+    def screenshot(self, path: Path) -> None:
+        """The whole page as a PNG at ``path``."""
+        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@contextmanager
+def chromium(profile: Path) -> Iterator[DevTools]:
+    """Headless Chromium with a fresh profile, reachable only on loopback; yields its page's DevTools."""
+    binary = require_binary("chromium", "chromium-browser", "google-chrome")
+    profile.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-extensions", "--disable-dev-shm-usage", "--window-size=1280,1400",
+        # any host but loopback fails to resolve, so nothing leaves the machine
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+        "about:blank",
+    ]
+    log = open(profile.parent / "chromium.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    devtools = None
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chromium did not start: {(profile.parent / 'chromium.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().splitlines()[0])
+        pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json() if t["type"] == "page"]
+        devtools = DevTools(pages[0]["webSocketDebuggerUrl"])
+        yield devtools
+    finally:
+        if devtools is not None:
+            devtools.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        log.close()
+
+
+# --- the state store ---------------------------------------------------------------------------
+def state_url(root: Path) -> str:
+    """The test store of an artifacts folder: a SQLite file inside it, so copying the folder copies its state."""
+    return f"sqlite:///{Path(root) / 'state.db'}"
+
+
+def add_key(app, name: str, role: str) -> str:
+    """Create a key in the app's store and have the app hold it now (not at its next poll); the key."""
+    from tagifai_api.auth.keys import KeyStore
+
+    key = KeyStore(app.extensions["tagifai"].service.registry.store).create(name, role)
+    app.extensions["tagifai_auth"].ring.refresh()
+    return key
+
+
+def open_registry(root: Path) -> Registry:
+    """The registry of a test artifacts folder, its store created if need be."""
+    store = Store(state_url(root))
+    store.upgrade()
+    return Registry(store, root)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    """Debian keeps the server's programs under /usr/lib/postgresql/<major>/bin, off the PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class Postgres:
+    """A scratch PostgreSQL cluster of its own on 127.0.0.1 (``initdb`` and ``pg_ctl`` in a temporary
+    directory), stopped and removed by :func:`postgres`; ``stop()`` and ``start()`` for outages."""
+
+    def __init__(self, directory: Path, bin_dir: Path) -> None:
+        self.directory = directory
+        self.bin = bin_dir
+        self.port = free_port()
+        self.data = directory / "data"
+        self.url = f"postgresql+psycopg://tagifai@127.0.0.1:{self.port}/tagifai"
+        # initdb refuses to run as root: as root, the cluster belongs to the postgres user
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        done = subprocess.run([*self._as, *args], timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode:
+            raise RuntimeError(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+
+    def create(self) -> None:
+        if self._as:
+            shutil.chown(self.directory, "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "tagifai", "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        self.start()
+        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "tagifai", "tagifai")
+
+    def start(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-t", "30",
+                  "-o", f"-h 127.0.0.1 -p {self.port} -k {self.directory} -F", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
+@contextmanager
+def postgres() -> Iterator[Postgres]:
+    """A fresh PostgreSQL cluster; skipped locally, a failure in CI, without one. Its directory is not
+    under pytest's (private to root, so the postgres user could not enter it)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        require_binary("initdb")  # skips or fails with the usual message
+    directory = Path(tempfile.mkdtemp(prefix="tagifai-postgres-"))
+    server = Postgres(directory, bin_dir)
+    try:
+        server.create()
+        yield server
+    finally:
+        if server.running():
+            try:
+                server.stop("immediate")
+            except (subprocess.SubprocessError, OSError):
+                pass
+        shutil.rmtree(directory, ignore_errors=True)
