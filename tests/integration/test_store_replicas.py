@@ -38,16 +38,19 @@ def pg():
 
 
 @pytest.fixture
-def shared(pg, registry_root, tmp_path):
-    """``(root, first, second, env, admin_headers)``: the versions, a store on ``pg`` whose default is
-    ``first``, the environment both instances run with, and an admin key's header."""
+def shared(request, registry_root, tmp_path):
+    """``(root, first, second, env, admin_headers)``: the versions, a store whose default is ``first``
+    (on this test's PostgreSQL, or with ``@pytest.mark.parametrize("shared", ["sqlite"], indirect=True)``
+    the SQLite file both instances of one host share), the environment both instances run with, and an
+    admin key's header."""
     root, first, second = registry_root
-    store = Store(pg.url)
+    url = helpers.state_url(root) if getattr(request, "param", None) == "sqlite" else request.getfixturevalue("pg").url
+    store = Store(url)
     store.upgrade()
     Registry(store, root).set_default(first, verifier=lambda _: None)
     key = KeyStore(store).create("ops", "admin")
     store.close()
-    env = {"TAGIFAI_DATABASE_URL": pg.url, "TAGIFAI_LOG_LEVEL": "INFO"}
+    env = {"TAGIFAI_DATABASE_URL": url, "TAGIFAI_LOG_LEVEL": "INFO"}
     return root, first, second, env, {"Authorization": f"Bearer {key}"}
 
 
@@ -101,8 +104,10 @@ def _switched_at(log: Path, pids: set[int], target: str, since: float) -> float:
     return max(times)
 
 
+@pytest.mark.parametrize("shared", ["postgresql", "sqlite"], indirect=True)
 def test_switches_through_one_instance_reach_the_other_within_2s_under_load(shared, tmp_path):
     root, first, second, env, admin = shared
+    backend = "sqlite" if env["TAGIFAI_DATABASE_URL"].startswith("sqlite") else "postgresql"
     count, interval_s = 10, 2.0
     switches: list[tuple[float, str]] = []
     with ExitStack() as stack:
@@ -127,7 +132,7 @@ def test_switches_through_one_instance_reach_the_other_within_2s_under_load(shar
         assert result["errors_connect"] == result["errors_read"] == result["errors_timeout"] == 0, result
         assert result["from_a"] > 0 and result["from_b"] > 0, result
     delays = [_switched_at(log_b, pids_b, target, at) - at for at, target in switches]
-    print("STORE-PROPAGATION postgresql", json.dumps({
+    print("STORE-PROPAGATION", backend, json.dumps({
         "requests": [r["requests"] for r in results], "non_200": [r["not_200"] for r in results],
         "median_s": round(sorted(delays)[len(delays) // 2], 3), "max_s": round(max(delays), 3)}))
     assert max(delays) < PROPAGATION_S, delays
