@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from tagifai_api import settings
@@ -145,6 +146,26 @@ def test_runtime_runs_as_a_non_root_user(instructions):
     assert users and users[-1] not in {"root", "0", "0:0"}
 
 
+def test_runtime_image_serves_alone_with_its_own_store(instructions):
+    """The image run alone (no TAGIFAI_DATABASE_URL) keeps its state in the default SQLite file: the
+    runtime user owns its directory, and the build records the trained version as its default, as
+    that user, then loads it from the read-only copy."""
+    runtime = list(stages(instructions).values())[-1]
+    (workdir,) = [a for k, a in runtime if k == "WORKDIR"]
+    store = Path(sa.make_url(str(settings.DEFAULTS["DATABASE_URL"])).database)
+    store_dir = Path(workdir) / store.parent.relative_to(settings.ROOT)
+    user = [a for k, a in runtime if k == "USER"][-1]
+    position = runtime.index(("USER", user))
+    before = " ".join(a for k, a in runtime[:position] if k == "RUN")
+    after = " ".join(a for k, a in runtime[position:] if k == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{store_dir}\b", before)
+    assert re.search(rf"chown {user}:{user} [^&]*{store_dir}\b", before)
+    assert "-m tagifai_api seed /app/artifacts" in after
+    assert "-m tagifai_api predict" in after
+    # the versions stay root's: nothing the service runs may change them
+    assert not re.search(r"chown \S+ [^&]*/app/artifacts\b", before)
+
+
 def test_thread_pools_are_one_per_worker(instructions):
     runtime = list(stages(instructions).values())[-1]
     env = " ".join(a for k, a in runtime if k == "ENV")
@@ -172,7 +193,8 @@ def test_healthcheck_probes_a_real_readiness_route_with_python(instructions, app
 def test_dockerignore_keeps_local_state_out():
     patterns = dockerignore_patterns()
     for path in (".venv", ".venv/bin/python", "artifacts", "artifacts/DEFAULT", ".git", "reports/locust",
-                 "node_modules", "tagifai_api/__pycache__/x.pyc", "config/api_keys.json", "config/.api_keys.json.lock"):
+                 "node_modules", "tagifai_api/__pycache__/x.pyc", "config/api_keys.json", "config/.api_keys.json.lock",
+                 "var/tagifai.db", ".env"):
         assert is_dockerignored(path, patterns), path
     for path in ("tagifai_api/__init__.py", "requirements.txt", "gunicorn.conf.py", "wsgi.py", "data/dataset.csv",
                  "config/args.json"):
