@@ -45,16 +45,18 @@ COPY config/ config/
 COPY data/ data/
 COPY gunicorn.conf.py wsgi.py ./
 COPY --from=model /app/artifacts/ artifacts/
-# the code and the model versions stay root-owned and read-only to the service; the artifacts
-# directory itself is the service's, so the registry can replace DEFAULT and SHADOW in it when the
-# image runs alone (compose and Kubernetes mount a shared volume instead, seeded from here)
-# /var/lib/tagifai/artifacts is where compose mounts its shared volume: a new named volume takes
-# this directory's owner, so the service can write there
-RUN chown tagifai:tagifai /app/artifacts \
- && mkdir -p /var/lib/tagifai/artifacts && chown tagifai:tagifai /var/lib/tagifai/artifacts
+# the code and the model versions stay root-owned and read-only: the registry's state is in the store.
+# /app/var holds the image's own SQLite store (TAGIFAI_DATABASE_URL's default), for the image run
+# alone; replicas name a shared database instead. /var/lib/tagifai/artifacts is where compose mounts
+# its versions volume: a new named volume takes this directory's owner, so `seed` can copy into it
+RUN mkdir -p /var/lib/tagifai/artifacts /app/var \
+ && chown tagifai:tagifai /var/lib/tagifai/artifacts /app/var
 USER tagifai
-# one more check as the runtime user: the model loads from the read-only copy
-RUN python -m tagifai_api ensure-model
+# as the runtime user: the image's store records the version trained above as its default (so
+# `docker run` alone serves it), and that version loads from the read-only copy; a failure here
+# fails the build rather than training another version
+RUN python -m tagifai_api seed /app/artifacts \
+ && python -m tagifai_api predict "Transformers for text classification." >/dev/null
 EXPOSE 8000
 # python, not curl (slim has none); fails on any non-2xx answer or no answer within 3 s
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

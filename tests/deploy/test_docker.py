@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from tagifai_api import settings
@@ -15,6 +16,9 @@ from tests.helpers import ROOT, gunicorn_default
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
+
+#: a compose interpolation: ${NAME}, ${NAME:-default}, ${NAME:?error} and their forms without the colon
+interpolation = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -145,6 +149,26 @@ def test_runtime_runs_as_a_non_root_user(instructions):
     assert users and users[-1] not in {"root", "0", "0:0"}
 
 
+def test_runtime_image_serves_alone_with_its_own_store(instructions):
+    """The image run alone (no TAGIFAI_DATABASE_URL) keeps its state in the default SQLite file: the
+    runtime user owns its directory, and the build records the trained version as its default, as
+    that user, then loads it from the read-only copy."""
+    runtime = list(stages(instructions).values())[-1]
+    (workdir,) = [a for k, a in runtime if k == "WORKDIR"]
+    store = Path(sa.make_url(str(settings.DEFAULTS["DATABASE_URL"])).database)
+    store_dir = Path(workdir) / store.parent.relative_to(settings.ROOT)
+    user = [a for k, a in runtime if k == "USER"][-1]
+    position = runtime.index(("USER", user))
+    before = " ".join(a for k, a in runtime[:position] if k == "RUN")
+    after = " ".join(a for k, a in runtime[position:] if k == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{store_dir}\b", before)
+    assert re.search(rf"chown {user}:{user} [^&]*{store_dir}\b", before)
+    assert "-m tagifai_api seed /app/artifacts" in after
+    assert "-m tagifai_api predict" in after
+    # the versions stay root's: nothing the service runs may change them
+    assert not re.search(r"chown \S+ [^&]*/app/artifacts\b", before)
+
+
 def test_thread_pools_are_one_per_worker(instructions):
     runtime = list(stages(instructions).values())[-1]
     env = " ".join(a for k, a in runtime if k == "ENV")
@@ -172,7 +196,8 @@ def test_healthcheck_probes_a_real_readiness_route_with_python(instructions, app
 def test_dockerignore_keeps_local_state_out():
     patterns = dockerignore_patterns()
     for path in (".venv", ".venv/bin/python", "artifacts", "artifacts/DEFAULT", ".git", "reports/locust",
-                 "node_modules", "tagifai_api/__pycache__/x.pyc", "config/api_keys.json", "config/.api_keys.json.lock"):
+                 "node_modules", "tagifai_api/__pycache__/x.pyc", "config/api_keys.json", "config/.api_keys.json.lock",
+                 "var/tagifai.db", ".env"):
         assert is_dockerignored(path, patterns), path
     for path in ("tagifai_api/__init__.py", "requirements.txt", "gunicorn.conf.py", "wsgi.py", "data/dataset.csv",
                  "config/args.json"):
@@ -188,10 +213,11 @@ def test_compose_runs_the_service_behind_nginx_with_monitoring(compose):
 
 
 def test_compose_settings_are_known(compose):
-    env = compose["services"]["tagifai"].get("environment", {})
-    for name in env:
-        if name.startswith(settings.ENV_PREFIX):
-            assert name[len(settings.ENV_PREFIX):] in settings.SETTINGS, name
+    for service in ("tagifai", "migrate"):
+        env = compose["services"][service].get("environment", {})
+        for name in env:
+            if name.startswith(settings.ENV_PREFIX):
+                assert name[len(settings.ENV_PREFIX):] in settings.SETTINGS, f"{service}: {name}"
 
 
 def test_compose_bind_mounts_exist(compose):
@@ -212,6 +238,8 @@ def test_compose_nginx_uses_the_shipped_config_and_reaches_the_api(compose):
     upstream = re.search(r"^\s+server (\S+?):(\d+)\b", conf, flags=re.M)
     assert upstream[1] in compose["services"], "the nginx upstream is not a compose service"
     assert upstream[2] in [str(p) for p in compose["services"][upstream[1]]["expose"]]
+    # nginx resolves the service's name to every replica's address when it starts
+    assert compose["services"][upstream[1]]["deploy"]["replicas"] >= 2
 
 
 def test_compose_stop_grace_outlasts_gunicorn(compose):
@@ -230,35 +258,75 @@ def test_compose_images_are_pinned(compose):
 def test_prometheus_scrapes_the_compose_service(compose):
     """The scrape config (deploy/prometheus) and the compose service names must agree."""
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] if job.get("metrics_path", "/metrics") == "/metrics"
-               for static in job.get("static_configs", []) for t in static["targets"]
-               if not t.startswith("localhost")]
-    assert targets
-    for target in targets:
-        host, port = target.rsplit(":", 1)
-        assert host in compose["services"], target
-        assert port in [str(p) for p in compose["services"][host].get("expose", [])], target
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] != "prometheus"]
+    assert jobs
+    for job in jobs:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        # every replica's address, not one of them per scrape as a static name would give
+        assert not job.get("static_configs"), job["job_name"]
+        for sd in job["dns_sd_configs"]:
+            assert sd["type"] == "A"
+            for host in sd["names"]:
+                assert host in compose["services"], host
+                assert str(sd["port"]) in [str(p) for p in compose["services"][host].get("expose", [])], host
 
 
-def test_compose_replicas_share_one_seeded_artifacts_volume(compose, instructions):
-    """Every replica (`--scale tagifai=3`) mounts the same named volume where the registry keeps its
-    state; a one-shot service seeds it from the image first."""
-    api, seed = compose["services"]["tagifai"], compose["services"]["seed"]
+def test_compose_runs_postgres_with_a_healthcheck_and_a_volume(compose):
+    db = compose["services"]["postgres"]
+    assert re.fullmatch(r"postgres:\d+(\.\d+)?-alpine", db["image"]), db["image"]
+    (data,) = [v for v in db["volumes"] if v.split(":")[1] == "/var/lib/postgresql/data"]
+    assert data.split(":")[0] in compose["volumes"]  # a named volume, not the container's own layer
+    test = db["healthcheck"]["test"]
+    command = test[1:] if test[0] == "CMD" else test[1].split()
+    assert command[0] == "pg_isready"
+    flags = dict(zip(command[1::2], command[2::2]))
+    # over TCP: while a new volume is initialised the server listens on its socket only
+    assert flags.get("-h") in {"127.0.0.1", "localhost"}
+    assert flags["-U"] == db["environment"]["POSTGRES_USER"] and flags["-d"] == db["environment"]["POSTGRES_DB"]
+    assert "ports" not in db  # reachable by the other services only
+
+
+def test_compose_runs_two_replicas_on_the_shared_store(compose):
+    db, api = compose["services"]["postgres"], compose["services"]["tagifai"]
+    assert api["deploy"]["replicas"] >= 2
+    assert "container_name" not in api and "ports" not in api  # either would stop a second replica
+    url = sa.make_url(interpolation.sub("PASSWORD", api["environment"]["TAGIFAI_DATABASE_URL"]))
+    assert url.drivername == "postgresql+psycopg"  # the driver requirements.txt installs
+    assert (url.host, url.port) == ("postgres", 5432)
+    assert url.username == db["environment"]["POSTGRES_USER"] and url.database == db["environment"]["POSTGRES_DB"]
+    assert api["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "TAGIFAI_API_KEYS_FILE" not in api["environment"]  # keys live in the store
+
+
+def test_compose_database_password_is_never_in_clear(compose):
+    """The password is asked of whoever runs compose (its environment or an uncommitted .env), with
+    no default; the URL the replicas get is built from the same variable."""
+    db, api = compose["services"]["postgres"], compose["services"]["tagifai"]
+    required = re.compile(r"\$\{POSTGRES_PASSWORD:?\?[^}]*\}")
+    assert required.fullmatch(db["environment"]["POSTGRES_PASSWORD"])
+    url = sa.make_url(required.sub("PASSWORD", api["environment"]["TAGIFAI_DATABASE_URL"]))
+    assert url.password == "PASSWORD"
+    for match in interpolation.finditer(COMPOSE.read_text()):
+        if match["name"] == "POSTGRES_PASSWORD":
+            assert match["op"] in {":?", "?"}, match[0]
+
+
+def test_compose_migrates_and_seeds_once_before_the_replicas(compose, instructions):
+    """A one-shot service brings the schema up to date and copies the image's versions into the
+    versions volume before any replica starts; the replicas only read that volume."""
+    api, migrate = compose["services"]["tagifai"], compose["services"]["migrate"]
+    assert migrate["image"] == api["image"] and migrate["restart"] == "no"
+    command = " ".join(migrate["command"])
+    assert "python -m tagifai_api store upgrade && " in command
+    assert command.endswith("python -m tagifai_api seed /app/artifacts")  # where the Dockerfile puts them
+    for name in ("TAGIFAI_DATABASE_URL", "TAGIFAI_ARTIFACTS_DIR"):
+        assert migrate["environment"][name] == api["environment"][name], name
+    assert migrate["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert api["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     path = api["environment"]["TAGIFAI_ARTIFACTS_DIR"]
-    assert f"artifacts:{path}" in api["volumes"] and f"artifacts:{path}" in seed["volumes"]
+    assert f"artifacts:{path}" in migrate["volumes"]
+    assert api["volumes"] == [f"artifacts:{path}:ro"]  # the versions only: no keys file, no state
     assert "artifacts" in compose["volumes"]
-    assert seed["environment"]["TAGIFAI_ARTIFACTS_DIR"] == path
-    assert seed["command"] == ["python", "-m", "tagifai_api", "seed", "/app/artifacts"]
-    assert api["depends_on"]["seed"] == {"condition": "service_completed_successfully"}
-    # a new named volume takes the image directory's owner: the service's user, so it can write there
+    # a new named volume takes the image directory's owner: the service's user, so seed can write there
     runs = " ".join(a for k, a in instructions if k == "RUN")
-    assert f"mkdir -p {path}" in runs and f"chown tagifai:tagifai {path}" in runs
-
-
-def test_compose_keys_come_from_a_mounted_folder(compose):
-    api = compose["services"]["tagifai"]
-    keys = Path(api["environment"]["TAGIFAI_API_KEYS_FILE"])
-    (mount,) = [v for v in api["volumes"] if v.split(":")[1] == str(keys.parent)]
-    source, _, mode = mount.split(":")
-    assert mode == "ro" and (ROOT / source).is_dir()  # a folder: a bind-mounted file misses updates
-    assert api["environment"]["TAGIFAI_AUTH"] == "admin"
+    assert re.search(rf"mkdir -p [^&]*{path}\b", runs) and re.search(rf"chown tagifai:tagifai [^&]*{path}\b", runs)

@@ -118,8 +118,9 @@ def test_provisioning_points_at_compose_services():
 def test_prometheus_config_scrapes_the_service():
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    targets = [t for sc in jobs["tagifai"]["static_configs"] for t in sc["targets"]]
-    assert targets == ["tagifai:8000"]
+    # every replica of the compose service `tagifai`, each scraped on its own
+    (sd,) = jobs["tagifai"]["dns_sd_configs"]
+    assert (sd["names"], sd["type"], sd["port"]) == (["tagifai"], "A", 8000)
     assert jobs["tagifai"].get("metrics_path", "/metrics") == "/metrics"
 
 

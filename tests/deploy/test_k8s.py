@@ -104,36 +104,50 @@ def test_service_and_hpa_target_the_deployment(deployment, container):
     assert hpa["spec"]["minReplicas"] >= 2
 
 
-def test_keys_file_comes_from_a_secret_mounted_whole(deployment, container):
-    path = load("configmap.yaml")["data"]["TAGIFAI_API_KEYS_FILE"]
-    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
-    assert mount.get("readOnly") is True and "subPath" not in mount  # a subPath mount never sees updates
-    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
-    assert volume["secret"]["secretName"] == "tagifai-api-keys" and volume["secret"]["optional"] is True
-    assert load("configmap.yaml")["data"]["TAGIFAI_AUTH"] == "admin"
+def database_url_ref(container: dict) -> dict:
+    (entry,) = [e for e in container.get("env", []) if e["name"] == "TAGIFAI_DATABASE_URL"]
+    assert "value" not in entry, "the database URL holds its password: it comes from a Secret"
+    return entry["valueFrom"]["secretKeyRef"]
 
 
-def test_every_replica_shares_one_read_write_many_artifacts_volume(deployment, container):
-    """The registry's state (DEFAULT, its history, SHADOW) lives on one volume all pods mount."""
-    pvc = load("pvc.yaml")
-    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+def test_database_url_comes_from_a_secret_never_committed(deployment, container):
+    """Every container of the pod reads TAGIFAI_DATABASE_URL from one Secret (not optional: a pod
+    without it waits rather than start on a store of its own); no manifest carries it, and the README
+    says how to create it."""
+    ref = database_url_ref(container)
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert database_url_ref(init) == ref
+    assert not ref.get("optional")
+    data = load("configmap.yaml")["data"]
+    assert "TAGIFAI_DATABASE_URL" not in data and "TAGIFAI_API_KEYS_FILE" not in data  # keys live in the store
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert not doc or doc["kind"] != "Secret", f"{path.name}: a Secret is created by hand, never committed"
+    readme = (ROOT / "README.md").read_text()
+    assert f"kubectl create secret generic {ref['name']} --from-literal={ref['key']}=" in readme
+
+
+def test_no_volume_is_shared_between_pods(deployment, container):
+    """The state is in the database and the versions come with the image: nothing needs ReadWriteMany."""
     spec = deployment["spec"]["template"]["spec"]
-    (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
-    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    path = load("configmap.yaml")["data"]["TAGIFAI_ARTIFACTS_DIR"]
-    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
-    assert mount["mountPath"] == path and not mount.get("readOnly")  # the registry writes there
-    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    for volume in spec.get("volumes", []):
+        assert set(volume) == {"name", "emptyDir"}, volume["name"]
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "PersistentVolumeClaim":
+                assert "ReadWriteMany" not in doc["spec"]["accessModes"], path.name
+    assert load("configmap.yaml")["data"]["TAGIFAI_ARTIFACTS_DIR"] == "/app/artifacts"  # the image's, read-only
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["replicas"] >= 2
 
 
-def test_an_init_container_seeds_the_volume_from_the_image(deployment, container):
-    spec = deployment["spec"]["template"]["spec"]
-    (init,) = spec["initContainers"]
+def test_an_init_container_prepares_the_store_from_the_image(deployment, container):
+    """Schema up to date, and the image's newest version the default of a store that has none."""
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
     assert init["image"] == container["image"]
-    assert init["command"][:4] == ["python", "-m", "tagifai_api", "seed"]
-    assert init["command"][4] == "/app/artifacts"  # where the Dockerfile puts the versions it trained
-    path = load("configmap.yaml")["data"]["TAGIFAI_ARTIFACTS_DIR"]
-    assert [m["mountPath"] for m in init["volumeMounts"]] == [path]
+    assert init["command"] == ["python", "-m", "tagifai_api", "seed", "/app/artifacts"]  # where the Dockerfile puts them
+    assert load("configmap.yaml")["data"]["TAGIFAI_ARTIFACTS_DIR"] == init["command"][-1]  # so nothing is copied
+    assert not init.get("volumeMounts")
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
     assert {r["configMapRef"]["name"] for r in init["envFrom"]} == {r["configMapRef"]["name"]
                                                                     for r in container["envFrom"]}
