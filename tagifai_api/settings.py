@@ -30,7 +30,7 @@ SETTINGS: dict[str, tuple[object, str]] = {
                                  "value pins it, and the registry cannot switch it)."),
     "MAX_LOADED_VERSIONS": (3, "Most model versions a worker keeps loaded; the least recently used goes first, "
                                "never the default or the shadow."),
-    "REGISTRY_POLL_S": (1.0, "How often each worker polls the store for changes (registry switches, keys), so one "
+    "REGISTRY_POLL_S": (0.5, "How often each worker polls the store for changes (registry switches, keys), so one "
                              "reaches it with no signal."),
     "SHADOW_QUEUE_SIZE": (256, "Most answered /predict requests waiting in a worker for the shadow model; beyond "
                                "it they are dropped and counted."),

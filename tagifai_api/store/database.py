@@ -35,6 +35,8 @@ HISTORY_LIMIT = 50
 #: a write waits this long for another writer (SQLite) or a connection (PostgreSQL) before failing
 _BUSY_TIMEOUT_S = 5
 _CONNECT_TIMEOUT_S = 2
+#: the PostgreSQL advisory lock migrations take ("tagifai" in ASCII)
+_MIGRATION_LOCK = 0x746167696661
 
 
 class StoreError(Exception):
@@ -214,14 +216,23 @@ class Store:
         """Bring the schema to this code's head; returns ``(before, after)``. Refuses a newer one."""
         from alembic import command
 
+        from alembic.runtime.migration import MigrationContext
+
         current, head = self.revisions()
         if current is not None and not self._known(current):
             raise StoreSchemaError(f"the state store {self.describe()} is at schema {current}, newer than this "
                                    f"code ({head}); run the newer release, or restore a matching backup")
         if current != head:
             with self._connect("upgrade", write=True) as conn:
-                command.upgrade(self._alembic(conn), "head")
-            log.info("state store %s upgraded from schema %s to %s", self.describe(), current or "none", head)
+                if conn.dialect.name == "postgresql":
+                    # two replicas starting on an empty database: one migrates, the other waits, then
+                    # finds nothing to do (SQLite's writers already queue on BEGIN IMMEDIATE)
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+                current = MigrationContext.configure(conn).get_current_revision()
+                if current != head:
+                    command.upgrade(self._alembic(conn), "head")
+                    log.info("state store %s upgraded from schema %s to %s", self.describe(), current or "none",
+                             head)
         return current, head
 
     def check(self) -> None:

@@ -54,6 +54,30 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line(store):
         store.upgrade()
 
 
+def test_two_processes_upgrading_an_empty_database_at_once_both_succeed(store_url):
+    stores = [Store(store_url), Store(store_url)]
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def upgrade(store):
+        barrier.wait()
+        try:
+            store.upgrade()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    stores[0].check()
+    assert stores[0].generation() == 0
+    for s in stores:
+        s.close()
+
+
 def test_switches_keep_the_history_newest_last_and_rollbacks_walk_back(store):
     assert store.pointers() == (None, None)
     for version in ("a", "b", "c", "d"):
