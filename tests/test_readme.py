@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -41,7 +42,7 @@ def test_settings_table_lists_every_setting_with_its_default_and_meaning():
     assert set(rows) == {settings.ENV_PREFIX + key for key in settings.SETTINGS}
     for key, (default, meaning) in settings.SETTINGS.items():
         shown, described = rows[settings.ENV_PREFIX + key]
-        if key not in {"ARTIFACTS_DIR", "API_KEYS_FILE"}:  # absolute paths on each machine
+        if key not in {"ARTIFACTS_DIR", "API_KEYS_FILE", "DATABASE_URL"}:  # absolute paths on each machine
             expected = str(default).lower() if isinstance(default, bool) else str(default)
             assert shown == f"`{expected}`", key
         assert described == meaning, key
@@ -145,7 +146,8 @@ def run_as_one_script(steps, url: str, env: dict, tmp_path) -> tuple[subprocess.
 def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_path):
     """The block runs as one shell script (it sets $KEY), each curl's output kept for checking."""
     helpers.require_binary("curl")
-    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(tmp_path / "api_keys.json")}
+    shutil.copy(artifacts_dir / "state.db", tmp_path / "state.db")  # the keys it creates stay this test's
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}"}
     steps = examples("auth-examples")
     assert sum(expected is not None for _, expected in steps) >= 6
     with helpers.gunicorn(artifacts_dir, env=env) as server:
@@ -163,11 +165,11 @@ def test_registry_examples_work_verbatim_against_gunicorn(registry_root, tmp_pat
     """The block runs as one shell script (it sets $ADMIN and $NEW), each curl's output kept for checking."""
     helpers.require_binary("curl")
     root, first, second = registry_root
-    env = {"TAGIFAI_API_KEYS_FILE": str(tmp_path / "api_keys.json")}
+    env = {"TAGIFAI_DATABASE_URL": helpers.state_url(root)}
     steps = examples("registry-examples")
     paths = {p for c, _ in steps for p in re.findall(r"localhost:8000(/[\w/.-]*)", c)}
     assert {"/models", "/models/default", "/models/default/rollback", "/models/shadow", "/predict", "/performance",
-            "/args"} <= paths
+            "/args", "/models/history"} <= paths
     with helpers.gunicorn(root, env=env) as server:
         out, checks = run_as_one_script(steps, server.url, env, tmp_path)
         assert out.returncode == 0, out.stderr
@@ -185,4 +187,8 @@ def test_registry_examples_work_verbatim_against_gunicorn(registry_root, tmp_pat
     listings = [b["data"] for c, b in bodies if c == "curl -s http://localhost:8000/models\n"]
     assert [d["shadow"] for d in listings] == [None, second]
     assert listings[1]["shadow_agreement"] is not None
-    assert (root / "DEFAULT").read_text().strip() == first
+    history = [b["data"] for c, b in bodies if "/models/history" in c]
+    assert [(e["action"], e["reason"]) for e in history[0]["changes"][:2]] == [
+        ("rollback", "back to the one we know"), ("set_default", "better F1")]
+    assert {e["key_name"] for e in history[0]["changes"][:2]} == {"ops"}
+    assert helpers.open_registry(root).pointers()[0] == first
