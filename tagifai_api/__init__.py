@@ -18,6 +18,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api.auth import guard
     from tagifai_api.ml import artifacts
     from tagifai_api.registry import views as registry_views
+    from tagifai_api.serving.predlog import PredictionLog
     from tagifai_api.serving.service import ModelService
     from tagifai_api.store import open_store
     from tagifai_api.store.registry import Registry
@@ -44,6 +45,11 @@ def create_app(config: Mapping[str, object] | None = None):
 
     model_metrics, http_metrics, exporter = metrics.init_metrics(app) if app.config["METRICS"] else (None,) * 3
     store = open_store(app.config, on_error=model_metrics.store_error if model_metrics is not None else None)
+    prediction_log = None
+    if app.config["PREDICTION_LOG"] != "off":
+        prediction_log = PredictionLog(store, keep_texts=app.config["PREDICTION_LOG"] == "texts",
+                                       days=float(app.config["PREDICTION_LOG_DAYS"]),
+                                       on_drop=model_metrics.log_dropped_rows if model_metrics is not None else None)
     service = ModelService(
         Registry(store, app.config["ARTIFACTS_DIR"]),
         str(app.config["MODEL_VERSION"]),
@@ -56,6 +62,7 @@ def create_app(config: Mapping[str, object] | None = None):
         max_loaded=int(app.config["MAX_LOADED_VERSIONS"]),
         poll_s=float(app.config["REGISTRY_POLL_S"]),
         shadow_queue_size=int(app.config["SHADOW_QUEUE_SIZE"]),
+        prediction_log=prediction_log,
     )
     tagifai = app.extensions[EXTENSION] = Tagifai(
         service=service,

@@ -34,6 +34,10 @@ SETTINGS: dict[str, tuple[object, str]] = {
                              "reaches it with no signal."),
     "SHADOW_QUEUE_SIZE": (256, "Most answered /predict requests waiting in a worker for the shadow model; beyond "
                                "it they are dropped and counted."),
+    "PREDICTION_LOG": ("meta", "Record every text /predict answers in the store: `meta` (the answer, the text's "
+                               "hash, length and token counts, not the text), `texts` (the text too, which "
+                               "feedback needs to become training data) or `off`."),
+    "PREDICTION_LOG_DAYS": (30.0, "Prediction log rows older than this many days are deleted in the background."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),
@@ -56,7 +60,7 @@ SETTINGS: dict[str, tuple[object, str]] = {
 }
 
 #: settings that take one of a few words
-CHOICES: dict[str, tuple[str, ...]] = {"AUTH": ("admin", "all", "off")}
+CHOICES: dict[str, tuple[str, ...]] = {"AUTH": ("admin", "all", "off"), "PREDICTION_LOG": ("off", "meta", "texts")}
 
 DEFAULTS: dict[str, object] = {key: default for key, (default, _) in SETTINGS.items()}
 

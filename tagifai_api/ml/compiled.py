@@ -165,6 +165,22 @@ class CompiledModel:
         """Clean a raw text as the training data was."""
         return clean_text(text, self.stopwords)
 
+    def token_stats(self, cleaned: str) -> tuple[int, int]:
+        """``(tokens, unknown)`` of a cleaned text: the words the model reads (two characters or more,
+        as scikit-learn's word tokens) and how many of them its word vocabulary lacks (with no word
+        features, a word is known when any block has a feature of it)."""
+        words = [w for w in cleaned.split() if len(w) >= 2]
+        vocabularies = self._word_vocabularies
+        if vocabularies:
+            unknown = sum(1 for w in words if not any(w in v for v in vocabularies))
+        else:
+            unknown = sum(1 for w in words if not self._ids_of_word(w))
+        return len(words), unknown
+
+    @property
+    def _word_vocabularies(self) -> tuple[dict[str, int], ...]:
+        return tuple(b.vocabulary for b in self.blocks if b.kind == WORD)
+
     def _ids_of_word(self, word: str) -> list[int]:
         """Global feature ids of one word in every block, as scikit-learn's analyzers make them."""
         ids = self._word_ids.get(word)

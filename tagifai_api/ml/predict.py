@@ -36,6 +36,10 @@ class Predictor:
         """The text as the model sees it."""
         return self._model.clean(text)
 
+    def token_stats(self, cleaned: str) -> tuple[int, int]:
+        """``(tokens, unknown)`` of a cleaned text (see :meth:`CompiledModel.token_stats`)."""
+        return self._model.token_stats(cleaned)
+
     def predict_clean(self, cleaned: Sequence[str]) -> list[dict]:
         """Predictions for already-cleaned texts.
 

@@ -24,6 +24,7 @@ from tagifai_api.ml.predict import Predictor
 from tagifai_api.serving.batcher import BatchFailedError, BatchStats, ClosedError, DeadlineError, MicroBatcher
 from tagifai_api.serving.cache import LRUCache
 from tagifai_api.serving.forks import reset_after_fork
+from tagifai_api.serving.predlog import PredictionLog
 from tagifai_api.serving.shadow import ShadowObserver, ShadowScorer
 from tagifai_api.store.database import StoreError
 from tagifai_api.store.registry import NoDefaultError, Registry
@@ -83,11 +84,12 @@ class ServiceRequest:
     (never for a client still sending); leaving the ``with`` block withdraws it if it never submitted.
     """
 
-    __slots__ = ("_service", "_served", "_arrival", "version")
+    __slots__ = ("_service", "_served", "_arrival", "version", "request_id")
 
-    def __init__(self, service: ModelService, served: Served) -> None:
+    def __init__(self, service: ModelService, served: Served, request_id: str | None = None) -> None:
         self._service = service
         self._served = served
+        self.request_id = request_id
         self._arrival = served.batcher.arriving() if served.batcher is not None else None
         self.version = served.version
 
@@ -102,13 +104,13 @@ class ServiceRequest:
 
     def predict(self, texts: Sequence[str], timeout_s: float) -> list[dict]:
         """As :meth:`ModelService.predict`, through the version this request is bound to."""
-        return self._service.predict(texts, timeout_s, self._arrival, self._served)
+        return self._service.predict(texts, timeout_s, self._arrival, self._served, self.request_id)
 
     def explain(self, texts: Sequence[str], timeout_s: float) -> list[dict]:
         """As :meth:`ModelService.explain` (outside the batcher, so the arrival is withdrawn first)."""
         if self._arrival is not None:
             self._arrival.withdraw()
-        return self._service.explain(texts, timeout_s, self._served)
+        return self._service.explain(texts, timeout_s, self._served, self.request_id)
 
 
 class ModelService:
@@ -125,6 +127,7 @@ class ModelService:
             default or the shadow.
         poll_s: how often the watcher polls the store for changes (0: never; :meth:`refresh` by hand).
         shadow_queue_size: most requests waiting for the shadow.
+        prediction_log: where answered texts are recorded (None: they are not).
     """
 
     def __init__(
@@ -141,8 +144,10 @@ class ModelService:
         max_loaded: int = 3,
         poll_s: float = 1.0,
         shadow_queue_size: int = 256,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.registry = registry
+        self.prediction_log = prediction_log
         self.artifacts_dir = registry.root
         self.pinned = None if version == "default" else version
         self.batching = batching
@@ -329,13 +334,14 @@ class ModelService:
         except ArtifactError as exc:
             raise VersionLoadError(version, str(exc)) from None
 
-    def request(self, version: str | None = None) -> ServiceRequest:
+    def request(self, version: str | None = None, request_id: str | None = None) -> ServiceRequest:
         """Begin answering one request with ``version`` (``None``: the default); see :class:`ServiceRequest`.
+        Its answers are logged under ``request_id`` when the prediction log is on.
 
         Raises:
             as :meth:`get`.
         """
-        return ServiceRequest(self, self.get(version))
+        return ServiceRequest(self, self.get(version), request_id)
 
     def model_version(self, version: str | None = None) -> ModelVersion:
         """The metadata (args, performance, labels) of a loaded version, loading it on first use."""
@@ -464,7 +470,8 @@ class ModelService:
     def _run_explainer(self, predictor: Predictor, texts: Sequence[str]) -> list[dict]:
         return predictor.explain(texts)
 
-    def predict(self, texts: Sequence[str], timeout_s: float, arrival=None, served: Served | None = None) -> list[dict]:
+    def predict(self, texts: Sequence[str], timeout_s: float, arrival=None, served: Served | None = None,
+                request_id: str | None = None) -> list[dict]:
         """Predictions for raw texts, in order: cache first, then one model call for the rest.
 
         Args:
@@ -472,6 +479,7 @@ class ModelService:
             timeout_s: how long the texts may wait in the batcher's queue.
             arrival: the ``served.batcher.arriving()`` context the request announced itself with.
             served: the version to use (default: the default).
+            request_id: the answers are logged under it (with the prediction log on).
         """
         if served is None:
             served = self.get()
@@ -501,12 +509,27 @@ class ModelService:
                 self.cache.put((version, cleaned[i]), r)
         if self.observer is not None and self.cache.maxsize:
             self.observer.cache(len(texts) - len(missing), len(missing))
-        shadow = self.shadow_version
-        if shadow is not None and shadow != version:
-            self.shadow.submit(version, shadow, texts, results)
+        self._after(request_id, version, texts, cleaned, results, predictor)
         return results  # type: ignore[return-value]
 
-    def explain(self, texts: Sequence[str], timeout_s: float, served: Served | None = None) -> list[dict]:
+    def _after(self, request_id: str | None, version: str, texts: Sequence[str], cleaned: Sequence[str],
+               results: Sequence[dict], predictor: Predictor) -> None:
+        """Hand the answers to the shadow and the prediction log, both off the request path; with a
+        shadow, the log's rows wait for its tags (or go without them if the shadow drops them)."""
+        shadow = self.shadow_version
+        logged = self.prediction_log if request_id is not None else None
+        if shadow is not None and shadow != version:
+            then = None
+            if logged is not None:
+                def then(tags: list[str] | None) -> None:
+                    logged.add(request_id, version, texts, cleaned, results, predictor,
+                               (shadow, tags) if tags is not None else None)
+            self.shadow.submit(version, shadow, texts, results, then)
+        elif logged is not None:
+            logged.add(request_id, version, texts, cleaned, results, predictor)
+
+    def explain(self, texts: Sequence[str], timeout_s: float, served: Served | None = None,
+                request_id: str | None = None) -> list[dict]:
         """Predictions for raw texts with their exact explanations (see :mod:`tagifai_api.ml.explain`).
 
         An explanation is two to three times the work of a prediction and is never the same for
@@ -520,22 +543,29 @@ class ModelService:
             DeadlineError: another explained request held the worker for ``timeout_s``.
             BatchFailedError: the explainer failed (the original is ``__cause__``).
         """
-        predictor = (served or self.get()).predictor
+        served = served or self.get()
+        predictor = served.predictor
         if not self._explain_lock.acquire(timeout=timeout_s):
             raise DeadlineError(f"no explanation slot within {timeout_s * 1000:.0f} ms")
         try:
-            return self._run_explainer(predictor, texts)
+            results = self._run_explainer(predictor, texts)
         except Exception as exc:  # noqa: BLE001 - the failure is this request's; the worker keeps serving
             log.exception("explaining %d texts failed", len(texts))
             raise BatchFailedError(str(exc)) from exc
         finally:
             self._explain_lock.release()
+        if self.prediction_log is not None and request_id is not None:
+            self.prediction_log.add(request_id, served.version, texts, [predictor.clean(t) for t in texts], results,
+                                    predictor)
+        return results
 
     def close(self) -> None:
         """Stop the watcher, finish queued work and stop every batching and shadow thread."""
         self._closed = True
         self._stop.set()
         self.shadow.close()
+        if self.prediction_log is not None:
+            self.prediction_log.close()
         with self._lock:
             loaded = list(self._loaded.values())
         for served in loaded:

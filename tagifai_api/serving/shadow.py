@@ -61,14 +61,25 @@ class ShadowScorer:
         self.scored = 0
         self.dropped = 0
 
-    def submit(self, model_version: str, shadow_version: str, texts: Sequence[str], results: Sequence[dict]) -> None:
-        """Queue an answered request for the shadow; never blocks, never raises."""
+    def submit(self, model_version: str, shadow_version: str, texts: Sequence[str], results: Sequence[dict],
+               then: Callable[[list[str] | None], None] | None = None) -> None:
+        """Queue an answered request for the shadow; never blocks, never raises. ``then`` is called
+        with the shadow's tags once scored, or with None if the request is dropped."""
         if self._queue.qsize() >= self.queue_size:
             self._drop(shadow_version, "queue_full", 1)
+            self._then(then, None)
             return
         if self._thread is None or not self._thread.is_alive():
             self._start()
-        self._queue.put((model_version, shadow_version, texts, results))
+        self._queue.put((model_version, shadow_version, texts, results, then))
+
+    @staticmethod
+    def _then(then: Callable[[list[str] | None], None] | None, tags: list[str] | None) -> None:
+        if then is not None:
+            try:
+                then(tags)
+            except Exception:  # noqa: BLE001 - what follows the shadow must never fail a request
+                log.exception("after shadow scoring")
 
     def _start(self) -> None:
         with self._start_lock:
@@ -114,9 +125,11 @@ class ShadowScorer:
         for shadow_version, items in by_shadow.items():
             try:
                 predictor = self.get_predictor(shadow_version)
-                shadow = predictor.predict([t for _, _, texts, _ in items for t in texts])
+                shadow = predictor.predict([t for _, _, texts, _, _ in items for t in texts])
             except Exception as exc:  # noqa: BLE001 - a broken shadow must never touch the served traffic
                 self._drop(shadow_version, "error", len(items))
+                for item in items:
+                    self._then(item[4], None)
                 now = time.monotonic()
                 if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
                     self._last_error_log = now
@@ -124,11 +137,13 @@ class ShadowScorer:
                 continue
             counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
             pos = 0
-            for model_version, _, _, results in items:
+            for model_version, _, _, results, then in items:
+                start = pos
                 for served in results:
                     agreed = served["predicted_tag"] == shadow[pos]["predicted_tag"]
                     counts[model_version][0 if agreed else 1] += 1
                     pos += 1
+                self._then(then, [s["predicted_tag"] for s in shadow[start:pos]])
             self.scored += pos
             if self.observer is not None:
                 for model_version, (agree, disagree) in counts.items():

@@ -433,3 +433,105 @@ class Store:
             self._audit(conn, "import", None, default, None,
                         f"imported the old files: {len(history)} history entries, {len(keys)} keys")
             self._bump(conn)
+
+    # -- the prediction log ------------------------------------------------------------------------
+
+    def log_predictions(self, rows: list[dict]) -> None:
+        """Append rows to the prediction log in one statement (see :data:`tables.prediction_log`)."""
+        if rows:
+            with self._connect("log", write=True) as conn:
+                conn.execute(t.prediction_log.insert(), rows)
+
+    def purge_predictions(self, before: float) -> int:
+        """Delete the log rows older than ``before`` (unix seconds); how many went."""
+        with self._connect("purge", write=True) as conn:
+            return conn.execute(t.prediction_log.delete().where(t.prediction_log.c.at < before)).rowcount
+
+    def predictions(self, since: float | None = None, until: float | None = None, version: str | None = None,
+                    batch: int = 5000) -> Iterator[dict]:
+        """The log's rows, oldest first, read ``batch`` at a time (for an export of any size)."""
+        last = 0
+        while True:
+            query = sa.select(t.prediction_log).where(t.prediction_log.c.id > last)
+            if since is not None:
+                query = query.where(t.prediction_log.c.at >= since)
+            if until is not None:
+                query = query.where(t.prediction_log.c.at < until)
+            if version is not None:
+                query = query.where(t.prediction_log.c.model_version == version)
+            with self._connect("read") as conn:
+                rows = conn.execute(query.order_by(t.prediction_log.c.id).limit(batch)).mappings().all()
+            if not rows:
+                return
+            for row in rows:
+                yield dict(row)
+            last = rows[-1]["id"]
+
+    def recent_predictions(self, version: str, limit: int) -> list[dict]:
+        """A version's newest ``limit`` log rows, newest first."""
+        query = (sa.select(t.prediction_log).where(t.prediction_log.c.model_version == version)
+                 .order_by(t.prediction_log.c.id.desc()).limit(limit))
+        with self._connect("read") as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def find_predictions(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], dict]:
+        """The logged prediction of each ``(request id, position)`` (the newest, should a client have
+        reused a request id)."""
+        if not keys:
+            return {}
+        ids = sorted({rid for rid, _ in keys})
+        with self._connect("read") as conn:
+            rows = conn.execute(sa.select(t.prediction_log).where(t.prediction_log.c.request_id.in_(ids))
+                                .order_by(t.prediction_log.c.id)).mappings().all()
+        found = {(r["request_id"], r["position"]): dict(r) for r in rows}
+        return {k: found[k] for k in keys if k in found}
+
+    # -- feedback ----------------------------------------------------------------------------------
+
+    def record_feedback(self, items: list[dict]) -> list[str]:
+        """Store corrections (``subject`` names what is corrected; a second correction of the same
+        subject replaces the first); ``"created"`` or ``"updated"`` for each, in order."""
+        outcomes = []
+        with self._connect("feedback", write=True) as conn:
+            for item in items:
+                existing = conn.execute(sa.select(t.feedback.c.id).where(t.feedback.c.subject == item["subject"])
+                                        .with_for_update()).scalar_one_or_none()
+                if existing is None:
+                    conn.execute(t.feedback.insert().values(**item))
+                    outcomes.append("created")
+                else:
+                    conn.execute(t.feedback.update().where(t.feedback.c.id == existing).values(**item))
+                    outcomes.append("updated")
+        return outcomes
+
+    def feedback_outcomes(self, version: str, since: float | None = None) -> list[tuple[str, str]]:
+        """``(predicted, actual)`` of every correction of ``version``'s predictions (since ``since``)."""
+        query = sa.select(t.feedback.c.predicted, t.feedback.c.tag).where(t.feedback.c.model_version == version)
+        if since is not None:
+            query = query.where(t.feedback.c.at >= since)
+        with self._connect("read") as conn:
+            return [(p, a) for p, a in conn.execute(query).all()]
+
+    def feedback_summary(self) -> dict[str, tuple[int, int]]:
+        """``{version: (corrections, of which the prediction was right)}``."""
+        right = sa.func.sum(sa.case((t.feedback.c.predicted == t.feedback.c.tag, 1), else_=0))
+        query = (sa.select(t.feedback.c.model_version, sa.func.count(), right)
+                 .where(t.feedback.c.model_version.is_not(None)).group_by(t.feedback.c.model_version))
+        with self._connect("read") as conn:
+            return {v: (int(n), int(ok or 0)) for v, n, ok in conn.execute(query).all()}
+
+    def labelled_texts(self, batch: int = 5000) -> Iterator[dict]:
+        """Every correction whose text is kept, oldest first: ``{text, tag, at, source, text_sha256}``."""
+        last = 0
+        while True:
+            query = (sa.select(t.feedback.c.id, t.feedback.c.text, t.feedback.c.tag, t.feedback.c.at,
+                               t.feedback.c.source, t.feedback.c.text_sha256)
+                     .where(t.feedback.c.id > last, t.feedback.c.text.is_not(None))
+                     .order_by(t.feedback.c.id).limit(batch))
+            with self._connect("read") as conn:
+                rows = conn.execute(query).mappings().all()
+            if not rows:
+                return
+            for row in rows:
+                yield {k: row[k] for k in ("text", "tag", "at", "source", "text_sha256")}
+            last = rows[-1]["id"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -48,4 +48,45 @@ audit_log = Table(
     Column("to_value", String(128)),
     Column("key_name", String(64)),
     Column("reason", Text),
+)
+
+#: every text /predict answered: what was answered, by which version, and what the drift statistics
+#: need; the text itself only in the ``texts`` mode (``TAGIFAI_PREDICTION_LOG``)
+prediction_log = Table(
+    "prediction_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("request_id", String(128), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("predicted", String(64), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("low_confidence", Boolean, nullable=False),
+    Column("shadow_version", String(128)),
+    Column("shadow_predicted", String(64)),
+    Column("text_length", Integer, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("unknown_tokens", Integer, nullable=False),
+    Column("text_sha256", String(64), nullable=False),
+    Column("text", Text),
+    Index("ix_prediction_log_request", "request_id", "position"),
+    Index("ix_prediction_log_version_at", "model_version", "at"),
+)
+
+#: corrections: one row per corrected prediction (``p:<request id>:<position>``) or per text
+#: (``t:<sha256>``); a second correction of the same subject replaces the first
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subject", String(200), nullable=False, unique=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("source", String(16), nullable=False),
+    Column("request_id", String(128)),
+    Column("position", Integer),
+    Column("model_version", String(128), index=True),
+    Column("predicted", String(64)),
+    Column("tag", String(64), nullable=False),
+    Column("text_sha256", String(64), nullable=False),
+    Column("text", Text),
+    Column("key_name", String(64)),
 )

@@ -59,6 +59,8 @@ class ModelMetrics:
         self.text_length = Histogram("tagifai_input_text_length_characters", "Length of each input text.",
                                      buckets=_LENGTH_BUCKETS, registry=r)
         self.errors = Counter("tagifai_errors", "Errors answered, by type.", ["type"], registry=r)
+        self.log_dropped = Counter("tagifai_prediction_log_dropped", "Prediction log rows dropped (queue full, or "
+                                   "the store slow or down); the requests themselves were answered.", registry=r)
         self.store_errors = Counter("tagifai_store_errors", "Failed reads and writes of the state store, by operation.",
                                     ["operation"], registry=r)
         self.cache_hits = Counter("tagifai_cache_hits", "Prediction cache hits.", registry=r)
@@ -155,6 +157,9 @@ class ModelMetrics:
                 elif metric.name == "tagifai_shadow_dropped":
                     totals["dropped"] += int(sample.value)
         return totals
+
+    def log_dropped_rows(self, count: int) -> None:
+        self.log_dropped.inc(count)
 
     def store_error(self, operation: str) -> None:
         self.store_errors.labels(operation).inc()

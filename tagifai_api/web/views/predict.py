@@ -58,7 +58,7 @@ def predict():
     _read_body()
     # begun once the body is here, before it is parsed, so a batch being formed waits for its texts
     tagifai = state()
-    with tagifai.service.request(requested_version()) as answering:
+    with tagifai.service.request(requested_version(), g.get("request_id")) as answering:
         body = tagifai.predict_schema.load(request.get_json())
         texts = [item["text"] for item in body["texts"]]
         g.texts = len(texts)

@@ -1,0 +1,160 @@
+"""The prediction log: every text a worker answered, written to the store off the request path.
+
+A request only appends one tuple to a bounded in-memory queue; a background thread turns what has
+gathered into rows (hash, length, tokens, the words the model does not know) and writes them in one
+statement every ``interval_s``. A slow or unreachable store, or a full queue, drops rows and counts
+them; it never slows or fails a request. Rows past the retention are deleted by the same thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from tagifai_api.ml.predict import Predictor
+from tagifai_api.serving.forks import reset_after_fork
+from tagifai_api.store.database import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+MODES = ("off", "meta", "texts")
+_PURGE_EVERY_S = 3600.0
+_ERROR_LOG_INTERVAL_S = 60.0
+
+
+class PredictionLog:
+    """A worker's queue of answered texts and the thread that writes them.
+
+    Args:
+        store: where the rows go.
+        keep_texts: keep each text itself (mode ``texts``), not only its hash and statistics (``meta``).
+        days: rows older than this are deleted.
+        queue_size: most texts waiting; beyond it new ones are dropped and counted.
+        interval_s: how often the thread writes what has gathered.
+        on_drop: told how many rows were dropped each time some are (the metrics count them).
+    """
+
+    def __init__(self, store: Store, keep_texts: bool = False, days: float = 30.0, queue_size: int = 20_000,
+                 interval_s: float = 0.5, on_drop: Callable[[int], None] | None = None) -> None:
+        self.store = store
+        self.keep_texts = keep_texts
+        self.days = days
+        self.queue_size = queue_size
+        self.interval_s = interval_s
+        self.on_drop = on_drop
+        self._reset()
+        reset_after_fork(self._reset)
+
+    def _reset(self) -> None:
+        self._queue: deque = deque()
+        self._queued = 0  # texts, approximately (read without the lock on the request path)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_purge = 0.0
+        self._last_error_log = 0.0
+        self.written = 0
+        self.dropped = 0
+
+    def add(self, request_id: str, version: str, texts: Sequence[str], cleaned: Sequence[str],
+            results: Sequence[dict], predictor: Predictor, shadow: tuple[str, list[str]] | None = None) -> None:
+        """Queue one request's answers; never blocks, never raises."""
+        if self._queued + len(texts) > self.queue_size:
+            self._drop(len(texts))
+            return
+        if self._thread is None:
+            self._start()
+        with self._lock:
+            self._queue.append((time.time(), request_id, version, texts, cleaned, results, predictor, shadow))
+            self._queued += len(texts)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tagifai-prediction-log", daemon=True)
+                self._thread.start()
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        if self.on_drop is not None:
+            try:
+                self.on_drop(count)
+            except Exception:  # noqa: BLE001 - metrics must never fail a request
+                log.exception("prediction log metrics failed")
+
+    def _rows(self, entries: list[tuple]) -> list[dict]:
+        rows = []
+        for at, request_id, version, texts, cleaned, results, predictor, shadow in entries:
+            shadow_version, shadow_tags = shadow if shadow is not None else (None, None)
+            for i, (text, clean, result) in enumerate(zip(texts, cleaned, results, strict=True)):
+                tokens, unknown = predictor.token_stats(clean)
+                rows.append({
+                    "at": at, "request_id": request_id, "position": i, "model_version": version,
+                    "predicted": result["predicted_tag"], "confidence": float(result["confidence"]),
+                    "low_confidence": bool(result["low_confidence"]), "shadow_version": shadow_version,
+                    "shadow_predicted": shadow_tags[i] if shadow_tags is not None else None,
+                    "text_length": len(text), "tokens": tokens, "unknown_tokens": unknown,
+                    "text_sha256": text_sha256(text), "text": text if self.keep_texts else None,
+                })
+        return rows
+
+    def flush(self) -> None:
+        """Write what is queued now (the thread does this every ``interval_s``)."""
+        with self._lock:
+            entries = list(self._queue)
+            self._queue.clear()
+            self._queued = 0
+        if not entries:
+            return
+        rows = self._rows(entries)
+        try:
+            self.store.log_predictions(rows)
+        except StoreError as exc:
+            self._drop(len(rows))
+            now = time.monotonic()
+            if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
+                self._last_error_log = now
+                log.error("prediction log: %d rows dropped (%s)", len(rows), exc)
+            return
+        self.written += len(rows)
+
+    def purge(self) -> None:
+        """Delete the rows past the retention."""
+        try:
+            gone = self.store.purge_predictions(time.time() - self.days * 86400.0)
+        except StoreError as exc:
+            log.warning("prediction log: old rows not deleted this time (%s)", exc)
+            return
+        if gone:
+            log.info("prediction log: %d rows older than %g days deleted", gone, self.days)
+
+    def _run(self) -> None:
+        while True:
+            stop = self._stop.wait(self.interval_s)
+            try:
+                self.flush()
+                if time.monotonic() >= self._next_purge:
+                    self._next_purge = time.monotonic() + _PURGE_EVERY_S
+                    self.purge()
+            except Exception:  # noqa: BLE001 - the writer must outlive any surprise
+                log.exception("prediction log writer failed")
+            if stop:
+                return
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued, then stop the thread."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        else:
+            self.flush()
+
+
+def text_sha256(text: str) -> str:
+    """The hex SHA-256 of a text as sent (UTF-8; a lone surrogate as it came)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
