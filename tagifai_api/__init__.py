@@ -17,6 +17,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api import demo, settings
     from tagifai_api.auth import guard
     from tagifai_api.ml import artifacts
+    from tagifai_api.feedback import views as feedback_views
     from tagifai_api.registry import views as registry_views
     from tagifai_api.serving.predlog import PredictionLog
     from tagifai_api.serving.service import ModelService
@@ -72,7 +73,7 @@ def create_app(config: Mapping[str, object] | None = None):
         exporter=exporter,
     )
 
-    for module in (index, performance, args, predict, health, docs, registry_views, demo):
+    for module in (index, performance, args, predict, health, docs, registry_views, feedback_views, demo):
         app.register_blueprint(module.bp)
     errors.register_error_handlers(app)
     register_access_log(app)

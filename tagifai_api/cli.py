@@ -18,6 +18,7 @@ from tagifai_api.auth.keys import KeyStoreError
 from tagifai_api.ml import artifacts
 from tagifai_api.store.database import StoreError
 from tagifai_api.store.legacy import LegacyFileError
+from tagifai_api.feedback import cli as feedback_cli
 from tagifai_api.registry import cli as registry_cli
 
 log = logging.getLogger("tagifai_api.cli")
@@ -29,6 +30,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # the store's migrations say what they do in one line of ours, not Alembic's ten
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _echo_json(obj) -> None:
@@ -168,7 +171,7 @@ def upgrade() -> None:
     store = open_store({**settings.from_env(), "STORE_UPGRADE": True})
     before, after = store.revisions()
     _echo_json({"store": store.describe(), "schema": after})
-for _command in registry_cli.COMMANDS:
+for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS):
     cli.add_command(_command)
 
 

@@ -36,6 +36,12 @@ def _shadow_agreement(shadow: str | None) -> dict | None:
     return {**totals, "scored": scored, "rate": round(totals["agree"] / scored, 4) if scored else None}
 
 
+def _live(counts: tuple[int, int] | None) -> dict:
+    """A version's feedback so far: how many corrections of its predictions, and how many were right."""
+    n, right = counts or (0, 0)
+    return {"feedback": n, "accuracy": round(right / n, 4) if n else None}
+
+
 @bp.get("")
 def list_models():
     """Return every version, newest first (damaged ones with ``valid: false``), the default and the shadow.
@@ -51,7 +57,9 @@ def list_models():
     default = service.default_name()
     shadow = service.registry.shadow_version()
     previous = [e["version"] for e in reversed(service.registry.history())]
-    models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow}
+    live = service.registry.store.feedback_summary()
+    models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow,
+               "live": _live(live.get(entry["version"]))}
               for entry in versions.describe_all(root)]
     return construct_response(HTTPStatus.OK, data={
         "default": default,

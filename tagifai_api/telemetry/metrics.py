@@ -59,6 +59,9 @@ class ModelMetrics:
         self.text_length = Histogram("tagifai_input_text_length_characters", "Length of each input text.",
                                      buckets=_LENGTH_BUCKETS, registry=r)
         self.errors = Counter("tagifai_errors", "Errors answered, by type.", ["type"], registry=r)
+        self.feedback_count = Counter("tagifai_feedback", "Corrections received, by the version that predicted, "
+                                      "its tag and the right one.", ["model_version", "predicted", "actual"],
+                                      registry=r)
         self.log_dropped = Counter("tagifai_prediction_log_dropped", "Prediction log rows dropped (queue full, or "
                                    "the store slow or down); the requests themselves were answered.", registry=r)
         self.store_errors = Counter("tagifai_store_errors", "Failed reads and writes of the state store, by operation.",
@@ -157,6 +160,9 @@ class ModelMetrics:
                 elif metric.name == "tagifai_shadow_dropped":
                     totals["dropped"] += int(sample.value)
         return totals
+
+    def feedback(self, version: str, predicted: str, actual: str) -> None:
+        self.feedback_count.labels(version, predicted, actual).inc()
 
     def log_dropped_rows(self, count: int) -> None:
         self.log_dropped.inc(count)

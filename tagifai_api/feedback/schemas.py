@@ -1,0 +1,43 @@
+"""The bodies of ``POST /feedback``; the OpenAPI document is generated from them too."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from tagifai_api.web.schemas import NotBlank
+
+#: most items in one request
+MAX_ITEMS = 100
+
+
+class FeedbackItemSchema(Schema):
+    """One correction: of a logged prediction (``request_id`` and ``index``) or of any ``text``."""
+
+    request_id = fields.String(validate=validate.Length(min=1, max=128),
+                               metadata={"description": "The X-Request-ID of a /predict answer.",
+                                         "example": "a39ec4f6758f45fc0000000000000000"})
+    index = fields.Integer(load_default=0, validate=validate.Range(min=0),
+                           metadata={"description": "Which text of that request (default 0)."})
+    text = fields.String(validate=NotBlank(), metadata={"description": "Any text, tagged by hand.",
+                                   "example": "Transfer learning with transformers for text classification."})
+    tag = fields.String(required=True, validate=validate.Length(min=1, max=64),
+                        metadata={"description": "The right tag: one of the model's classes.", "example": "mlops"})
+
+    @validates_schema
+    def one_subject(self, data: dict, **kwargs) -> None:
+        if ("request_id" in data) == ("text" in data):
+            raise ValidationError("Give either request_id (and index) or text, not both.", "_schema")
+
+
+class FeedbackRequestSchema(Schema):
+    """``{"feedback": [{"request_id": "...", "index": 0, "tag": "mlops"} | {"text": "...", "tag": "mlops"}, ...]}``."""
+
+    feedback = fields.List(fields.Nested(FeedbackItemSchema), required=True,
+                           validate=validate.Length(min=1, max=MAX_ITEMS),
+                           metadata={"description": f"1 to {MAX_ITEMS} corrections; texts as long as /predict takes."})
+
+
+class QualityQuerySchema(Schema):
+    """``GET /models/<version>/quality?days=7``: the recent window."""
+
+    days = fields.Float(load_default=7.0, validate=validate.Range(min=0.01, max=3650))

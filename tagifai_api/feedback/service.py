@@ -1,0 +1,62 @@
+"""Turning corrections into stored feedback: find the logged prediction each one is about, keep one
+row per corrected prediction or text, and say per item what happened."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from tagifai_api.feedback.quality import quality
+from tagifai_api.serving.predlog import text_sha256
+from tagifai_api.store.database import Store
+
+
+class FeedbackService:
+    """Feedback in ``store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record(self, items: Sequence[dict], key_name: str | None) -> list[dict]:
+        """Store the corrections (validated items of ``POST /feedback``); one report per item, in order:
+        ``status`` (``created``, ``updated``, ``unknown_request``, ``unknown_index``), and for a
+        prediction, its ``model_version``, ``predicted`` tag and whether its text was kept."""
+        wanted = [(item["request_id"], item["index"]) for item in items if "request_id" in item]
+        logged = self.store.find_predictions(wanted)
+        known_requests = {rid for rid, _ in logged}
+        now = time.time()
+        reports: list[dict] = []
+        rows: list[dict] = []
+        for item in items:
+            if "text" in item:
+                sha = text_sha256(item["text"])
+                rows.append({"subject": f"t:{sha}", "at": now, "source": "text", "request_id": None,
+                             "position": None, "model_version": None, "predicted": None, "tag": item["tag"],
+                             "text_sha256": sha, "text": item["text"], "key_name": key_name})
+                reports.append({"text_kept": True})
+                continue
+            key = (item["request_id"], item["index"])
+            row = logged.get(key)
+            if row is None:
+                status = "unknown_index" if key[0] in known_requests else "unknown_request"
+                reports.append({"status": status})
+                continue
+            rows.append({"subject": f"p:{key[0]}:{key[1]}", "at": now, "source": "prediction",
+                         "request_id": key[0], "position": key[1], "model_version": row["model_version"],
+                         "predicted": row["predicted"], "tag": item["tag"], "text_sha256": row["text_sha256"],
+                         "text": row["text"], "key_name": key_name})
+            reports.append({"model_version": row["model_version"], "predicted": row["predicted"],
+                            "text_kept": row["text"] is not None})
+        outcomes = iter(self.store.record_feedback(rows))
+        for report in reports:
+            if "status" not in report:
+                report["status"] = next(outcomes)
+        return reports
+
+    def quality(self, version: str, labels: Sequence[str], days: float) -> dict:
+        """The live accuracy of ``version``: over all its corrected predictions, and the last ``days``."""
+        return {
+            "all": quality(self.store.feedback_outcomes(version), labels),
+            "recent": {"days": days, **quality(self.store.feedback_outcomes(version, time.time() - days * 86400),
+                                               labels)},
+        }

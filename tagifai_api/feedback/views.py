@@ -1,0 +1,95 @@
+"""``POST /feedback`` and ``GET /models/<version>/quality``."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from flask import Blueprint, current_app, g, request
+from marshmallow import ValidationError
+
+from tagifai_api.auth.guard import require_role
+from tagifai_api.feedback.schemas import FeedbackRequestSchema, QualityQuerySchema
+from tagifai_api.feedback.service import FeedbackService
+from tagifai_api.ml import versions
+from tagifai_api.web.context import get_service, state
+from tagifai_api.web.responses import construct_response
+
+bp = Blueprint("feedback", __name__)
+
+_body = FeedbackRequestSchema()
+_quality_query = QualityQuerySchema()
+
+
+def _feedback() -> FeedbackService:
+    return FeedbackService(get_service().registry.store)
+
+
+@bp.post("/feedback")
+@require_role("predict")
+def post_feedback():
+    """Record corrections of the service's tags: of logged predictions, or of any text.
+    ---
+    post:
+      summary: Correct tags; the corrections measure each version's live accuracy and can be trained on
+      tags: [feedback]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: tagifai_api.feedback.schemas.FeedbackRequestSchema
+            example:
+              feedback:
+                - {request_id: a39ec4f6758f45fc0000000000000000, index: 0, tag: mlops}
+                - {text: Serving models with Kubernetes and a feature store., tag: mlops}
+      responses:
+        200: "data.items: one report per item (status created, updated, unknown_request or unknown_index)"
+        400: Malformed JSON
+        415: Not JSON
+        422: Invalid body, or a tag that is not one of the model's classes (data.errors lists them)
+    """
+    items = _body.load(request.get_json())["feedback"]
+    labels = get_service().model_version(None).labels
+    longest = int(current_app.config["MAX_TEXT_LENGTH"])
+    wrong: dict[str, dict] = {}
+    for i, item in enumerate(items):
+        if item["tag"] not in labels:
+            wrong.setdefault(str(i), {})["tag"] = [f"Must be one of: {', '.join(labels)}."]
+        if len(item.get("text", "")) > longest:
+            wrong.setdefault(str(i), {})["text"] = [f"Longer than maximum length {longest}."]
+    if wrong:
+        raise ValidationError({"feedback": wrong})
+    key = g.get("api_key")
+    reports = _feedback().record(items, key.name if key is not None else None)
+    metrics = state().metrics
+    if metrics is not None:
+        for item, report in zip(items, reports, strict=True):
+            if report["status"] in ("created", "updated") and "predicted" in report:
+                metrics.feedback(report["model_version"], report["predicted"], item["tag"])
+    recorded = sum(r["status"] in ("created", "updated") for r in reports)
+    return construct_response(HTTPStatus.OK, data={"recorded": recorded, "items": reports})
+
+
+@bp.get("/models/<version>/quality")
+def get_quality(version: str):
+    """Return a version's live accuracy from the feedback on its predictions (``default`` names the default).
+    ---
+    get:
+      summary: Live accuracy of a version, from the feedback on its predictions
+      tags: [feedback]
+      parameters:
+        - {name: version, in: path, required: true, schema: {type: string}, example: $default_version}
+        - {name: days, in: query, required: false, schema: {type: number, default: 7}}
+      responses:
+        200: "data.all and data.recent: count, accuracy, accuracy_95 (Wilson), per_class, confusion"
+        404: Unknown version; data.valid lists the valid ones
+        422: Invalid days
+    """
+    service = get_service()
+    days = _quality_query.load(request.args)["days"]
+    name = service.default_name() if version == "default" else version
+    versions.require_known(service.artifacts_dir, name or "default")
+    model = service.model_version(name)
+    performance = model.performance.get("overall", {})
+    return construct_response(HTTPStatus.OK, data={
+        "model_version": name, "test_split_f1": performance.get("f1"),
+        **_feedback().quality(name, model.labels, days)})
