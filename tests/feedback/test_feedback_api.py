@@ -1,0 +1,245 @@
+"""The prediction log and feedback through the test client: every logged field in each mode, the two
+kinds of correction, corrections of corrections, who may send them, and bad input."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tagifai_api.serving.predlog import text_sha256
+from tests.helpers import add_key, check_envelope
+
+TEXTS = ["YOLO object detection in images", "BERT for question answering", "Kubeflow pipelines on Kubernetes"]
+
+
+def _log(app):
+    return app.extensions["tagifai"].service.prediction_log
+
+
+def _store(app):
+    return app.extensions["tagifai"].service.registry.store
+
+
+def _predict(client, texts, request_id, **body):
+    r = client.post("/predict", json={"texts": [{"text": t} for t in texts], **body},
+                    headers={"X-Request-ID": request_id})
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()["data"]
+
+
+@pytest.fixture
+def logged(make_app):
+    """An app that keeps texts in its log, and a predict key's header."""
+    app = make_app(PREDICTION_LOG="texts")
+    return app, {"Authorization": f"Bearer {add_key(app, 'reader', 'predict')}"}
+
+
+@pytest.mark.parametrize("mode", ["meta", "texts"])
+def test_every_answered_text_is_logged_once_with_every_field(make_app, mode):
+    app = make_app(PREDICTION_LOG=mode)
+    client = app.test_client()
+    data = _predict(client, TEXTS, "req-1")
+    _predict(client, TEXTS[:1], "req-2", explain=True)
+    _log(app).flush()
+    rows = list(_store(app).predictions())
+    assert [(r["request_id"], r["position"]) for r in rows] == [("req-1", 0), ("req-1", 1), ("req-1", 2), ("req-2", 0)]
+    for row, text, answer in zip(rows, TEXTS + TEXTS[:1], data["predictions"] + data["predictions"][:1], strict=True):
+        assert row["model_version"] == data["model_version"]
+        assert row["predicted"] == answer["predicted_tag"]
+        assert row["confidence"] == pytest.approx(answer["confidence"])
+        assert row["low_confidence"] is answer["low_confidence"]
+        assert row["text_length"] == len(text)
+        assert row["text_sha256"] == text_sha256(text)
+        assert row["text"] == (text if mode == "texts" else None)
+        assert row["shadow_version"] is None and row["shadow_predicted"] is None
+        assert time.time() - 60 < row["at"] <= time.time()
+    # "Kubeflow pipelines on Kubernetes": three words the model reads ("on" is a stop word)
+    assert rows[2]["tokens"] == 3 and 0 <= rows[2]["unknown_tokens"] <= 3
+
+
+def test_words_the_model_does_not_know_are_counted(make_app):
+    app = make_app()
+    _predict(app.test_client(), ["zzqx blorft quantum chromodynamics", "object detection"], "r")
+    _log(app).flush()
+    first, second = list(_store(app).predictions())
+    assert (first["tokens"], first["unknown_tokens"]) == (4, 4)
+    assert (second["tokens"], second["unknown_tokens"]) == (2, 0)
+
+
+def test_with_the_log_off_nothing_is_written(make_app):
+    app = make_app(PREDICTION_LOG="off")
+    _predict(app.test_client(), TEXTS, "r")
+    assert _log(app) is None and list(_store(app).predictions()) == []
+
+
+def test_the_shadow_tag_is_logged_when_a_shadow_ran(registry_root, make_app):
+    root, first, second = registry_root
+    app = make_app(ARTIFACTS_DIR=str(root), REGISTRY_POLL_S=0)
+    admin = {"Authorization": f"Bearer {add_key(app, 'ops', 'admin')}"}
+    client = app.test_client()
+    assert client.put("/models/shadow", json={"version": second}, headers=admin).status_code == 200
+    _predict(client, TEXTS, "shadowed")
+    service = app.extensions["tagifai"].service
+    service.shadow.close()  # scores what is queued, then the rows are queued for the log
+    _log(app).flush()
+    rows = list(_store(app).predictions())
+    assert len(rows) == 3 and {r["shadow_version"] for r in rows} == {second}
+    expected = [p["predicted_tag"] for p in service.get(second).predictor.predict(TEXTS)]
+    assert [r["shadow_predicted"] for r in rows] == expected
+
+
+def test_an_unreachable_store_drops_rows_never_the_request(make_app):
+    app = make_app()
+    log = _log(app)
+    log.store = type(log.store)("postgresql+psycopg://nobody@127.0.0.1:1/none")  # the store goes away
+    client = app.test_client()
+    _predict(client, TEXTS, "r")
+    log.flush()
+    assert log.dropped == 3 and log.written == 0
+    metrics = client.get("/metrics").get_data(as_text=True)
+    dropped = [s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name == "tagifai_prediction_log_dropped_total"]
+    assert dropped == [3.0]
+
+
+def test_a_full_queue_drops_rows_and_counts_them(make_app):
+    app = make_app()
+    log = _log(app)
+    log.queue_size = 4
+    client = app.test_client()
+    _predict(client, TEXTS, "a")  # 3 of 4
+    _predict(client, TEXTS, "b")  # would be 6: dropped
+    log.flush()
+    assert log.dropped == 3 and [r["request_id"] for r in _store(app).predictions()] == ["a"] * 3
+
+
+def test_rows_past_the_retention_are_deleted(make_app):
+    app = make_app(PREDICTION_LOG_DAYS=1)
+    _predict(app.test_client(), TEXTS[:1], "new")
+    _log(app).flush()
+    row = next(_store(app).predictions())
+    _store(app).log_predictions([{**{k: v for k, v in row.items() if k != "id"}, "request_id": "old",
+                                  "at": time.time() - 2 * 86400}])
+    _log(app).purge()
+    assert [r["request_id"] for r in _store(app).predictions()] == ["new"]
+
+
+def test_both_kinds_of_feedback_and_a_correction_of_a_correction(logged):
+    app, key = logged
+    client = app.test_client()
+    data = _predict(client, TEXTS, "req-1")
+    _log(app).flush()
+    r = client.post("/feedback", headers=key, json={"feedback": [
+        {"request_id": "req-1", "index": 2, "tag": "mlops"},
+        {"request_id": "req-1", "tag": "natural-language-processing"},  # index 0 by default
+        {"request_id": "req-1", "index": 7, "tag": "mlops"},
+        {"request_id": "nope", "tag": "mlops"},
+        {"text": "A feature store for online serving", "tag": "mlops"},
+    ]})
+    body = check_envelope(r, 200, "POST")["data"]
+    version = data["model_version"]
+    assert body["recorded"] == 3
+    assert [i["status"] for i in body["items"]] == ["created", "created", "unknown_index", "unknown_request", "created"]
+    assert body["items"][0] == {"status": "created", "model_version": version,
+                                "predicted": data["predictions"][2]["predicted_tag"], "text_kept": True}
+    # the same prediction corrected again: one row, the latest answer
+    again = client.post("/feedback", headers=key, json={"feedback": [{"request_id": "req-1", "index": 2,
+                                                                       "tag": "other"}]})
+    assert check_envelope(again, 200, "POST")["data"]["items"][0]["status"] == "updated"
+    outcomes = _store(app).feedback_outcomes(version)
+    assert sorted(a for _, a in outcomes) == ["natural-language-processing", "other"]
+    labelled = {row["text"]: (row["tag"], row["source"]) for row in _store(app).labelled_texts()}
+    assert labelled == {TEXTS[2]: ("other", "prediction"), TEXTS[0]: ("natural-language-processing", "prediction"),
+                        "A feature store for online serving": ("mlops", "text")}
+
+
+def test_in_meta_mode_a_correction_counts_but_its_text_was_not_kept(make_app):
+    app = make_app(PREDICTION_LOG="meta")
+    key = {"X-API-Key": add_key(app, "reader", "predict")}
+    client = app.test_client()
+    _predict(client, TEXTS[:1], "m")
+    _log(app).flush()
+    body = client.post("/feedback", headers=key, json={"feedback": [{"request_id": "m", "tag": "mlops"}]}).get_json()
+    assert body["data"]["items"][0]["text_kept"] is False
+    assert list(_store(app).labelled_texts()) == []
+    assert len(_store(app).feedback_outcomes(body["data"]["items"][0]["model_version"])) == 1
+
+
+def test_live_accuracy_by_hand_in_quality_and_in_the_listing(logged):
+    app, key = logged
+    client = app.test_client()
+    data = _predict(client, TEXTS, "q")
+    _log(app).flush()
+    predicted = [p["predicted_tag"] for p in data["predictions"]]
+    # the first two confirmed, the third corrected to a tag it was not given
+    wrong = next(t for t in ("mlops", "other") if t != predicted[2])
+    feedback = [{"request_id": "q", "index": i, "tag": predicted[i]} for i in range(2)]
+    feedback.append({"request_id": "q", "index": 2, "tag": wrong})
+    assert client.post("/feedback", headers=key, json={"feedback": feedback}).status_code == 200
+    q = check_envelope(client.get("/models/default/quality"), 200)["data"]
+    assert q["model_version"] == data["model_version"] and q["test_split_f1"] > 0
+    assert q["all"]["count"] == 3 and q["all"]["correct"] == 2 and q["all"]["accuracy"] == round(2 / 3, 4)
+    assert q["all"]["confusion"][wrong][predicted[2]] == 1
+    assert q["recent"]["days"] == 7 and q["recent"]["count"] == 3
+    listing = client.get("/models").get_json()["data"]["models"]
+    assert [m["live"] for m in listing if m["version"] == data["model_version"]] == [{"feedback": 3,
+                                                                                    "accuracy": round(2 / 3, 4)}]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    counted = {(s.labels["predicted"], s.labels["actual"]): s.value for f in text_string_to_metric_families(metrics)
+               for s in f.samples if s.name == "tagifai_feedback_total"}
+    assert counted[(predicted[2], wrong)] == 1.0 and sum(counted.values()) == 3.0
+    assert check_envelope(client.get("/models/v0/quality"), 404)["data"]["valid"]
+    assert client.get("/models/default/quality?days=0").status_code == 422
+
+
+@pytest.mark.parametrize("mode, status", [("admin", 401), ("all", 401), ("off", 200)])
+def test_feedback_needs_a_key_in_every_mode_but_off(make_app, mode, status):
+    app = make_app(AUTH=mode)
+    add_key(app, "reader", "predict")
+    r = app.test_client().post("/feedback", json={"feedback": [{"text": "a text", "tag": "mlops"}]})
+    check_envelope(r, status, "POST")
+
+
+def test_each_item_records_the_key_that_sent_it(logged):
+    app, key = logged
+    assert app.test_client().post("/feedback", headers=key, json={"feedback": [{"text": "x y", "tag": "mlops"}]}
+                                  ).status_code == 200
+    from tagifai_api.store import tables
+    with _store(app).engine.connect() as conn:
+        assert conn.execute(tables.feedback.select()).mappings().one()["key_name"] == "reader"
+
+
+@pytest.mark.parametrize("body, path", [
+    ({"feedback": [{"text": "x", "tag": "robots"}]}, ("feedback", "0", "tag")),
+    ({"feedback": [{"text": "x", "request_id": "r", "tag": "mlops"}]}, ("feedback", "0", "_schema")),
+    ({"feedback": [{"tag": "mlops"}]}, ("feedback", "0", "_schema")),
+    ({"feedback": [{"text": "   ", "tag": "mlops"}]}, ("feedback", "0", "text")),
+    ({"feedback": [{"text": "x" * 10_001, "tag": "mlops"}]}, ("feedback", "0", "text")),
+    ({"feedback": [{"request_id": "r", "index": -1, "tag": "mlops"}]}, ("feedback", "0", "index")),
+    ({"feedback": []}, ("feedback",)),
+    ({"feedback": [{"text": "x", "tag": "mlops"}] * 101}, ("feedback",)),
+    ({"feedback": [{"text": "x", "tag": "mlops", "extra": 1}]}, ("feedback", "0", "extra")),
+    ({}, ("feedback",)),
+])
+def test_bad_input_is_a_422_naming_the_field(logged, body, path):
+    app, key = logged
+    r = app.test_client().post("/feedback", headers=key, json=body)
+    errors = check_envelope(r, 422, "POST")["data"]["errors"]
+    for part in path:
+        errors = errors[part]
+    assert errors
+    assert list(_store(app).labelled_texts()) == []
+
+
+def test_a_wrong_tag_lists_the_model_classes(logged):
+    app, key = logged
+    r = app.test_client().post("/feedback", headers=key, json={"feedback": [{"text": "x", "tag": "robots"}]})
+    message = r.get_json()["data"]["errors"]["feedback"]["0"]["tag"][0]
+    assert message == "Must be one of: computer-vision, mlops, natural-language-processing, other."
+
+
+def test_not_json_is_415(logged):
+    app, key = logged
+    check_envelope(app.test_client().post("/feedback", headers=key, data="x", content_type="text/plain"), 415, "POST")
