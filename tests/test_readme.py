@@ -192,3 +192,27 @@ def test_registry_examples_work_verbatim_against_gunicorn(registry_root, tmp_pat
         ("rollback", "back to the one we know"), ("set_default", "better F1")]
     assert {e["key_name"] for e in history[0]["changes"][:2]} == {"ops"}
     assert helpers.open_registry(root).pointers()[0] == first
+
+
+@pytest.mark.integration
+def test_feedback_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_path):
+    """The block runs as one shell script (it sets $KEY), each curl's output kept for checking."""
+    helpers.require_binary("curl")
+    shutil.copy(artifacts_dir / "state.db", tmp_path / "state.db")
+    env = {"TAGIFAI_PREDICTION_LOG": "texts", "TAGIFAI_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}"}
+    steps = examples("feedback-examples")
+    with helpers.gunicorn(artifacts_dir, env=env) as server:
+        out, checks = run_as_one_script(steps, server.url, env, tmp_path)
+        assert out.returncode == 0, out.stderr
+    bodies = {}
+    for i, command, expected in checks:
+        body = json.loads((tmp_path / f"out{i}.json").read_text())
+        assert body["status-code"] == expected, (command, body)
+        bodies[i] = (command, body)
+    recorded = [b["data"] for c, b in bodies.values() if "/feedback" in c and b["status-code"] == 200]
+    assert recorded[0]["recorded"] == 2 and [i["status"] for i in recorded[0]["items"]] == ["created", "created"]
+    quality = [b["data"] for c, b in bodies.values() if "/quality" in c][0]
+    assert quality["all"]["count"] == 1
+    exported = [json.loads(line) for line in (helpers.ROOT / "feedback.jsonl").read_text().splitlines()]
+    (helpers.ROOT / "feedback.jsonl").unlink()
+    assert {(e["tag"], e["source"]) for e in exported} == {("mlops", "prediction"), ("computer-vision", "text")}
