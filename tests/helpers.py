@@ -374,6 +374,12 @@ def state_url(root: Path) -> str:
     return f"sqlite:///{Path(root) / 'state.db'}"
 
 
+def copy_tree_with_state(source: Path, dest: Path) -> Path:
+    """A copy of a test artifacts folder, its store (``state.db``) included."""
+    shutil.copytree(source, dest)
+    return dest
+
+
 def add_key(app, name: str, role: str) -> str:
     """Create a key in the app's store and have the app hold it now (not at its next poll); the key."""
     from tagifai_api.auth.keys import KeyStore
