@@ -13,10 +13,8 @@ import click
 
 from tagifai_api import settings
 from tagifai_api.store import open_store
+from tagifai_api.store.database import LOG_COLUMNS
 
-LOG_COLUMNS = ("at", "request_id", "position", "model_version", "predicted", "confidence", "low_confidence",
-               "shadow_version", "shadow_predicted", "text_length", "tokens", "unknown_tokens", "text_sha256",
-               "text")
 FEEDBACK_COLUMNS = ("text", "tag", "at", "source")
 
 

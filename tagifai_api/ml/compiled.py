@@ -8,6 +8,8 @@ here with a handful of vectorised numpy operations per batch.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,17 +171,18 @@ class CompiledModel:
         """``(tokens, unknown)`` of a cleaned text: the words the model reads (two characters or more,
         as scikit-learn's word tokens) and how many of them its word vocabulary lacks (with no word
         features, a word is known when any block has a feature of it)."""
-        words = [w for w in cleaned.split() if len(w) >= 2]
-        vocabularies = self._word_vocabularies
-        if vocabularies:
-            unknown = sum(1 for w in words if not any(w in v for v in vocabularies))
-        else:
-            unknown = sum(1 for w in words if not self._ids_of_word(w))
-        return len(words), unknown
+        words = cleaned.split()
+        if min(map(len, words), default=2) < 2:
+            words = [w for w in words if len(w) > 1]
+        known = self._known_words
+        if known is not None:
+            return len(words), len(words) - sum(map(known.__contains__, words))
+        return len(words), sum(1 for w in words if not self._ids_of_word(w))
 
-    @property
-    def _word_vocabularies(self) -> tuple[dict[str, int], ...]:
-        return tuple(b.vocabulary for b in self.blocks if b.kind == WORD)
+    @functools.cached_property
+    def _known_words(self) -> frozenset[str] | None:
+        vocabularies = [b.vocabulary for b in self.blocks if b.kind == WORD]
+        return frozenset().union(*vocabularies) if vocabularies else None
 
     def _ids_of_word(self, word: str) -> list[int]:
         """Global feature ids of one word in every block, as scikit-learn's analyzers make them."""

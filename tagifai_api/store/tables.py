@@ -50,27 +50,20 @@ audit_log = Table(
     Column("reason", Text),
 )
 
-#: every text /predict answered: what was answered, by which version, and what the drift statistics
-#: need; the text itself only in the ``texts`` mode (``TAGIFAI_PREDICTION_LOG``)
+#: every text /predict answered, one row per request: the request's time, id, version and shadow,
+#: and ``items``, a JSON array with one ``[predicted, confidence, low_confidence, shadow_predicted,
+#: text_length, tokens, unknown_tokens, text_sha256, text]`` per text, in order (the text only in the
+#: ``texts`` mode). One row a request keeps a 100-text request's logging to one index entry per index.
 prediction_log = Table(
     "prediction_log", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", Float, nullable=False, index=True),
-    Column("request_id", String(128), nullable=False),
-    Column("position", Integer, nullable=False),
+    Column("request_id", String(128), nullable=False, index=True),
     Column("model_version", String(128), nullable=False),
-    Column("predicted", String(64), nullable=False),
-    Column("confidence", Float, nullable=False),
-    Column("low_confidence", Boolean, nullable=False),
+    Column("texts", Integer, nullable=False),
     Column("shadow_version", String(128)),
-    Column("shadow_predicted", String(64)),
-    Column("text_length", Integer, nullable=False),
-    Column("tokens", Integer, nullable=False),
-    Column("unknown_tokens", Integer, nullable=False),
-    Column("text_sha256", String(64), nullable=False),
-    Column("text", Text),
-    Index("ix_prediction_log_request", "request_id", "position"),
-    Index("ix_prediction_log_version_at", "model_version", "at"),
+    Column("items", Text, nullable=False),
+    Index("ix_prediction_log_version_id", "model_version", "id"),
 )
 
 #: corrections: one row per corrected prediction (``p:<request id>:<position>``) or per text

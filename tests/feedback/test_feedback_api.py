@@ -119,9 +119,8 @@ def test_rows_past_the_retention_are_deleted(make_app):
     app = make_app(PREDICTION_LOG_DAYS=1)
     _predict(app.test_client(), TEXTS[:1], "new")
     _log(app).flush()
-    row = next(_store(app).predictions())
-    _store(app).log_predictions([{**{k: v for k, v in row.items() if k != "id"}, "request_id": "old",
-                                  "at": time.time() - 2 * 86400}])
+    item = ("mlops", 0.9, False, None, 10, 2, 0, "0" * 64, None)
+    _store(app).log_requests([(time.time() - 2 * 86400, "old", "v1", None, [item])])
     _log(app).purge()
     assert [r["request_id"] for r in _store(app).predictions()] == ["new"]
 

@@ -19,22 +19,14 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("at", sa.Float, nullable=False),
         sa.Column("request_id", sa.String(128), nullable=False),
-        sa.Column("position", sa.Integer, nullable=False),
         sa.Column("model_version", sa.String(128), nullable=False),
-        sa.Column("predicted", sa.String(64), nullable=False),
-        sa.Column("confidence", sa.Float, nullable=False),
-        sa.Column("low_confidence", sa.Boolean, nullable=False),
+        sa.Column("texts", sa.Integer, nullable=False),
         sa.Column("shadow_version", sa.String(128)),
-        sa.Column("shadow_predicted", sa.String(64)),
-        sa.Column("text_length", sa.Integer, nullable=False),
-        sa.Column("tokens", sa.Integer, nullable=False),
-        sa.Column("unknown_tokens", sa.Integer, nullable=False),
-        sa.Column("text_sha256", sa.String(64), nullable=False),
-        sa.Column("text", sa.Text),
+        sa.Column("items", sa.Text, nullable=False),
     )
     op.create_index("ix_prediction_log_at", "prediction_log", ["at"])
-    op.create_index("ix_prediction_log_request", "prediction_log", ["request_id", "position"])
-    op.create_index("ix_prediction_log_version_at", "prediction_log", ["model_version", "at"])
+    op.create_index("ix_prediction_log_request_id", "prediction_log", ["request_id"])
+    op.create_index("ix_prediction_log_version_id", "prediction_log", ["model_version", "id"])
     op.create_table(
         "feedback",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),

@@ -1,0 +1,137 @@
+"""What the prediction log costs: `python -m benchmarks.predlog_cost` (also run by `make bench`).
+
+- ``http``: requests per second of ``/predict`` (wrk, 64 connections, 2 Gunicorn workers) with the
+  log off and on (``meta``, SQLite), single-text and 100-text bodies, in alternating rounds (the
+  machine's load moves; alternating puts the same load on both sides), the medians and their ratio;
+- ``write``: rows per second the store takes in the log writer's batches, on SQLite and, when a
+  PostgreSQL server can be started here (``initdb``), on a scratch PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tagifai_api import settings  # noqa: E402
+from tagifai_api.store.database import Store  # noqa: E402
+from tagifai_api.store.registry import Registry  # noqa: E402
+from tests import helpers  # noqa: E402
+
+LUA = ROOT / "benchmarks" / "predict.lua"
+TEXT = "Transfer learning with transformers for text classification."
+
+
+def _bodies(tmp: Path, texts: int) -> Path:
+    path = tmp / f"bodies-{texts}.jsonl"
+    lines = [json.dumps({"texts": [{"text": f"{TEXT} project {i} {j}"} for j in range(texts)]}) for i in range(200)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _wrk(url: str, seconds: float, bodies: Path) -> dict:
+    proc = subprocess.run(["wrk", "-t2", "-c64", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url],
+                          capture_output=True, text=True, timeout=seconds + 60,
+                          env={**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)})
+    if proc.returncode != 0 or "JSON" not in proc.stdout:
+        raise RuntimeError(f"wrk failed: {proc.stdout}\n{proc.stderr}")
+    result = json.loads(proc.stdout.split("JSON", 1)[1])
+    if result["errors_not_200"] or result["errors_timeout"]:
+        raise RuntimeError(f"answers other than 200 in a bench run: {result}")
+    return result
+
+
+def _state(tmp: Path, artifacts: Path, name: str) -> str:
+    """A store of its own for one side, whose default is the artifacts' newest version."""
+    url = f"sqlite:///{tmp / f'{name}.db'}"
+    store = Store(url)
+    store.upgrade()
+    Registry(store, artifacts).seed(artifacts)
+    store.close()
+    return url
+
+
+def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
+    sides = {"off": "off", "on": "meta"}
+    urls = {side: _state(tmp, artifacts, side) for side in sides}
+    bodies = {texts: _bodies(tmp, texts) for texts in (1, 100)}
+    rps: dict[tuple[str, int], list[float]] = {(s, t): [] for s in sides for t in bodies}
+    written = 0
+    for r in range(rounds):
+        for side in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            env = {"TAGIFAI_DATABASE_URL": urls[side], "TAGIFAI_PREDICTION_LOG": sides[side],
+                   "TAGIFAI_API_KEYS_FILE": str(tmp / "none.json"), "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"m-{side}-{r}"),
+                   "TAGIFAI_LOG_LEVEL": "WARNING"}
+            with helpers.gunicorn(artifacts, workers=2, env=env) as server:
+                for texts, path in bodies.items():
+                    _wrk(server.url, 1.0, path)  # warm-up: both workers' model and connections
+                    result = _wrk(server.url, seconds, path)
+                    rps[(side, texts)].append(result["requests"] / result["seconds"])
+    store = Store(urls["on"])
+    written = sum(1 for _ in store.predictions())
+    store.close()
+    out = {"rounds": rounds, "seconds": seconds, "rows_logged_by_the_on_side": written}
+    for texts in bodies:
+        off, on = statistics.median(rps[("off", texts)]), statistics.median(rps[("on", texts)])
+        out[f"{texts}_text"] = {"rps_off": round(off, 1), "rps_on": round(on, 1), "ratio": round(on / off, 3),
+                                "round_ratios": [round(b / a, 3) for a, b in zip(rps[("off", texts)],
+                                                                                   rps[("on", texts)], strict=True)]}
+    return out
+
+
+def _rows_per_second(url: str, batches: int = 20, requests: int = 50, texts: int = 20) -> float:
+    """Texts per second the store takes as the log writer hands them over (requests of ``texts`` texts)."""
+    store = Store(url)
+    store.upgrade()
+    item = ("mlops", 0.9, False, None, 60, 8, 1, "0" * 64, None)
+    rows = [(time.time(), f"bench-{i}", "v1", None, [item] * texts) for i in range(requests)]
+    store.log_requests(rows)  # connection and statement warm
+    start = time.perf_counter()
+    for _ in range(batches):
+        store.log_requests(rows)
+    elapsed = time.perf_counter() - start
+    store.close()
+    return batches * requests * texts / elapsed
+
+
+def write(tmp: Path) -> dict:
+    out = {"sqlite_texts_per_s": round(_rows_per_second(f"sqlite:///{tmp / 'write.db'}"))}
+    if shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        with helpers.postgres() as pg:
+            out["postgresql_texts_per_s"] = round(_rows_per_second(pg.url))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path(str(settings.DEFAULTS["ARTIFACTS_DIR"])))
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--only", choices=["http", "write"], default=None)
+    opts = parser.parse_args()
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if opts.only in (None, "write"):
+            result["write"] = write(Path(tmp))
+        if opts.only in (None, "http"):
+            result["http"] = http(opts.artifacts, opts.rounds, opts.seconds, Path(tmp))
+    print(json.dumps(result, indent=2))
+    reports = ROOT / "reports" / "bench"
+    reports.mkdir(parents=True, exist_ok=True)
+    path = reports / f"predlog-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
