@@ -168,12 +168,10 @@ class CompiledModel:
         return clean_text(text, self.stopwords)
 
     def token_stats(self, cleaned: str) -> tuple[int, int]:
-        """``(tokens, unknown)`` of a cleaned text: the words the model reads (two characters or more,
-        as scikit-learn's word tokens) and how many of them its word vocabulary lacks (with no word
-        features, a word is known when any block has a feature of it)."""
+        """``(tokens, unknown)`` of a cleaned text: its words, and how many of them the model's word
+        vocabulary lacks (with no word features, a word is known when any block has a feature of it).
+        The prediction log counts every text with this, so it stays a split and one set look-up a word."""
         words = cleaned.split()
-        if min(map(len, words), default=2) < 2:
-            words = [w for w in words if len(w) > 1]
         known = self._known_words
         if known is not None:
             return len(words), len(words) - sum(map(known.__contains__, words))

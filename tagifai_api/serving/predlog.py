@@ -88,18 +88,18 @@ class PredictionLog:
 
     def _rows(self, entries: list[tuple]) -> list[tuple]:
         """One row per request (see :meth:`Store.log_requests`), the texts' items as tuples: the writer
-        makes thousands a second in a worker that is serving meanwhile."""
+        makes thousands a second in a worker that is serving meanwhile, so this loop is kept tight."""
         rows = []
         keep = self.keep_texts
+        sha256 = hashlib.sha256
         for at, request_id, version, texts, cleaned, results, predictor, shadow in entries:
             shadow_version, shadow_tags = shadow if shadow is not None else (None, None)
             stats = predictor.token_stats
-            items = []
-            for i, (text, clean, result) in enumerate(zip(texts, cleaned, results, strict=True)):
-                tokens, unknown = stats(clean)
-                items.append((result["predicted_tag"], result["confidence"], result["low_confidence"],
-                              shadow_tags[i] if shadow_tags is not None else None, len(text), tokens, unknown,
-                              text_sha256(text), text if keep else None))
+            items = [(r["predicted_tag"], r["confidence"], r["low_confidence"], None, len(text), *stats(clean),
+                      sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), text if keep else None)
+                     for text, clean, r in zip(texts, cleaned, results, strict=True)]
+            if shadow_tags is not None:
+                items = [(*item[:3], tag, *item[4:]) for item, tag in zip(items, shadow_tags, strict=True)]
             rows.append((at, request_id, version, shadow_version, items))
         return rows
 
