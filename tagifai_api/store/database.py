@@ -400,12 +400,15 @@ class Store:
                  "key_name": r["key_name"], "reason": r["reason"]} for r in rows]
 
     def is_empty(self) -> bool:
-        """No pointer, no history and no key yet: a store a legacy import may fill."""
+        """No pointer, no history, no key and no change ever recorded: a store a legacy import may fill.
+
+        The audit log counts: a store whose keys were all revoked is not empty, or the next start
+        would import the old keys file again and bring the revoked keys back."""
         with self._connect("read") as conn:
             recorded = conn.execute(sa.select(sa.func.count()).select_from(t.pointers)
                                     .where(t.pointers.c.version.is_not(None))).scalar_one()
             return not recorded and not any(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-                                            for table in (t.default_history, t.api_keys))
+                                            for table in (t.default_history, t.api_keys, t.audit_log))
 
     def import_state(self, default: str | None, shadow: str | None, history: list[dict], keys: list[dict]) -> None:
         """Fill an empty store in one transaction (from an install's old files)."""

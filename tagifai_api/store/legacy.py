@@ -92,13 +92,13 @@ def import_files(store: Store, artifacts_dir: Path, keys_file: Path) -> bool:
     Raises:
         LegacyFileError: an old file exists but cannot be imported (nothing is written).
     """
+    if not store.is_empty():  # imported before, or in use: the old files are not even read
+        return False
     root = Path(artifacts_dir)
     default, shadow = _pointer(root / DEFAULT_FILE), _pointer(root / SHADOW_FILE)
     history = _history(root / HISTORY_FILE)
     keys = read_keys_file(Path(keys_file))
     if default is None and shadow is None and not history and not keys:
-        return False
-    if not store.is_empty():
         return False
     store.import_state(default, shadow, history, keys)
     log.info("imported the state files into the store %s: default %s, shadow %s, %d history entries, %d keys "
