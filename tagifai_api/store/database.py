@@ -69,12 +69,27 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(database) if url.get_backend_name() == "sqlite" and database and database != ":memory:" else None
 
 
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file (and its directory) readable by its owner only: it holds the keys'
+    hashes and the audit log, as the keys file did (0600). SQLite gives its -wal and -shm files the
+    database's own mode. A place that cannot hold it is :class:`StoreUnavailableError`, in one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if not path.parent.is_dir():
+            raise StoreUnavailableError(f"the state store is unavailable (cannot create {path}: "
+                                        f"{path.parent} is not a directory)") from None
+    except OSError as exc:
+        raise StoreUnavailableError(f"the state store is unavailable (cannot create {path}: {exc.strerror})") from None
+
+
 def _make_engine(url: str) -> Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
         engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
