@@ -28,6 +28,9 @@ from tagifai_api.store import tables as t
 from tagifai_api.store.files import write_atomic
 
 log = logging.getLogger("tagifai_api.store")
+# Alembic's own INFO lines (plugin set-up, its context, each migration step) on every run of every
+# command: the store logs the one line an upgrade is worth itself
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: older entries are dropped: a rollback goes back at most this far
