@@ -191,9 +191,24 @@ class Store:
             log.warning("cannot keep the state last read (%s): %s", name, exc)
 
     def last_known(self, name: str) -> object | None:
-        """What :meth:`remember` kept under ``name`` on this host, if anything."""
+        """What :meth:`remember` kept under ``name`` on this host, if anything.
+
+        Only a file of this user's that no one else may write counts: the temporary directory is
+        everyone's, and a file planted there under the expected name (a key hash of someone's
+        choosing) must not become a key a worker accepts."""
+        path = self._snapshot_path(name)
         try:
-            return json.loads(self._snapshot_path(name).read_text(encoding="utf-8"))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                    log.warning("ignoring %s: not this user's own file (owner uid %d, mode %o)", path, info.st_uid,
+                                info.st_mode & 0o777)
+                    return None
+                return json.loads(fh.read().decode("utf-8"))
         except (OSError, ValueError):
             return None
 
