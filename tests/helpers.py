@@ -458,3 +458,40 @@ def postgres() -> Iterator[Postgres]:
             except (subprocess.SubprocessError, OSError):
                 pass
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- state store outages ------------------------------------------------------------------------
+
+
+@contextmanager
+def store_outage(url: str, server: Postgres | None = None, stores: tuple[Store, ...] = ()) -> Iterator[None]:
+    """The store at ``url`` unreachable for the block, for real: its PostgreSQL ``server`` stopped, or
+    its SQLite file moved away with a directory in its place (opening one fails as a lost disk
+    would). ``stores`` first drop their connections: an open SQLite connection would go on reading
+    the moved file. Everything is back, as it was, after the block."""
+    for store in stores:
+        store.close()
+    if server is not None:
+        server.stop()
+        try:
+            yield
+        finally:
+            server.start()
+        return
+    import sqlalchemy
+
+    database = Path(sqlalchemy.make_url(url).database)
+    moved = [(path, path.with_name(path.name + ".away")) for path in
+             (database, *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")))
+             if path.exists()]
+    for path, away in moved:
+        path.rename(away)
+    database.mkdir()
+    try:
+        yield
+    finally:
+        for store in stores:
+            store.close()
+        database.rmdir()
+        for path, away in moved:
+            away.rename(path)
