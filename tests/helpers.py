@@ -495,3 +495,24 @@ def store_outage(url: str, server: Postgres | None = None, stores: tuple[Store, 
         database.rmdir()
         for path, away in moved:
             away.rename(path)
+
+
+# --- keys for a real server ---------------------------------------------------------------------
+
+
+def private_store(artifacts_dir: Path, directory: Path) -> str:
+    """A copy of an artifacts folder's store in ``directory``; its URL. Keys made there stay out of the
+    folder's own store (the session's, which every other test copies)."""
+    shutil.copy(Path(artifacts_dir) / "state.db", Path(directory) / "state.db")
+    return f"sqlite:///{Path(directory) / 'state.db'}"
+
+
+def keys_command(database_url: str, *args: str) -> str:
+    """``python -m tagifai_api keys ARGS`` on that store, as an operator runs it; its standard output
+    (the new key, for ``create``)."""
+    env = {**os.environ, "TAGIFAI_DATABASE_URL": database_url,
+           "TAGIFAI_API_KEYS_FILE": str(ROOT / "tests" / "no-such-directory" / "api_keys.json")}
+    out = subprocess.run([sys.executable, "-m", "tagifai_api", "keys", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
