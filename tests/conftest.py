@@ -141,3 +141,17 @@ def store_url(request, tmp_path) -> str:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
     return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def app_store(make_app, artifacts_dir, tmp_path):
+    """The store this test's ``make_app()`` apps share, open before any of them is built (to put keys in
+    it first): the private copy of the session folder's store."""
+    from tagifai_api.store.database import Store
+
+    private = tmp_path / "session-state.db"
+    if not private.exists():
+        shutil.copy(artifacts_dir / "state.db", private)
+    store = Store(f"sqlite:///{private}")
+    yield store
+    store.close()

@@ -464,3 +464,61 @@ def postgres() -> Iterator[Postgres]:
             except (subprocess.SubprocessError, OSError):
                 pass
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- state store outages ------------------------------------------------------------------------
+
+
+@contextmanager
+def store_outage(url: str, server: Postgres | None = None, stores: tuple[Store, ...] = ()) -> Iterator[None]:
+    """The store at ``url`` unreachable for the block, for real: its PostgreSQL ``server`` stopped, or
+    its SQLite file moved away with a directory in its place (opening one fails as a lost disk
+    would). ``stores`` first drop their connections: an open SQLite connection would go on reading
+    the moved file. Everything is back, as it was, after the block."""
+    for store in stores:
+        store.close()
+    if server is not None:
+        server.stop()
+        try:
+            yield
+        finally:
+            server.start()
+        return
+    import sqlalchemy
+
+    database = Path(sqlalchemy.make_url(url).database)
+    moved = [(path, path.with_name(path.name + ".away")) for path in
+             (database, *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")))
+             if path.exists()]
+    for path, away in moved:
+        path.rename(away)
+    database.mkdir()
+    try:
+        yield
+    finally:
+        for store in stores:
+            store.close()
+        database.rmdir()
+        for path, away in moved:
+            away.rename(path)
+
+
+# --- keys for a real server ---------------------------------------------------------------------
+
+
+def private_store(artifacts_dir: Path, directory: Path) -> str:
+    """A copy of an artifacts folder's store in ``directory``; its URL. Keys made there stay out of the
+    folder's own store (the session's, which every other test copies)."""
+    shutil.copy(Path(artifacts_dir) / "state.db", Path(directory) / "state.db")
+    return f"sqlite:///{Path(directory) / 'state.db'}"
+
+
+def keys_command(database_url: str, *args: str) -> str:
+    """``python -m tagifai_api keys ARGS`` on that store, as an operator runs it; its standard output
+    (the new key, for ``create``)."""
+    env = {**os.environ, "TAGIFAI_DATABASE_URL": database_url,
+           "TAGIFAI_API_KEYS_FILE": str(ROOT / "tests" / "no-such-directory" / "api_keys.json")}
+    out = subprocess.run([sys.executable, "-m", "tagifai_api", "keys", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()

@@ -1,9 +1,12 @@
 """API keys and the request check.
 
 Keys: ``python -m tagifai_api keys create --name NAME --role predict|admin`` prints a new key once;
-the keys file (``TAGIFAI_API_KEYS_FILE``) keeps only its SHA-256, with its name, role and creation
-time (:mod:`tagifai_api.auth.keys`). Every worker re-reads the file within about a second of a
-change, so new keys and revocations need no restart.
+the state store (``TAGIFAI_DATABASE_URL``) keeps only its SHA-256, with its name, role and creation
+time, and records each change in its audit log (:mod:`tagifai_api.auth.keys`). Every worker polls
+the store every ``TAGIFAI_REGISTRY_POLL_S`` (1 s) and re-reads the keys when they changed, so new
+keys and revocations need no restart; a request never waits for the store. A worker started while
+the store is down serves the keys a worker of its host last read. An old keys file
+(``TAGIFAI_API_KEYS_FILE``) is imported into an empty store once.
 
 Clients send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. ``TAGIFAI_AUTH`` says what
 needs one:
@@ -33,5 +36,5 @@ Interface for views (:mod:`tagifai_api.auth.guard`)::
 ``check_role("admin")`` does the same check inside a view (for a route whose methods differ), and
 ``g.api_key`` is the :class:`~tagifai_api.auth.keys.ApiKey` that passed (None where no key was
 needed). ``create_app`` calls :func:`~tagifai_api.auth.guard.init_app`; tests build apps with
-``AUTH`` and ``API_KEYS_FILE`` in the config mapping.
+``AUTH`` in the config mapping and put keys in the app's store (``DATABASE_URL``).
 """

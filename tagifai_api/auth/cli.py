@@ -14,7 +14,9 @@ from tagifai_api.store import open_store
 def keys(ctx: click.Context) -> None:
     """Manage API keys in the state store (TAGIFAI_DATABASE_URL); running workers of every replica
     sharing it pick changes up within a second or so."""
-    ctx.obj = KeyStore(open_store(settings.from_env()))
+    store = open_store(settings.from_env())
+    ctx.call_on_close(store.close)
+    ctx.obj = KeyStore(store)
 
 
 @keys.command()

@@ -6,6 +6,7 @@ key, its name, role, creation time and the SHA-256 of the key; never the key.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -103,14 +104,25 @@ class KeyStore:
             raise KeyStoreError(str(exc)) from None
 
 
+def _snapshot_keys(rows: object) -> tuple[ApiKey, ...] | None:
+    """The keys of a host's snapshot (:meth:`Store.last_known`); None when there is none or it is not
+    a list of whole keys."""
+    fields = {f.name for f in dataclasses.fields(ApiKey)}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(r) == fields and
+                                             all(isinstance(v, str) for v in r.values()) for r in rows):
+        return None
+    return tuple(ApiKey(**row) for row in rows if row["role"] in ROLES)
+
+
 class KeyRing:
     """A worker's copy of the keys in the store, followed by a background thread.
 
     The thread polls the store's change counter every ``poll_s`` and re-reads the keys when it
     moved, so a new or revoked key takes effect in every worker within about ``poll_s``, and a
     request never waits for the store: it checks the keys this worker holds. A store that cannot
-    be read leaves the last keys in force (none, if it never answered) and is logged once per
-    distinct failure.
+    be read leaves the last keys in force and is logged once per distinct failure; a ring that
+    starts while it cannot be read holds the keys a worker of this host last read from it
+    (:meth:`Store.remember`), or none.
     """
 
     def __init__(self, store: Store, poll_s: float = 1.0) -> None:
@@ -154,24 +166,37 @@ class KeyRing:
         """Re-read the keys if the store changed since the last read."""
         try:
             generation = self.store.generation()
-            if generation == self._seen:
-                return
-            rows = self.store.keys()
-            keys = tuple(ApiKey(**row) for row in rows)
+            rows = self.store.keys() if generation != self._seen else None
         except StoreError as exc:
-            if str(exc) != self._failure:
-                self._failure = str(exc)
-                if self._seen is None and not self._keys:  # a worker started during an outage
-                    self._keys = tuple(ApiKey(**row) for row in self.store.last_known("keys") or ())
-                log.error("%s; keeping the %d keys read before", exc, len(self._keys))
+            self._failed(exc)
             return
-        if keys != self._keys:
+        if self._failure is not None:
+            log.info("the state store answers again; following its keys")
+            self._failure = None
+        if rows is None:
+            return
+        keys = tuple(ApiKey(**row) for row in rows)
+        if keys != self._keys or self._seen is None:
+            # the first read too: what this host keeps must never be older than what it last read,
+            # or a worker started in an outage would accept a key revoked since
             self.store.remember("keys", rows)  # hashes only, like the store itself
-        if self._failure is not None or (self._seen is not None and keys != self._keys):
+        if self._seen is not None and keys != self._keys:
             log.info("keys re-read from the store: %d keys", len(keys))
-        self._failure = None
         self._seen = generation
         self._keys = keys
+
+    def _failed(self, exc: StoreError) -> None:
+        """Keep the keys in force (at start, those this host last read), and log each distinct failure once."""
+        if self._seen is None and self._failure is None:  # a worker started during an outage
+            kept = _snapshot_keys(self.store.last_known("keys"))
+            self._keys = kept or ()
+            if kept is None:
+                log.error("%s; starting with no keys (every key refused) until it answers", exc)
+            else:
+                log.error("%s; starting with the %d keys this host last read from it", exc, len(kept))
+        elif str(exc) != self._failure:
+            log.error("%s; keeping the %d keys read before", exc, len(self._keys))
+        self._failure = str(exc)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -181,4 +206,7 @@ class KeyRing:
                 log.exception("reading the keys failed")
 
     def close(self) -> None:
+        """Stop the watcher and wait for a poll in flight, so the store can be closed after it."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)

@@ -56,7 +56,8 @@ def prepare_store(values: Mapping[str, object]) -> None:
     except StoreError as exc:
         raise StartupError(f"TAGIFAI_DATABASE_URL: {exc}") from None
     except LegacyFileError as exc:
-        raise StartupError(f"{exc}; fix the file or move it away (it is imported into an empty store once)") from None
+        raise StartupError(f"{exc.setting}: {exc}; fix the file or move it away (the old state files are imported "
+                           "into an empty store once)") from None
 
 
 def check_free(addresses: Iterable[object]) -> None:

@@ -21,8 +21,12 @@ def open_store(values: Mapping[str, object], on_error: Callable[[str], None] | N
     still starts, and follows the store once it answers, rather than halting the whole server."""
     store = Store(str(values["DATABASE_URL"]), on_error=on_error)
     if values.get("STORE_UPGRADE", True):
-        store.upgrade()
-        import_files(store, Path(str(values["ARTIFACTS_DIR"])), Path(str(values["API_KEYS_FILE"])))
+        try:
+            store.upgrade()
+            import_files(store, Path(str(values["ARTIFACTS_DIR"])), Path(str(values["API_KEYS_FILE"])))
+        except BaseException:
+            store.close()  # the caller never gets it to close
+            raise
     else:
         try:
             store.check()

@@ -29,6 +29,9 @@ from tagifai_api.store import tables as t
 from tagifai_api.store.files import write_atomic
 
 log = logging.getLogger("tagifai_api.store")
+# Alembic's own INFO lines (plugin set-up, its context, each migration step) on every run of every
+# command: the store logs the one line an upgrade is worth itself
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: older entries are dropped: a rollback goes back at most this far
@@ -86,12 +89,27 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(database) if url.get_backend_name() == "sqlite" and database and database != ":memory:" else None
 
 
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file (and its directory) readable by its owner only: it holds the keys'
+    hashes and the audit log, as the keys file did (0600). SQLite gives its -wal and -shm files the
+    database's own mode. A place that cannot hold it is :class:`StoreUnavailableError`, in one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if not path.parent.is_dir():
+            raise StoreUnavailableError(f"the state store is unavailable (cannot create {path}: "
+                                        f"{path.parent} is not a directory)") from None
+    except OSError as exc:
+        raise StoreUnavailableError(f"the state store is unavailable (cannot create {path}: {exc.strerror})") from None
+
+
 def _make_engine(url: str) -> Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
         engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -190,9 +208,24 @@ class Store:
             log.warning("cannot keep the state last read (%s): %s", name, exc)
 
     def last_known(self, name: str) -> object | None:
-        """What :meth:`remember` kept under ``name`` on this host, if anything."""
+        """What :meth:`remember` kept under ``name`` on this host, if anything.
+
+        Only a file of this user's that no one else may write counts: the temporary directory is
+        everyone's, and a file planted there under the expected name (a key hash of someone's
+        choosing) must not become a key a worker accepts."""
+        path = self._snapshot_path(name)
         try:
-            return json.loads(self._snapshot_path(name).read_text(encoding="utf-8"))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                    log.warning("ignoring %s: not this user's own file (owner uid %d, mode %o)", path, info.st_uid,
+                                info.st_mode & 0o777)
+                    return None
+                return json.loads(fh.read().decode("utf-8"))
         except (OSError, ValueError):
             return None
 
@@ -426,12 +459,15 @@ class Store:
                  "key_name": r["key_name"], "reason": r["reason"]} for r in rows]
 
     def is_empty(self) -> bool:
-        """No pointer, no history and no key yet: a store a legacy import may fill."""
+        """No pointer, no history, no key and no change ever recorded: a store a legacy import may fill.
+
+        The audit log counts: a store whose keys were all revoked is not empty, or the next start
+        would import the old keys file again and bring the revoked keys back."""
         with self._connect("read") as conn:
             recorded = conn.execute(sa.select(sa.func.count()).select_from(t.pointers)
                                     .where(t.pointers.c.version.is_not(None))).scalar_one()
             return not recorded and not any(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-                                            for table in (t.default_history, t.api_keys))
+                                            for table in (t.default_history, t.api_keys, t.audit_log))
 
     def import_state(self, default: str | None, shadow: str | None, history: list[dict], keys: list[dict]) -> None:
         """Fill an empty store in one transaction (from an install's old files)."""

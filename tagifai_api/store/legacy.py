@@ -28,7 +28,12 @@ _ROLES = ("predict", "admin")
 
 
 class LegacyFileError(ValueError):
-    """An old state file that cannot be imported; the message names it and says why."""
+    """An old state file that cannot be imported; the message names it and says why, and ``setting``
+    is the setting that names the file (or its directory)."""
+
+    def __init__(self, message: str, setting: str = "TAGIFAI_ARTIFACTS_DIR") -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def _pointer(path: Path) -> str | None:
@@ -59,28 +64,38 @@ def _history(path: Path) -> list[dict]:
 def read_keys_file(path: Path) -> list[dict]:
     """The keys of an old keys file (``{"keys": [{name, role, created_at, sha256}, ...]}``); none
     when there is no file. Raises :class:`LegacyFileError` for anything it cannot import whole."""
+    def refuse(message: str) -> LegacyFileError:
+        return LegacyFileError(message, setting="TAGIFAI_API_KEYS_FILE")
+
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise LegacyFileError(f"keys file {path} cannot be read: {exc.strerror}") from None
+        raise refuse(f"keys file {path} cannot be read: {exc.strerror}") from None
     try:
         doc = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise LegacyFileError(f"keys file {path} is not valid JSON: {exc}") from None
+    except ValueError as exc:
+        raise refuse(f"keys file {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # the standard parser recurses once per nesting level
+        raise refuse(f"keys file {path} is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise LegacyFileError(f'keys file {path} must be a JSON object with a "keys" list')
+        raise refuse(f'keys file {path} must be a JSON object with a "keys" list')
     keys, names = [], set()
     for i, entry in enumerate(doc["keys"]):
         where = f"keys file {path}, entry {i}"
         if not isinstance(entry, dict) or set(entry) != {"name", "role", "created_at", "sha256"} \
                 or not all(isinstance(v, str) for v in entry.values()):
-            raise LegacyFileError(f"{where}: expected exactly the strings name, role, created_at and sha256")
-        if not _NAME.match(entry["name"]) or entry["role"] not in _ROLES or not _HEX64.match(entry["sha256"]):
-            raise LegacyFileError(f"{where}: invalid name, role or sha256")
+            raise refuse(f"{where}: expected exactly the strings name, role, created_at and sha256")
+        if not _NAME.match(entry["name"]):
+            raise refuse(f"{where}: invalid name {entry['name']!r}: 1-64 of letters, digits, '.', '_', '-', "
+                         "starting with a letter or digit")
+        if entry["role"] not in _ROLES:
+            raise refuse(f"{where}: invalid role {entry['role']!r}: expected one of {', '.join(_ROLES)}")
+        if not _HEX64.match(entry["sha256"]):
+            raise refuse(f"{where}: sha256 must be 64 lower-case hex digits")
         if entry["name"] in names:
-            raise LegacyFileError(f"{where}: duplicate name {entry['name']!r}")
+            raise refuse(f"{where}: duplicate name {entry['name']!r}")
         names.add(entry["name"])
         keys.append(dict(entry))
     return keys
@@ -92,13 +107,13 @@ def import_files(store: Store, artifacts_dir: Path, keys_file: Path) -> bool:
     Raises:
         LegacyFileError: an old file exists but cannot be imported (nothing is written).
     """
+    if not store.is_empty():  # imported before, or in use: the old files are not even read
+        return False
     root = Path(artifacts_dir)
     default, shadow = _pointer(root / DEFAULT_FILE), _pointer(root / SHADOW_FILE)
     history = _history(root / HISTORY_FILE)
     keys = read_keys_file(Path(keys_file))
     if default is None and shadow is None and not history and not keys:
-        return False
-    if not store.is_empty():
         return False
     store.import_state(default, shadow, history, keys)
     log.info("imported the state files into the store %s: default %s, shadow %s, %d history entries, %d keys "

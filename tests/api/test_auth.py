@@ -11,10 +11,12 @@ from flask import Blueprint
 
 from tagifai_api.auth import guard
 from tagifai_api.auth.guard import public, require_role
-from tagifai_api.auth.keys import KeyFileError, KeyStore
+from tagifai_api.auth.keys import KeyStore
+from tagifai_api.store.database import Store
+from tagifai_api.store.legacy import LegacyFileError
 from tagifai_api.web import access
 from tagifai_api.web.responses import construct_response
-from tests.helpers import ENVELOPE
+from tests.helpers import ENVELOPE, state_url, store_outage
 
 PREDICT_BODY = {"texts": [{"text": "Transformers for text classification."}]}
 UNKNOWN = "tagifai_" + "A" * 43
@@ -36,21 +38,16 @@ def page_route():
 
 
 @pytest.fixture
-def keys_file(tmp_path):
-    return tmp_path / "api_keys.json"
-
-
-@pytest.fixture
-def keyset(keys_file) -> dict[str, str]:
-    """A predict and an admin key in a fresh keys file."""
-    store = KeyStore(keys_file)
+def keyset(app_store) -> dict[str, str]:
+    """A predict and an admin key in the store of the test's apps, made before any app."""
+    store = KeyStore(app_store)
     return {"predict": store.create("reader", "predict"), "admin": store.create("ops", "admin")}
 
 
 @pytest.fixture
-def auth_app(make_app, keys_file):
+def auth_app(make_app):
     def factory(mode: str):
-        app = make_app(AUTH=mode, API_KEYS_FILE=str(keys_file), METRICS=False)
+        app = make_app(AUTH=mode, METRICS=False)
         app.register_blueprint(admin_bp)
         return app
 
@@ -121,8 +118,8 @@ def test_mode_role_and_key_decide_the_answer(auth_app, keyset, mode, route, who,
 
 
 @pytest.mark.parametrize("mode", ["admin", "all"])
-def test_admin_routes_are_closed_while_no_admin_key_exists(auth_app, keys_file, mode):
-    reader = KeyStore(keys_file).create("reader", "predict")
+def test_admin_routes_are_closed_while_no_admin_key_exists(auth_app, app_store, mode):
+    reader = KeyStore(app_store).create("reader", "predict")
     client = auth_app(mode).test_client()
     r = client.put("/test/admin", headers={"Authorization": f"Bearer {reader}"})
     assert r.status_code == 403
@@ -130,7 +127,8 @@ def test_admin_routes_are_closed_while_no_admin_key_exists(auth_app, keys_file, 
     assert client.put("/test/admin").status_code == (401 if mode == "all" else 403)
 
 
-def test_admin_routes_are_closed_with_no_keys_file_at_all(auth_app):
+def test_admin_routes_are_closed_with_no_key_in_the_store_at_all(auth_app, app_store):
+    assert app_store.keys() == []
     r = auth_app("admin").test_client().put("/test/admin")
     assert r.status_code == 403 and "No admin API key" in r.get_json()["message"]
 
@@ -208,8 +206,8 @@ def test_a_key_in_the_url_is_never_accepted(auth_app, keyset, param):
         assert client.put(f"/test/admin?{query}").status_code == 401
 
 
-def test_refusals_are_counted_as_errors_by_type(make_app, keys_file, keyset, monkeypatch):
-    app = make_app(AUTH="all", API_KEYS_FILE=str(keys_file), METRICS=False)
+def test_refusals_are_counted_as_errors_by_type(make_app, keyset, monkeypatch):
+    app = make_app(AUTH="all", METRICS=False)
     seen = []
 
     class Recorder:
@@ -267,12 +265,12 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
                     assert "401" not in op["responses"]
         return out
 
-    registry_writes = {("put", "/models/default"), ("post", "/models/default/rollback"), ("put", "/models/shadow"),
-                       ("delete", "/models/shadow")}
+    admin_only = {("put", "/models/default"), ("post", "/models/default/rollback"), ("put", "/models/shadow"),
+                  ("delete", "/models/shadow"), ("get", "/models/history")}  # the switches, and who made them
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
                               ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}"),
-                              ("get", "/models/default"), ("get", "/models/shadow")} | registry_writes
-    assert secured("admin") == registry_writes
+                              ("get", "/models/default"), ("get", "/models/shadow")} | admin_only
+    assert secured("admin") == admin_only
     assert secured("off") == set()
 
 
@@ -281,17 +279,71 @@ def test_invalid_mode_is_refused(make_app):
         make_app(AUTH="some")
 
 
-def test_a_broken_keys_file_stops_the_app_unless_it_is_told_to_refuse_every_key(make_app, keys_file, keyset,
-                                                                               monkeypatch, caplog):
-    keys_file.write_text("{ broken")
-    with pytest.raises(KeyFileError, match="not valid JSON"):
-        make_app(AUTH="all", API_KEYS_FILE=str(keys_file), REGISTRY_POLL_S=0)  # no watcher left behind
-    monkeypatch.setenv("TAGIFAI_API_KEYS_FILE_STRICT", "false")  # what gunicorn.conf.py sets in a worker
-    with caplog.at_level(logging.ERROR, logger="tagifai_api.auth"):
-        client = make_app(AUTH="all", API_KEYS_FILE=str(keys_file), METRICS=False).test_client()
-    assert "starting with no keys (every key refused)" in caplog.text
+def test_a_broken_old_keys_file_stops_the_app_only_when_it_would_be_imported(make_app, app_store, keyset,
+                                                                             tmp_path):
+    """The old keys file is imported into an empty store: broken, it stops the start there (no watcher
+    left behind); a store in use never reads it, so it cannot stop anything."""
+    old = tmp_path / "api_keys.json"
+    old.write_text("{ broken")
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(LegacyFileError, match=f"keys file {old} is not valid JSON"):
+        make_app(AUTH="all", DATABASE_URL=empty, API_KEYS_FILE=str(old), REGISTRY_POLL_S=0)
+    client = make_app(AUTH="all", API_KEYS_FILE=str(old), METRICS=False).test_client()
+    assert call(client, "/args", {"Authorization": f"Bearer {keyset['admin']}"}).status_code == 200
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_worker_started_while_the_store_is_down_serves_the_keys_this_host_last_read(
+        make_app, app_store, keyset, kept, caplog):
+    """A worker (re)started while the store cannot be read (what gunicorn.conf.py sets for a worker:
+    no upgrade, only a check) still starts and stays ready; it serves the keys a worker of this host
+    last read, or, with none kept, refuses every key; it follows the store once it answers."""
+    make_app(AUTH="all", METRICS=False)  # a worker that read the keys
+    if not kept:
+        app_store._snapshot_path("keys").unlink()
+    with store_outage(app_store.url, stores=(app_store,)):
+        with caplog.at_level(logging.ERROR, logger="tagifai_api.auth"):
+            app = make_app(AUTH="all", METRICS=False, STORE_UPGRADE=False, REGISTRY_POLL_S=0)
+        client = app.test_client()
+        admin = call(client, "/args", {"Authorization": f"Bearer {keyset['admin']}"})
+        assert admin.status_code == (200 if kept else 401), admin.get_json()
+        assert call(client, "/args", {"X-API-Key": UNKNOWN}).status_code == 401
+        assert call(client, "/health/ready", {}).status_code == 200
+    assert ("starting with the 2 keys this host last read" if kept else "starting with no keys") in caplog.text
+    KeyStore(app_store).revoke("ops")
+    app.extensions["tagifai_auth"].ring.refresh()  # the watcher's next poll, now
     assert call(client, "/args", {"Authorization": f"Bearer {keyset['admin']}"}).status_code == 401
-    assert call(client, "/health/ready", {}).status_code == 200
+    assert call(client, "/args", {"Authorization": f"Bearer {keyset['predict']}"}).status_code == 200
+
+
+def test_key_changes_are_in_the_audit_log_with_the_admin_who_made_them(make_app, registry_root):
+    """Keys made or revoked with the command carry no key name (it holds no key); a switch made over
+    HTTP carries the admin key's; the log shows names and roles, never a key or a hash."""
+    root, first, second = registry_root
+    store = Store(state_url(root))
+    made = KeyStore(store)
+    admin = made.create("ops", "admin")
+    reader = made.create("reader", "predict")
+    made.revoke("reader")
+    client = make_app(ARTIFACTS_DIR=str(root), AUTH="admin", METRICS=False).test_client()
+    ops = {"Authorization": f"Bearer {admin}"}
+    assert client.put("/models/default", json={"version": second, "reason": "better"}, headers=ops).status_code == 200
+    assert client.post("/models/default/rollback", headers=ops).status_code == 200
+    assert client.get("/models/history").status_code == 401  # who changed what is for admins only
+    r = client.get("/models/history", headers=ops)
+    assert r.status_code == 200
+    changes = [(c["action"], c["from"], c["to"], c["key_name"], c["reason"]) for c in r.get_json()["data"]["changes"]]
+    assert changes[:5] == [
+        ("rollback", second, first, "ops", None),
+        ("set_default", first, second, "ops", "better"),
+        ("revoke_key", "reader (predict)", None, None, None),
+        ("create_key", None, "reader (predict)", None, None),
+        ("create_key", None, "ops (admin)", None, None),
+    ]
+    text = r.get_data(as_text=True)
+    for secret in (admin, reader, *(k["sha256"] for k in store.keys())):
+        assert secret not in text
+    store.close()
 
 
 def test_require_role_refuses_an_unknown_role():
@@ -299,7 +351,7 @@ def test_require_role_refuses_an_unknown_role():
         require_role("root")
 
 
-def test_metrics_stay_open_in_mode_all(make_app, keys_file, keyset):
-    client = make_app(AUTH="all", API_KEYS_FILE=str(keys_file)).test_client()
+def test_metrics_stay_open_in_mode_all(make_app, keyset):
+    client = make_app(AUTH="all").test_client()
     r = client.get("/metrics")
     assert r.status_code == 200 and b"# HELP" in r.data

@@ -59,10 +59,9 @@ def test_unknown_files_are_404_envelopes(client, path):
     assert response.status_code == 404 and response.get_json()["status-code"] == 404
 
 
-def test_page_is_open_when_every_route_needs_a_key(make_app, tmp_path):
-    keys_file = tmp_path / "keys.json"
-    KeyStore(keys_file).create("reader", "predict")
-    client = make_app(AUTH="all", API_KEYS_FILE=str(keys_file), METRICS=False).test_client()
+def test_page_is_open_when_every_route_needs_a_key(make_app, app_store):
+    KeyStore(app_store).create("reader", "predict")
+    client = make_app(AUTH="all", METRICS=False).test_client()
     for path in ["/demo", *ASSETS]:
         assert get(client, path).status_code == 200, path
     refused = client.post("/predict", json={"texts": [{"text": "x"}], "explain": True})

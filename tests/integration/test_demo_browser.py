@@ -4,8 +4,6 @@ tag, the bars and the shaded words; errors are shown in words; nothing is fetche
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import requests
@@ -121,13 +119,9 @@ def test_demo_tags_and_shades_words_in_the_browser(artifacts_dir, tmp_path):
 
 
 def test_demo_says_a_key_is_needed_and_works_with_a_pasted_one(artifacts_dir, tmp_path):
-    keys_file = tmp_path / "keys.json"
-    created = subprocess.run([sys.executable, "-m", "tagifai_api", "keys", "--file", str(keys_file), "create",
-                              "--name", "demo", "--role", "predict"],
-                             cwd=helpers.ROOT, capture_output=True, text=True, timeout=60)
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip()
-    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+    store = helpers.private_store(artifacts_dir, tmp_path)
+    key = helpers.keys_command(store, "create", "--name", "demo", "--role", "predict")
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_DATABASE_URL": store}
     with helpers.gunicorn(artifacts_dir, workers=1, env=env) as api, helpers.chromium(tmp_path / "profile") as page:
         open_demo(page, api.url)  # the page itself is open, like /docs
         submit_from_keyboard(page, helpers.LESSON_TAGS["computer-vision"])

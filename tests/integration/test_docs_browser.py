@@ -67,11 +67,9 @@ def execute_predict(page: helpers.DevTools, status: str) -> str:
 
 
 def test_authorize_button_sends_the_key_in_mode_all(artifacts_dir, tmp_path):
-    from tagifai_api.auth.keys import KeyStore
-
-    keys_file = tmp_path / "api_keys.json"
-    key = KeyStore(keys_file).create("browser", "predict")
-    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+    store = helpers.private_store(artifacts_dir, tmp_path)
+    key = helpers.keys_command(store, "create", "--name", "browser", "--role", "predict")
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_DATABASE_URL": store}
     with helpers.gunicorn(artifacts_dir, workers=1, env=env) as api, helpers.chromium(tmp_path / "profile") as page:
         page.call("Page.enable")
         page.call("Runtime.enable")

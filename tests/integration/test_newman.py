@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tagifai_api.auth.keys import KeyStore
+from tagifai_api.store.database import Store
 from tests import helpers
 
 POSTMAN = helpers.ROOT / "clients" / "postman"
@@ -64,11 +65,12 @@ def test_newman_runs_the_collection_clean(registry_root, tmp_path):
         assert install.returncode == 0, install.stderr[-4000:]
     report = tmp_path / "newman.json"
     # every route behind a key, so the collection's key handling is exercised too
-    keys_file = tmp_path / "api_keys.json"
-    key = KeyStore(keys_file).create("newman", "predict")
-    admin_key = KeyStore(keys_file).create("newman-admin", "admin")
-    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
     root, first, second = registry_root  # two versions, so the registry's requests switch for real
+    store = Store(helpers.state_url(root))
+    key = KeyStore(store).create("newman", "predict")
+    admin_key = KeyStore(store).create("newman-admin", "admin")
+    env = {"TAGIFAI_AUTH": "all"}
+    earlier = len(store.audit(limit=1000))
     with helpers.gunicorn(root, workers=1, env=env) as api:
         run = subprocess.run(
             [str(NEWMAN), "run", str(COLLECTION), "-e", str(ENVIRONMENT), "--env-var", f"baseUrl={api.url}",
@@ -85,6 +87,11 @@ def test_newman_runs_the_collection_clean(registry_root, tmp_path):
     ran = {e["item"]["name"] for e in result["executions"] if e.get("response")}
     assert {"No key (401)", "Unknown key (401)", "With the key (X-API-Key)"} <= ran
     assert {"Switch the default (admin)", "Roll back (admin)", "Shadow a candidate (admin)", "Stop shadowing (admin)",
-            "Switch with a predict key (403)", "Switch without a key (401)"} <= ran
-    # the collection undoes its own changes
-    assert (root / "DEFAULT").read_text().strip() == first and not (root / "SHADOW").exists()
+            "Switch with a predict key (403)", "Switch without a key (401)", "Audit log (admin)"} <= ran
+    # the collection undoes its own changes, each one made with the admin key
+    assert store.pointers() == (first, None)
+    audit = store.audit(limit=1000)
+    changes = audit[:len(audit) - earlier]
+    assert {c["action"] for c in changes} == {"set_default", "rollback", "set_shadow", "clear_shadow"}
+    assert {c["key_name"] for c in changes} == {"newman-admin"}
+    store.close()

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import requests
 
-from tests.helpers import VENV_BIN, gunicorn
+from tests.helpers import VENV_BIN, gunicorn, open_registry
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +46,15 @@ def test_service_conforms_to_its_openapi_document(artifacts_dir, tmp_path):
     path parameters naming a version get a real one, so routes about a version reach it, not only 404s.
     """
     from tagifai_api.auth.keys import KeyStore
-    from tagifai_api.ml import artifacts
 
     models = tmp_path / "artifacts"
-    shutil.copytree(artifacts_dir, models, symlinks=True)
+    shutil.copytree(artifacts_dir, models, symlinks=True)  # its store (state.db) too
+    registry = open_registry(models)
     (tmp_path / "schemathesis.toml").write_text(
-        f'[parameters]\n"path.version" = "{artifacts.default_version(models)}"\n')
-    keys_file = tmp_path / "api_keys.json"
-    key = KeyStore(keys_file).create("schemathesis", "admin")
-    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+        f'[parameters]\n"path.version" = "{registry.default_version()}"\n')
+    key = KeyStore(registry.store).create("schemathesis", "admin")
+    registry.store.close()
+    env = {"TAGIFAI_AUTH": "all"}
     with gunicorn(models, workers=2, env=env) as server:
         result = run_schemathesis(server.url, tmp_path, {"Authorization": f"Bearer {key}"})
         still_ready = requests.get(f"{server.url}/health/ready", timeout=5).status_code

@@ -81,11 +81,21 @@ def test_gunicorn_refuses_a_missing_artifacts_dir(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["not JSON", "a directory"])
-def test_gunicorn_refuses_an_unreadable_keys_file(kind, artifacts_dir, bad_keys_file, tmp_path):
+def test_gunicorn_refuses_an_unreadable_old_keys_file(kind, artifacts_dir, bad_keys_file, tmp_path):
+    """The old keys file is read to be imported into an empty store (a new one here)."""
     keys = bad_keys_file if kind == "not JSON" else tmp_path
     result = gunicorn(clean_env(GUNICORN_BIND=f"127.0.0.1:{free_port()}", TAGIFAI_ARTIFACTS_DIR=str(artifacts_dir),
+                                TAGIFAI_DATABASE_URL=f"sqlite:///{tmp_path / 'new.db'}",
                                 TAGIFAI_API_KEYS_FILE=str(keys)))
-    assert_one_line(result, "TAGIFAI_API_KEYS_FILE", str(keys))
+    assert_one_line(result, "TAGIFAI_API_KEYS_FILE", str(keys), "imported into an empty store once")
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://nobody@127.0.0.1:1/none", "sqlite:///{tmp}/file/state.db"])
+def test_gunicorn_refuses_a_store_it_cannot_use(url, artifacts_dir, tmp_path):
+    (tmp_path / "file").write_text("")  # a SQLite path under a regular file
+    result = gunicorn(clean_env(GUNICORN_BIND=f"127.0.0.1:{free_port()}", TAGIFAI_ARTIFACTS_DIR=str(artifacts_dir),
+                                TAGIFAI_DATABASE_URL=url.format(tmp=tmp_path)))
+    assert_one_line(result, "TAGIFAI_DATABASE_URL", "the state store is unavailable")
 
 
 def test_gunicorn_refuses_a_port_in_use(artifacts_dir):
@@ -155,6 +165,17 @@ def test_commands_that_read_models_refuse_a_missing_artifacts_dir(argv, tmp_path
 
 
 @pytest.mark.parametrize("argv", [c for c in cli_commands() if c[0] == "keys"], ids=" ".join)
-def test_keys_commands_refuse_an_unreadable_keys_file(argv, tmp_path, bad_keys_file):
-    env = clean_env(TAGIFAI_API_KEYS_FILE=str(bad_keys_file), PYTHONPATH=str(ROOT))
-    assert_one_line(run_cli(argv, env, tmp_path), str(bad_keys_file))
+def test_keys_commands_refuse_an_unreadable_old_keys_file(argv, tmp_path, bad_keys_file):
+    """An empty store (its schema made, as by a first start) imports the old keys file first."""
+    from tagifai_api.store.database import Store
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = Store(url)
+    store.upgrade()
+    store.close()
+    env = clean_env(TAGIFAI_API_KEYS_FILE=str(bad_keys_file), TAGIFAI_DATABASE_URL=url,
+                    TAGIFAI_ARTIFACTS_DIR=str(tmp_path / "artifacts"), PYTHONPATH=str(ROOT))
+    assert_one_line(run_cli(argv, env, tmp_path), str(bad_keys_file), "not valid JSON")
+    store = Store(url)
+    assert store.is_empty()  # nothing imported, nothing changed
+    store.close()
