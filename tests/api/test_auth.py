@@ -160,15 +160,28 @@ WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def write_routes(app) -> list[tuple[str, str, str]]:
-    """(path, method, endpoint) of every route that may change state: each write method of each rule
-    but POST /predict (which only reads the model), with a sample value in any variable part."""
+    """(path, method, endpoint) of every route that may change what is served: each write method of each
+    rule but POST /predict (which only reads the model) and POST /feedback (which any key may send: see
+    the test below), with a sample value in any variable part."""
     out = []
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<[^<>]+>", "x", rule.rule)
         for method in sorted(rule.methods & WRITE_METHODS):
-            if (path, method) != ("/predict", "POST"):
+            if (path, method) not in {("/predict", "POST"), ("/feedback", "POST")}:
                 out.append((path, method, rule.endpoint))
     return out
+
+
+@pytest.mark.parametrize("mode", ["admin", "all"])
+def test_feedback_needs_a_key_of_any_role_in_every_mode_but_off(auth_app, keyset, mode):
+    app = auth_app(mode)
+    assert guard.needed_role(app, "feedback.post_feedback", mode) == "predict"
+    assert guard.needed_role(app, "feedback.post_feedback", "off") is None
+    client = app.test_client()
+    body = {"feedback": [{"text": "A text.", "tag": "mlops"}]}
+    assert client.post("/feedback", json=body).status_code == 401
+    for who in ("predict", "admin"):
+        assert client.post("/feedback", json=body, headers=credentials(keyset, who, "bearer")).status_code == 200
 
 
 @pytest.mark.parametrize("mode", ["admin", "all"])
