@@ -62,6 +62,11 @@ class ModelMetrics:
         self.feedback_count = Counter("tagifai_feedback", "Corrections received, by the version that predicted, "
                                       "its tag and the right one.", ["model_version", "predicted", "actual"],
                                       registry=r)
+        # accuracy per version is right / (right + wrong); from tagifai_feedback_total it would need a
+        # comparison of two labels of one series, which PromQL has no operator for
+        self.feedback_outcomes = Counter("tagifai_feedback_outcomes", "Corrections received, by the version that "
+                                         "predicted and whether its tag was right.", ["model_version", "outcome"],
+                                         registry=r)
         self.log_dropped = Counter("tagifai_prediction_log_dropped", "Prediction log rows dropped (queue full, or "
                                    "the store slow or down); the requests themselves were answered.", registry=r)
         self.store_errors = Counter("tagifai_store_errors", "Failed reads and writes of the state store, by operation.",
@@ -85,6 +90,7 @@ class ModelMetrics:
         self._version: str | None = None
         self._by_tag: dict[tuple[str, str], Counter] = {}
         self._inference: dict[str, Histogram] = {}
+        self._feedback_ready: set[str] = set()
 
     def model_loaded_now(self, version: str, loaded_at: float) -> None:
         """Record the default version this worker now serves (and that it no longer serves the previous one)."""
@@ -96,6 +102,7 @@ class ModelMetrics:
         self.model_loaded.labels(version).set(loaded_at)
         # start the fallback counter at 0, so its rate (and the fallback ratio) exists before the first one
         self.low_confidence.labels(version)
+        self._start_feedback(version)
 
     def batch(self, stats: BatchStats, version: str) -> None:
         """One model call (batching or not) of ``version``."""
@@ -135,6 +142,9 @@ class ModelMetrics:
             counter.inc(count)
         if low:
             self.low_confidence.labels(version).inc(low)
+        if version not in self._feedback_ready and results:
+            self._feedback_ready.add(version)
+            self._start_feedback(version, tuple(results[0].get("probabilities", ())))
 
     def shadow(self, model_version: str, shadow_version: str, agree: int, disagree: int) -> None:
         """Texts the shadow scored after ``model_version`` answered them."""
@@ -161,8 +171,21 @@ class ModelMetrics:
                     totals["dropped"] += int(sample.value)
         return totals
 
+    def _start_feedback(self, version: str, classes: tuple[str, ...] = ()) -> None:
+        """Start ``version``'s feedback series at 0, for every pair of its ``classes`` too: rate() and
+        increase() see a series only from its first scrape, so one born at 1 would never count its
+        first correction (and an accuracy or a confusion matrix over a window would leave it out)."""
+        for outcome in ("right", "wrong"):
+            self.feedback_outcomes.labels(version, outcome)
+        for predicted in classes:
+            for actual in classes:
+                self.feedback_count.labels(version, predicted, actual)
+
     def feedback(self, version: str, predicted: str, actual: str) -> None:
+        """A correction of one of ``version``'s predictions: it said ``predicted``, the right tag is ``actual``."""
+        self._start_feedback(version)  # the other outcome at 0 too, for a version this worker never served
         self.feedback_count.labels(version, predicted, actual).inc()
+        self.feedback_outcomes.labels(version, "right" if predicted == actual else "wrong").inc()
 
     def log_dropped_rows(self, count: int) -> None:
         self.log_dropped.inc(count)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tagifai_api.auth.keys import KeyStore
 from tagifai_api.demo import CONTENT_SECURITY_POLICY, STATIC
+from tests.helpers import add_key
 
 ASSETS = ["/demo/static/demo.js", "/demo/static/demo.css"]
 
@@ -59,10 +59,26 @@ def test_unknown_files_are_404_envelopes(client, path):
     assert response.status_code == 404 and response.get_json()["status-code"] == 404
 
 
-def test_page_is_open_when_every_route_needs_a_key(make_app, app_store):
-    KeyStore(app_store).create("reader", "predict")
-    client = make_app(AUTH="all", METRICS=False).test_client()
+def test_page_is_open_when_every_route_needs_a_key(make_app):
+    app = make_app(AUTH="all", METRICS=False)
+    add_key(app, "reader", "predict")
+    client = app.test_client()
     for path in ["/demo", *ASSETS]:
         assert get(client, path).status_code == 200, path
     refused = client.post("/predict", json={"texts": [{"text": "x"}], "explain": True})
     assert refused.status_code == 401  # what the page then shows in words
+    refused = client.post("/feedback", json={"feedback": [{"text": "x", "tag": "mlops"}]})
+    assert refused.status_code == 401 and refused.get_json()["message"]
+
+
+def test_page_has_a_labelled_correction_control(client):
+    """'Wrong tag?' is a details box a keyboard opens, with a labelled list of tags, a submit button
+    and a live region for what the service said; no inline handler for the policy to allow."""
+    page = client.get("/demo").get_data(as_text=True)
+    box = page[page.index('<details id="correct-box"'):page.index("</details>", page.index('id="correct-box"'))]
+    assert "<summary>Wrong tag?" in box
+    assert '<label for="correct-tag">' in box and '<select id="correct-tag"' in box
+    assert '<button id="correct-submit" type="submit">' in box
+    assert 'id="correct-status" class="status" role="status" aria-live="polite"' in box
+    assert 'id="correct-error" class="error" role="alert" hidden' in box
+    assert not re.search(r"\son[a-z]+=", page)  # no onclick= and the like

@@ -1,4 +1,5 @@
-"""The monitoring files agree with the service: every dashboard query names a metric it exposes.
+"""The monitoring files agree with the service: every dashboard query names a metric it exposes or
+a series the recording rules record, and the rules compute what they say.
 
 A renamed metric, a typo in PromQL or a datasource uid out of step with the provisioning turns
 a panel into "No data" silently; these checks make that a failing test instead.
@@ -20,13 +21,17 @@ from tests import helpers
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
+RULES_YML = DEPLOY / "prometheus" / "rules.yml"
 DATASOURCES_YML = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS_YML = DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 
-#: metric names inside PromQL (label names and functions never start with the service's prefix)
-METRIC = re.compile(r"\btagifai_[a-zA-Z0-9_:]*")
+#: metric names inside PromQL (label names and functions never start with the service's prefix), and
+#: recorded ones (``level:tagifai_...:operations``)
+METRIC = re.compile(r"\b(?:[a-z_]+:)?tagifai_[a-zA-Z0-9_:]*")
 #: Grafana's interval macros, which Prometheus itself does not know
 MACROS = re.compile(r"\$__(rate_interval|interval|range)\b")
+#: the dashboard's own variables
+VARIABLES = re.compile(r"\$(\w+)\b|\$\{(\w+)\}")
 
 #: the names a family of each type exposes samples under
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -53,6 +58,17 @@ def expressions() -> list[str]:
     return exprs
 
 
+def as_promql(expr: str) -> str:
+    """A dashboard query as Prometheus would get it: macros and variables replaced by sample values."""
+    return VARIABLES.sub("v1", MACROS.sub("5m", expr))
+
+
+def recorded() -> set[str]:
+    """The series the recording rules record."""
+    return {rule["record"] for group in yaml.safe_load(RULES_YML.read_text())["groups"]
+            for rule in group["rules"] if "record" in rule}
+
+
 @pytest.fixture
 def exposed(client) -> set[str]:
     """Every sample name /metrics can expose, after one prediction and one 404."""
@@ -70,8 +86,27 @@ def exposed(client) -> set[str]:
 
 def test_every_dashboard_metric_is_exposed(exposed):
     used = {name for expr in expressions() for name in METRIC.findall(expr)}
-    missing = sorted(used - exposed)
-    assert not missing, f"the dashboard queries metrics the service does not expose: {missing}"
+    missing = sorted(used - exposed - recorded())
+    assert not missing, f"the dashboard queries metrics the service does not expose and no rule records: {missing}"
+    rules = [rule["expr"] for group in yaml.safe_load(RULES_YML.read_text())["groups"] for rule in group["rules"]]
+    missing = sorted({name for expr in rules for name in METRIC.findall(expr)} - exposed - recorded())
+    assert not missing, f"the recording rules read metrics the service does not expose: {missing}"
+
+
+def test_feedback_series_start_at_zero(client):
+    """Once a version has answered, its feedback counters exist at 0 for every pair of its classes and
+    both outcomes, so rate() and increase() count a window's first correction."""
+    r = client.post("/predict", json={"texts": [{"text": "Transfer learning with transformers."}]})
+    prediction = r.get_json()["data"]["predictions"][0]
+    version, classes = r.get_json()["data"]["model_version"], list(prediction["probabilities"])
+    body = client.get("/metrics").get_data(as_text=True)
+    samples = [s for family in text_string_to_metric_families(body) for s in family.samples]
+    confusion = {(s.labels["predicted"], s.labels["actual"]): s.value for s in samples
+                 if s.name == "tagifai_feedback_total" and s.labels["model_version"] == version}
+    assert confusion == {(p, a): 0 for p in classes for a in classes}
+    outcomes = {s.labels["outcome"]: s.value for s in samples
+                if s.name == "tagifai_feedback_outcomes_total" and s.labels["model_version"] == version}
+    assert outcomes == {"right": 0, "wrong": 0}
 
 
 def test_dashboard_covers_the_service_signals():
@@ -105,6 +140,14 @@ def test_dashboard_json_is_well_formed():
             assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
             ref_ids = [t["refId"] for t in panel["targets"]]
             assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        for variable in variables.values():
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] == datasource_uid, variable["name"]
+        for panel in panels(dashboard):
+            used = {a or b for t in panel.get("targets", []) for a, b in VARIABLES.findall(t.get("expr", ""))}
+            used |= {a or b for a, b in VARIABLES.findall(panel["title"])}
+            assert used - {"__rate_interval", "__interval", "__range"} <= set(variables), panel["title"]
 
 
 def test_provisioning_points_at_compose_services():
@@ -113,6 +156,25 @@ def test_provisioning_points_at_compose_services():
     assert datasource["url"] == "http://prometheus:9090"
     provider = yaml.safe_load(PROVIDERS_YML.read_text())["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"]
+
+
+def test_dashboard_has_live_accuracy_per_version_and_a_confusion_matrix():
+    (dashboard,) = [json.loads(path.read_text()) for path in dashboards()]
+    by_title = {p["title"]: p for p in panels(dashboard)}
+    accuracy = by_title["Live accuracy by version"]
+    assert [t["expr"] for t in accuracy["targets"]] == ["model_version:tagifai_feedback_accuracy:ratio1h",
+                                                        "model_version:tagifai_feedback_accuracy:ratio1d"]
+    assert all("{{model_version}}" in t["legendFormat"] for t in accuracy["targets"])
+    matrix = by_title["Confusion matrix of $version (dashboard range)"]
+    assert matrix["type"] == "table"
+    (target,) = matrix["targets"]
+    assert "sum by (actual, predicted)" in target["expr"] and 'tagifai_feedback_total{model_version="$version"}' \
+        in target["expr"] and target["instant"] and target["format"] == "table"
+    grouping = matrix["transformations"][0]
+    assert grouping["id"] == "groupingToMatrix"
+    assert (grouping["options"]["rowField"], grouping["options"]["columnField"]) == ("actual", "predicted")
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "version"]
+    assert variable["query"]["query"] == "label_values(tagifai_feedback_outcomes_total, model_version)"
 
 
 def test_prometheus_config_scrapes_the_service():
@@ -130,11 +192,49 @@ def test_promtool_accepts_the_config_and_the_queries(tmp_path):
     result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout and "4 rules found" in result.stdout  # rules.yml, loaded
 
     rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": MACROS.sub("5m", expr)} for i, expr in enumerate(expressions())
+        {"record": f"dashboard:query_{i}", "expr": as_promql(expr)} for i, expr in enumerate(expressions())
     ]}]}
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(yaml.safe_dump(rules))
     result = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_recording_rules_give_accuracy_per_version(tmp_path):
+    """``promtool test rules``: two versions' corrections over an hour; the rules give each one's
+    accuracy and count, and nothing for a version with no correction."""
+    promtool = helpers.require_binary("promtool")
+    outcomes = "tagifai_feedback_outcomes_total{{model_version=\"{}\", outcome=\"{}\", instance=\"{}\"}}"
+    tests = {"rule_files": [str(RULES_YML)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            # v1 on two replicas: 3 right and 1 wrong a minute on one, 3 right on the other
+            {"series": outcomes.format("v1", "right", "a"), "values": "0+3x70"},
+            {"series": outcomes.format("v1", "wrong", "a"), "values": "0+1x70"},
+            {"series": outcomes.format("v1", "right", "b"), "values": "0+3x70"},
+            {"series": outcomes.format("v1", "wrong", "b"), "values": "0+0x70"},
+            # v2: all wrong; v3: loaded, never corrected
+            {"series": outcomes.format("v2", "right", "a"), "values": "0+0x70"},
+            {"series": outcomes.format("v2", "wrong", "a"), "values": "0+2x70"},
+            {"series": outcomes.format("v3", "right", "a"), "values": "0+0x70"},
+            {"series": outcomes.format("v3", "wrong", "a"), "values": "0+0x70"},
+        ],
+        "promql_expr_test": [
+            {"expr": "model_version:tagifai_feedback_accuracy:ratio1h", "eval_time": "70m", "exp_samples": [
+                {"labels": 'model_version:tagifai_feedback_accuracy:ratio1h{model_version="v1"}', "value": 6 / 7},
+                {"labels": 'model_version:tagifai_feedback_accuracy:ratio1h{model_version="v2"}', "value": 0},
+            ]},
+            {"expr": "model_version:tagifai_feedback:increase1h", "eval_time": "70m", "exp_samples": [
+                {"labels": 'model_version:tagifai_feedback:increase1h{model_version="v1"}', "value": 420},
+                {"labels": 'model_version:tagifai_feedback:increase1h{model_version="v2"}', "value": 120},
+                {"labels": 'model_version:tagifai_feedback:increase1h{model_version="v3"}', "value": 0},
+            ]},
+        ],
+    }]}
+    tests_file = tmp_path / "rules_test.yml"
+    tests_file.write_text(yaml.safe_dump(tests))
+    result = subprocess.run([promtool, "test", "rules", str(tests_file)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,64 +1,163 @@
-"""A real Prometheus scrapes real Gunicorn: the exposition parses and the counts arrive intact."""
+"""A real Prometheus scrapes real Gunicorn: the exposition parses, the counts arrive intact, and the
+recording rules give each version's live accuracy from the corrections users send."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import free_port, gunicorn, require_binary, stop, wait_http
+from tagifai_api.auth.keys import KeyStore
+from tagifai_api.store.database import Store
+from tests.helpers import free_port, gunicorn, require_binary, state_url, stop, wait_http
 
 TEXTS = ["Transfer learning with transformers for text classification.", "GANs that generate faces.",
          "Serving models with Kubernetes and monitoring drift."]
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+RULES_YML = DEPLOY / "prometheus" / "rules.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tagifai-api.json"
+
+
+def query_all(base: str, promql: str) -> list[tuple[dict, float]]:
+    """Every sample of an instant query: its labels and value."""
+    r = requests.get(f"{base}/api/v1/query", params={"query": promql}, timeout=5)
+    r.raise_for_status()
+    return [(s["metric"], float(s["value"][1])) for s in r.json()["data"]["result"]]
 
 
 def query(base: str, promql: str) -> float | None:
     """The single value of an instant query, or None while there is no sample yet."""
-    r = requests.get(f"{base}/api/v1/query", params={"query": promql}, timeout=5)
-    r.raise_for_status()
-    result = r.json()["data"]["result"]
-    return float(result[0]["value"][1]) if result else None
+    result = query_all(base, promql)
+    return result[0][1] if result else None
+
+
+def eventually(read, expected, timeout_s: float = 30.0, log: Path | None = None):
+    """Poll ``read()`` until it returns ``expected`` (a value, or a predicate on it); the last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if (expected(value) if callable(expected) else value == expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert expected(value) if callable(expected) else value == expected, (value, log and log.read_text()[-2000:])
+    return value
+
+
+@contextmanager
+def prometheus(tmp_path: Path, target_port: int, rule_files: tuple[Path, ...] = ()) -> Iterator[str]:
+    """A Prometheus scraping 127.0.0.1:``target_port`` and evaluating ``rule_files`` every second; its URL."""
+    binary = require_binary("prometheus")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    rules = "rule_files:\n" + "".join(f"  - '{path}'\n" for path in rule_files) if rule_files else ""
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n" + rules
+        + "scrape_configs:\n  - job_name: tagifai\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    log = open(tmp_path / "prometheus.log", "wb")
+    prom = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/-/ready", timeout_s=20, proc=prom)
+        yield base
+    finally:
+        stop(prom)
+        log.close()
 
 
 @pytest.mark.integration
-def test_prometheus_scrapes_the_predictions(tmp_path):
-    binary = require_binary("prometheus")
-    with gunicorn(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
+def test_prometheus_scrapes_the_predictions(artifacts_dir, tmp_path):
+    with gunicorn(artifacts_dir, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
         n = 10
         for _ in range(n):
             r = requests.post(f"{server.url}/predict", json={"texts": [{"text": t} for t in TEXTS]},
                               headers={"Connection": "close"}, timeout=10)
             assert r.status_code == 200
 
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: tagifai\n"
-            f"    static_configs:\n      - targets: ['127.0.0.1:{server.port}']\n"
-        )
-        log = open(tmp_path / "prometheus.log", "wb")
-        prom = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{base}/-/ready", timeout_s=20, proc=prom)
-            deadline = time.monotonic() + 30
-            predictions = None
-            while time.monotonic() < deadline:
-                predictions = query(base, "sum(tagifai_predictions_total)")
-                if predictions == n * len(TEXTS):
-                    break
-                time.sleep(0.25)
-            assert predictions == n * len(TEXTS), (tmp_path / "prometheus.log").read_text()[-2000:]
+        with prometheus(tmp_path, server.port) as base:
+            eventually(lambda: query(base, "sum(tagifai_predictions_total)"), n * len(TEXTS),
+                       log=tmp_path / "prometheus.log")
             assert query(base, 'up{job="tagifai"}') == 1
             count = query(base, 'sum(tagifai_http_request_duration_seconds_count{endpoint="predict.predict"})')
             assert count == n
-        finally:
-            stop(prom)
-            log.close()
+
+
+def correct(url: str, key: str, item: dict) -> dict:
+    """Send one correction, again while its prediction is not in the log yet (written every 0.5 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = requests.post(f"{url}/feedback", json={"feedback": [item]}, headers={"X-API-Key": key}, timeout=10)
+        assert r.status_code == 200, r.text
+        report = r.json()["data"]["items"][0]
+        if report["status"] != "unknown_request" or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_recording_rule_gives_live_accuracy_per_version(artifacts_dir, tmp_path):
+    """Two Gunicorn workers answer and take corrections (2 right, 1 wrong, and one of a text that names
+    no version); Prometheus, scraping them and evaluating deploy/prometheus/rules.yml, gives the version
+    an accuracy of 2/3, and the dashboard's confusion matrix matches GET /models/<version>/quality."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(artifacts_dir, root)  # the corrections stay in this test's store
+    store = Store(state_url(root))
+    key = KeyStore(store).create("rater", "predict")
+    store.close()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    with gunicorn(root, workers=2, env=env) as server:
+        answers = []
+        for text in TEXTS:
+            r = requests.post(f"{server.url}/predict", json={"texts": [{"text": text}]},
+                              headers={"Connection": "close"}, timeout=10)
+            assert r.status_code == 200
+            answers.append((r.headers["X-Request-ID"], r.json()["data"]["predictions"][0]))
+        version = r.json()["data"]["model_version"]
+        classes = list(answers[0][1]["probabilities"])
+        of_version = f'model_version="{version}"'
+
+        with prometheus(tmp_path, server.port, (RULES_YML,)) as base:
+            # every series of the version is scraped at 0 before the first correction, so it counts
+            eventually(lambda: query(base, f"count(tagifai_feedback_total{{{of_version}}} == 0)"), len(classes) ** 2)
+            eventually(lambda: query(base, f"count(tagifai_feedback_outcomes_total{{{of_version}}} == 0)"), 2)
+            assert query(base, f"model_version:tagifai_feedback_accuracy:ratio1h{{{of_version}}}") is None
+
+            wrong = next(c for c in classes if c != answers[2][1]["predicted_tag"])
+            items = [{"request_id": answers[0][0], "tag": answers[0][1]["predicted_tag"]},
+                     {"request_id": answers[1][0], "tag": answers[1][1]["predicted_tag"]},
+                     {"request_id": answers[2][0], "tag": wrong},
+                     {"text": "A hand-tagged text.", "tag": wrong}]
+            assert [correct(server.url, key, item)["status"] for item in items] == ["created"] * 4
+
+            log = tmp_path / "prometheus.log"
+            eventually(lambda: query(base, f"sum(tagifai_feedback_outcomes_total{{{of_version}}})"), 3, log=log)
+            for window in ("1h", "1d"):
+                ratio = f"model_version:tagifai_feedback_accuracy:ratio{window}{{{of_version}}}"
+                accuracy = eventually(lambda q=ratio: query(base, q), lambda value: value is not None, log=log)
+                assert accuracy == pytest.approx(2 / 3, abs=1e-9), window
+                # increase() extrapolates to the window's end by up to a scrape interval: less as samples gather
+                count = f"model_version:tagifai_feedback:increase{window}{{{of_version}}}"
+                eventually(lambda q=count: round(query(base, q)), 3, log=log)
+
+            quality = requests.get(f"{server.url}/models/{version}/quality", timeout=5).json()["data"]["all"]
+            assert (quality["count"], quality["correct"]) == (3, 2)
+            # the dashboard's confusion matrix, as Grafana asks for it, is the service's own
+            (table,) = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "table"
+                        for t in p["targets"]]
+            promql = table.replace("$version", version).replace("$__range", "1h")
+            expected = {(actual, predicted): float(n) for actual, row in quality["confusion"].items()
+                        for predicted, n in row.items()}
+            eventually(lambda: {(m["actual"], m["predicted"]): v for m, v in query_all(base, promql)}, expected,
+                       log=log)

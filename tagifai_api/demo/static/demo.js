@@ -1,5 +1,6 @@
-// TagIfAI demo page: POST /predict with explain: true, then draw the answer. Same-origin requests
-// only; every piece of text goes into the page through textContent, never as HTML.
+// TagIfAI demo page: POST /predict with explain: true, then draw the answer; "Wrong tag?" sends the
+// right tag to POST /feedback. Same-origin requests only; every piece of text goes into the page
+// through textContent, never as HTML.
 "use strict";
 
 (() => {
@@ -52,7 +53,9 @@
     return h;
   }
 
-  async function call(path, options) {
+  // a JSON answer and its request id (the X-Request-ID header, which the envelope repeats); an error
+  // answer throws, said in words by `explain`
+  async function call(path, options, explain = describe) {
     let response;
     try {
       response = await fetch(path, { ...options, headers: headers(), credentials: "same-origin", cache: "no-store" });
@@ -65,13 +68,16 @@
     } catch {
       body = null;
     }
-    if (!response.ok) throw new Error(describe(response.status, body));
-    return body;
+    if (!response.ok) throw new Error(explain(response.status, body));
+    return { body, requestId: response.headers.get("X-Request-ID") || (body && body["request-id"]) || null };
   }
+
+  // what the service said, quoted after the page's own words
+  const quoted = (body) => (body && body.message ? ` (The service said: “${body.message}”)` : "");
 
   // an error answer, said in words a person can act on
   function describe(status, body) {
-    const said = body && body.message ? ` (The service said: “${body.message}”)` : "";
+    const said = quoted(body);
     if (status === 401) {
       return "This service needs an API key. Open “API key” below the button, paste your key, and try again." + said;
     }
@@ -111,12 +117,13 @@
     statusLine.textContent = "Tagging…";
     const text = textBox.value;
     try {
-      const [predicted, args] = await Promise.all([
+      const [{ body: predicted, requestId }, args] = await Promise.all([
         call("predict", { method: "POST", body: JSON.stringify({ texts: [{ text }], explain: true }) }),
-        call("args/threshold", { method: "GET" }).catch(() => null),
+        call("args/threshold", { method: "GET" }).then((answer) => answer.body).catch(() => null),
       ]);
       const threshold = args && args.data ? Number(args.data.threshold) : null;
       draw(predicted.data.predictions[0], threshold, predicted.data.model_version);
+      offerCorrection(requestId, 0, predicted.data.predictions[0]);
       statusLine.textContent = `Tagged by model ${predicted.data.model_version}.`;
     } catch (error) {
       result.hidden = true;
@@ -225,6 +232,102 @@
     }
     result.hidden = false;
   }
+
+  // "Wrong tag?": the right tag for the prediction shown goes to POST /feedback, naming the prediction
+  // by the request id of its /predict answer and its index in that request
+  const correctBox = $("correct-box");
+  const correctTag = $("correct-tag");
+  const correctSubmit = $("correct-submit");
+  const correctStatus = $("correct-status");
+  const correctError = $("correct-error");
+  // the prediction log is written in the background, every half second: a correction sent sooner than
+  // that finds no prediction yet, and is sent once more after this pause
+  const LOG_DELAY_MS = 1000;
+  let shown = null;
+
+  function offerCorrection(requestId, index, prediction) {
+    shown = requestId ? { requestId, index } : null;
+    correctBox.hidden = !shown;
+    correctBox.open = false;
+    correctStatus.textContent = "";
+    correctError.hidden = true;
+    // the model's classes are the keys of its probabilities; likeliest first
+    const ranked = Object.entries(prediction.probabilities).sort((a, b) => b[1] - a[1]).map(([tag]) => tag);
+    correctTag.replaceChildren(new Option("Choose the right tag…", ""));
+    for (const tag of ranked) {
+      correctTag.append(new Option(tag === prediction.predicted_tag ? `${tag} (the model’s tag is right)` : tag, tag));
+    }
+  }
+
+  function describeCorrection(status, body) {
+    const said = quoted(body);
+    if (status === 401) {
+      return "Corrections need an API key. Open “API key” below the “Tag it” button, paste your key, and send " +
+        "the correction again." + said;
+    }
+    if (status === 403) return "This service does not take corrections with this key." + said;
+    if (status === 422) {
+      const item = ((body && body.data && body.data.errors && body.data.errors.feedback) || {})[0] || {};
+      const details = Object.values(item).flat().filter((m) => typeof m === "string");
+      return "The service did not accept this correction." + said + (details.length ? ` ${details.join(" ")}` : "");
+    }
+    if (status === 429) return "Too many requests from this address; wait a moment and try again." + said;
+    if (status === 503 || status === 504) return "The service is busy or its store is down; try again in a moment." + said;
+    return `The service answered with an error (HTTP ${status}).` + said;
+  }
+
+  function showCorrectionError(message) {
+    correctStatus.textContent = "";
+    correctError.replaceChildren(el("p", "", message));
+    correctError.hidden = false;
+  }
+
+  async function sendCorrection(item) {
+    const { body } = await call("feedback", { method: "POST", body: JSON.stringify({ feedback: [item] }) },
+      describeCorrection);
+    return body.data.items[0];
+  }
+
+  const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  $("correct-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!shown || correctSubmit.disabled) return;
+    const tag = correctTag.value;
+    if (!tag) {
+      showCorrectionError("Choose the right tag first.");
+      correctTag.focus();
+      return;
+    }
+    const item = { request_id: shown.requestId, index: shown.index, tag };
+    correctError.hidden = true;
+    correctSubmit.disabled = true;
+    correctStatus.textContent = "Sending the correction…";
+    try {
+      let report = await sendCorrection(item);
+      if (report.status === "unknown_request") {
+        await pause(LOG_DELAY_MS);
+        report = await sendCorrection(item);
+      }
+      if (report.status === "created" || report.status === "updated") {
+        const verb = report.status === "created" ? "Recorded" : "Updated";
+        const use = report.text_kept
+          ? "It counts toward the model’s live accuracy, and the text with its right tag can be trained on."
+          : "It counts toward the model’s live accuracy (this service does not keep texts, so it will not be " +
+            "trained on).";
+        correctStatus.textContent = `${verb}: the right tag is ${tag}. Thank you. ${use}`;
+      } else if (report.status === "unknown_request") {
+        showCorrectionError("This prediction was not found yet in the service’s prediction log. Try again in a " +
+          "moment; if it is still not found, the service is not logging predictions (TAGIFAI_PREDICTION_LOG=off).");
+      } else {
+        showCorrectionError(`The service did not record the correction (${report.status}).`);
+      }
+    } catch (error) {
+      showCorrectionError(error.message);
+    } finally {
+      correctSubmit.disabled = false;
+    }
+  });
 
   // one tab stop for the words; arrow keys move between them (a roving tabindex)
   $("words").addEventListener("keydown", (event) => {
