@@ -64,6 +64,7 @@ def create_app(config: Mapping[str, object] | None = None):
         poll_s=float(app.config["REGISTRY_POLL_S"]),
         shadow_queue_size=int(app.config["SHADOW_QUEUE_SIZE"]),
         prediction_log=prediction_log,
+        fallback=bool(app.config["FALLBACK"]),
     )
     tagifai = app.extensions[EXTENSION] = Tagifai(
         service=service,

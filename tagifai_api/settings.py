@@ -28,6 +28,9 @@ SETTINGS: dict[str, tuple[object, str]] = {
                             "starts; Gunicorn's master does it once and turns it off for its workers."),
     "MODEL_VERSION": ("default", "Version to serve by default; `default` follows the registry's default (another "
                                  "value pins it, and the registry cannot switch it)."),
+    "FALLBACK": (True, "When a worker cannot load the default (damaged or missing files, a warm-up that fails), "
+                       "it serves the newest good version of the default's history and says so; `off`: it "
+                       "answers 503 until the default loads."),
     "MAX_LOADED_VERSIONS": (3, "Most model versions a worker keeps loaded; the least recently used goes first, "
                                "never the default or the shadow."),
     "REGISTRY_POLL_S": (0.5, "How often each worker polls the store for changes (registry switches, keys), so one "

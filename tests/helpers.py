@@ -202,9 +202,11 @@ class Server:
 
 @contextmanager
 def gunicorn(
-    artifacts_dir: Path | None = None, workers: int = 2, env: dict | None = None, log_path: Path | None = None
+    artifacts_dir: Path | None = None, workers: int = 2, env: dict | None = None, log_path: Path | None = None,
+    ready_status: int = 200,
 ) -> Iterator[Server]:
-    """Run ``gunicorn -c gunicorn.conf.py wsgi:app`` from the repository root on 127.0.0.1."""
+    """Run ``gunicorn -c gunicorn.conf.py wsgi:app`` from the repository root on 127.0.0.1; up once
+    ``/health/ready`` answers ``ready_status``."""
     port = free_port()
     environ = {
         **os.environ,
@@ -227,9 +229,9 @@ def gunicorn(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{base}/health/ready", proc=proc)
+        wait_http(f"{base}/health/ready", status=ready_status, proc=proc)
         # every worker loads its model on boot; give the others a moment to finish too
-        wait_http(f"{base}/health/ready", proc=proc)
+        wait_http(f"{base}/health/ready", status=ready_status, proc=proc)
         yield Server(url=base, port=port, proc=proc)
     finally:
         stop(proc)

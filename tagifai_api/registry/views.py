@@ -63,6 +63,7 @@ def list_models():
               for entry in versions.describe_all(root)]
     return construct_response(HTTPStatus.OK, data={
         "default": default,
+        "fallback": service.fallback,  # this worker's: it serves another version than the default
         "shadow": shadow,
         "shadow_agreement": _shadow_agreement(shadow),
         "history": previous,
@@ -113,10 +114,16 @@ def get_model(version: str):
     name = default if version == "default" else version
     if name is None:
         raise NotFoundError("There is no default model version.", data={"valid": []})
-    described = versions.describe(service.artifacts_dir, name)
+    try:
+        described = versions.describe(service.artifacts_dir, name)
+    except versions.InvalidVersionError as exc:
+        if service.fallback is not None and service.fallback["wanted"] == name:
+            exc.fallback = dict(service.fallback)  # the 409 says what this worker serves instead
+        raise
     shadow = service.registry.shadow_version()
+    fallback = service.fallback if service.fallback is not None and service.fallback["wanted"] == name else None
     return construct_response(HTTPStatus.OK, data={**described, "default": name == service.default_name(),
-                                                   "shadow": name == shadow})
+                                                   "shadow": name == shadow, "fallback": fallback})
 
 
 @bp.get("/default")

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
-from tagifai_api.ml import versions
+from tagifai_api.ml import artifacts, versions
 from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
 from tagifai_api.ml.predict import Predictor
 from tagifai_api.serving.batcher import BatchFailedError, BatchStats, ClosedError, DeadlineError, MicroBatcher
@@ -42,6 +42,15 @@ class ServingObserver(ShadowObserver, Protocol):
     def cache(self, hits: int, misses: int) -> None: ...
 
     def model_loaded_now(self, version: str, loaded_at: float) -> None: ...
+
+    def fallback(self, wanted: str, serving: str, active: bool) -> None: ...
+
+
+def _history_or_empty(registry: Registry) -> list[dict]:
+    try:
+        return registry.history()
+    except StoreError:
+        return []
 
 
 class ModelUnavailableError(Exception):
@@ -128,6 +137,8 @@ class ModelService:
         poll_s: how often the watcher polls the store for changes (0: never; :meth:`refresh` by hand).
         shadow_queue_size: most requests waiting for the shadow.
         prediction_log: where answered texts are recorded (None: they are not).
+        fallback: when the default cannot be loaded, serve the last good version instead (see
+            :meth:`refresh`); False: answer 503 until it loads.
     """
 
     def __init__(
@@ -145,9 +156,13 @@ class ModelService:
         poll_s: float = 1.0,
         shadow_queue_size: int = 256,
         prediction_log: PredictionLog | None = None,
+        fallback: bool = True,
     ) -> None:
         self.registry = registry
         self.prediction_log = prediction_log
+        self.fallback_enabled = fallback
+        #: ``{"wanted", "serving", "reason"}`` while this worker serves another version than the default
+        self.fallback: dict | None = None
         self.artifacts_dir = registry.root
         self.pinned = None if version == "default" else version
         self.batching = batching
@@ -254,13 +269,18 @@ class ModelService:
                 log.info("shadow model %s (was %s) in pid %d", shadow, self.shadow_version, os.getpid())
                 self.shadow_version = shadow
             if self.default is not None and self.default.version == name:
+                self._end_fallback(name)
                 return
             try:
-                served = self._load(name)
+                # in a fallback, the wanted default is tried again at every poll, not once in a while
+                served = self._install(*self._verified(name)) if self.fallback is not None else self._load(name)
             except Exception as exc:  # noqa: BLE001 - _load made it an ArtifactError; anything else is a bug
                 self._default_failed(exc)
+                if self.fallback_enabled and not self.pinned:
+                    self._fall_back(name, exc, history=_history_or_empty(self.registry))
                 return
             previous, self.default = self.default, served
+            self._end_fallback(name)
             self.load_error = None
             self._last_failure = None
             self.loaded_at = time.time()
@@ -268,6 +288,55 @@ class ModelService:
                      extra={"event": "default_switched", "model_version": name})
             if self.observer is not None:
                 self.observer.model_loaded_now(name, self.loaded_at)
+
+    def _fall_back(self, wanted: str, exc: Exception, history: list[dict]) -> None:
+        """Serve the newest version of the default's history that loads and warms up, else the newest
+        sound version; never one that fails its checksums. The recorded default does not change: this
+        is this worker's state, and it ends when ``wanted`` loads (:meth:`refresh` tries at every poll)."""
+        reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        current = self.default.version if self.default is not None else None
+        earlier = [e["version"] for e in reversed(history)]
+        others = [v for v in reversed(artifacts.list_versions(self.artifacts_dir)) if v not in earlier]
+        serving = None
+        for candidate in dict.fromkeys([*([current] if current else []), *earlier, *others]):
+            if candidate == wanted:
+                continue
+            if candidate == current:
+                serving = self.default
+                break
+            try:
+                serving = self._load(candidate)
+                break
+            except Exception:  # noqa: BLE001 - not this one either: try the next
+                continue
+        if serving is None:
+            return  # nothing to serve: 503 as without a fallback, load_error says why
+        changed = self.fallback is None or self.fallback["serving"] != serving.version \
+            or self.fallback["wanted"] != wanted
+        self.fallback = {"wanted": wanted, "serving": serving.version, "reason": reason}
+        if self.default is not serving:
+            self.default = serving
+            self.loaded_at = time.time()
+            if self.observer is not None:
+                self.observer.model_loaded_now(serving.version, self.loaded_at)
+        self.load_error = None
+        if changed:
+            log.error("default model %s cannot be loaded (%s); serving %s instead until it can", wanted, reason,
+                      serving.version, extra={"event": "model_fallback", "model_version": serving.version,
+                                              "wanted": wanted})
+            if self.observer is not None:
+                self.observer.fallback(wanted, serving.version, True)
+
+    def _end_fallback(self, name: str) -> None:
+        """The default, ``name``, is what this worker serves now (its files loaded again, or an admin
+        switched or rolled back to what the fallback served): the fallback is over."""
+        if self.fallback is None or self.default is None or self.default.version != name:
+            return
+        ended, self.fallback = self.fallback, None
+        log.info("default model %s loads again; the fallback to %s is over", name, ended["serving"],
+                 extra={"event": "model_fallback_over", "model_version": name})
+        if self.observer is not None:
+            self.observer.fallback(ended["wanted"], ended["serving"], False)
 
     def _default_failed(self, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"

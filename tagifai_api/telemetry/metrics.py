@@ -77,6 +77,9 @@ class ModelMetrics:
                                 ["model_version", "sklearn_version"], multiprocess_mode="livemax", registry=r)
         self.model_loaded = Gauge("tagifai_model_load_timestamp_seconds", "When the worker loaded its model.",
                                   ["model_version"], multiprocess_mode="livemax", registry=r)
+        self.fallback_gauge = Gauge("tagifai_model_fallback", "1 while a worker serves another version than the "
+                                    "default, which it cannot load (0 once it can).", ["wanted", "serving"],
+                                    multiprocess_mode="livemax", registry=r)
         self.start_time = Gauge("tagifai_process_start_time_seconds", "Start time of each live worker process.",
                                 multiprocess_mode="liveall", registry=r)
         self.shadow_predictions = Counter(
@@ -103,6 +106,10 @@ class ModelMetrics:
         # start the fallback counter at 0, so its rate (and the fallback ratio) exists before the first one
         self.low_confidence.labels(version)
         self._start_feedback(version)
+
+    def fallback(self, wanted: str, serving: str, active: bool) -> None:
+        """This worker serves ``serving`` because ``wanted`` (the default) cannot be loaded, or no longer."""
+        self.fallback_gauge.labels(wanted, serving).set(1 if active else 0)
 
     def batch(self, stats: BatchStats, version: str) -> None:
         """One model call (batching or not) of ``version``."""

@@ -106,8 +106,10 @@ DOMAIN_ERRORS: dict[type[Exception], Callable[[Exception], TagifaiError]] = {
         data={"valid": e.valid}),
     VersionLoadError: lambda e: ConflictError(f"Model version {e.version!r} cannot be loaded: {e.reason}",
                                               data={"version": e.version, "reason": e.reason}),
-    InvalidVersionError: lambda e: ConflictError(f"Model version {e.version!r} is not valid: {e.reason}",
-                                                 data={"version": e.version, "valid": False, "reason": e.reason}),
+    InvalidVersionError: lambda e: ConflictError(
+        f"Model version {e.version!r} is not valid: {e.reason}",
+        data={"version": e.version, "valid": False, "reason": e.reason,
+              **({"fallback": e.fallback} if getattr(e, "fallback", None) else {})}),
     VerificationError: lambda e: ConflictError(f"Nothing changed: the version failed verification: {e}",
                                                data={"reason": str(e)}),
     RegistryConflictError: lambda e: ConflictError(f"Nothing changed: {e}."),

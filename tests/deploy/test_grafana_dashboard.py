@@ -192,7 +192,7 @@ def test_promtool_accepts_the_config_and_the_queries(tmp_path):
     result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 rule files found" in result.stdout and "4 rules found" in result.stdout  # rules.yml, loaded
+    assert "1 rule files found" in result.stdout and "5 rules found" in result.stdout  # rules.yml, loaded
 
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:query_{i}", "expr": as_promql(expr)} for i, expr in enumerate(expressions())
@@ -235,6 +235,32 @@ def test_recording_rules_give_accuracy_per_version(tmp_path):
         ],
     }]}
     tests_file = tmp_path / "rules_test.yml"
+    tests_file.write_text(yaml.safe_dump(tests))
+    result = subprocess.run([promtool, "test", "rules", str(tests_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_fallback_alert_fires_while_a_worker_falls_back_and_stops_after(tmp_path):
+    """``promtool test rules``: the gauge at 1 for two minutes fires the alert (after its minute);
+    back at 0, it stops."""
+    promtool = helpers.require_binary("promtool")
+    gauge = 'tagifai_model_fallback{wanted="v2", serving="v1", instance="a"}'
+    tests = {"rule_files": [str(RULES_YML)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": gauge, "values": "0 0 1 1 1 1 0 0"}],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "TagifaiModelFallback", "exp_alerts": []},
+            {"eval_time": "4m", "alertname": "TagifaiModelFallback", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "wanted": "v2", "serving": "v1"},
+                "exp_annotations": {
+                    "summary": "Workers serve v1: the default v2 cannot be loaded",
+                    "description": "GET /health/ready on any worker gives the reason (data.fallback). Fix or "
+                                   "restore the version's files, or switch or roll back the default; the "
+                                   "fallback ends by itself then."}}]},
+            {"eval_time": "7m", "alertname": "TagifaiModelFallback", "exp_alerts": []},
+        ],
+    }]}
+    tests_file = tmp_path / "alert_test.yml"
     tests_file.write_text(yaml.safe_dump(tests))
     result = subprocess.run([promtool, "test", "rules", str(tests_file)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

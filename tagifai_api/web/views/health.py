@@ -48,7 +48,12 @@ def ready():
         # the store's state, not a reason to fail readiness: requests are answered from what this
         # worker last read, and only changes need the store
         "store": {"ok": service.store_error is None, "error": service.store_error},
+        # serving another version than the default it cannot load: still ready (it answers), but say so
+        "degraded": service.fallback is not None,
     }
+    if service.fallback is not None:
+        data["fallback"] = dict(service.fallback)
+        data["reason"] = service.fallback["reason"]
     if service.ready:
         return construct_response(HTTPStatus.OK, data=data)
     data["reason"] = service.load_error
