@@ -4,8 +4,11 @@ seconds of its files being restored; with TAGIFAI_FALLBACK=off they answer 503 m
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
+import numpy as np
 import pytest
 import requests
 
@@ -75,3 +78,55 @@ def test_with_fallback_off_both_workers_answer_503(registry_root, tmp_path):
             ready = session.get(f"{server.url}/health/ready", timeout=10).json()["data"]
             assert ready["degraded"] is False and "sha256" in ready["reason"]
             session.close()
+
+
+def _break(root, version: str, how: str) -> None:
+    """Make ``version`` unloadable in one of the ways a default can be, its checksums kept honest where
+    the way is not a damaged file."""
+    directory = root / version
+    if how == "missing file":
+        (directory / "model.npz").unlink()
+        return
+    manifest = json.loads((directory / "manifest.json").read_text())
+    if how == "incompatible library":
+        manifest["sklearn_version"] = "0.1.0"
+    else:  # "warm-up raises": the file loads, its arrays do not fit together
+        arrays = dict(np.load(directory / "model.npz", allow_pickle=False))
+        arrays["coef"] = arrays["coef"][:10]
+        np.savez(directory / "model.npz", **arrays)
+        manifest["files"]["model.npz"] = hashlib.sha256((directory / "model.npz").read_bytes()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("how", ["missing file", "incompatible library", "warm-up raises"])
+def test_each_way_a_default_cannot_load_falls_back_in_both_workers(registry_root, tmp_path, how):
+    root, first, second = registry_root
+    registry = helpers.open_registry(root)
+    registry.set_default(second)
+    registry.store.close()
+    _break(root, second, how)
+    with helpers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
+        for session in helpers.one_session_per_worker(server.url, 2):
+            data = session.get(f"{server.url}/health/ready", timeout=10).json()["data"]
+            assert data["degraded"] is True and data["fallback"]["wanted"] == second, data
+            assert data["model_version"] == first
+            assert session.post(f"{server.url}/predict", json=TEXT, timeout=10).json()["data"]["model_version"] == first
+            session.close()
+        assert _fallback_gauge(server.url) == {(second, first): 1.0}
+
+
+def test_a_default_damaged_on_disk_is_refused_as_a_switch_target(registry_root, tmp_path):
+    root, first, second = registry_root
+    store = helpers.open_registry(root).store
+    from tagifai_api.auth.keys import KeyStore
+
+    admin = {"Authorization": f"Bearer {KeyStore(store).create('ops', 'admin')}"}
+    store.close()
+    path = root / second / "model.npz"
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with helpers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
+        r = requests.put(f"{server.url}/models/default", json={"version": second}, headers=admin, timeout=30)
+        assert r.status_code == 409 and "sha256" in r.json()["message"]
+        assert requests.get(f"{server.url}/models", timeout=10).json()["data"]["default"] == first
+        assert _fallback_gauge(server.url) == {}
