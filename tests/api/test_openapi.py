@@ -15,7 +15,7 @@ from tagifai_api.web import openapi
 from tagifai_api.web.responses import construct_response
 
 DOCUMENTED = {"/", "/health/live", "/health/ready", "/performance", "/args", "/args/{arg}", "/predict", "/models",
-              "/models/{version}", "/models/default", "/models/default/rollback", "/models/shadow"}
+              "/models/{version}", "/models/default", "/models/default/rollback", "/models/shadow", "/models/history"}
 ENVELOPE = {"$ref": "#/components/schemas/Envelope"}
 
 
