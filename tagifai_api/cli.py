@@ -30,8 +30,9 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    if not verbose:  # the store's migrations say what they do in one line of ours, not Alembic's ten
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Alembic narrates every schema check at INFO (its plugins, its context); the store logs the one
+    # line that matters, an upgrade, itself
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _echo_json(obj) -> None:

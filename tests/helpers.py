@@ -524,3 +524,33 @@ def keys_command(database_url: str, *args: str) -> str:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
+
+
+# --- the test store, for the command line and the registry's tests --------------------------------
+
+
+def cli_env(root: Path) -> dict:
+    """What a ``python -m tagifai_api`` command needs, over ``os.environ``, to use the test store of the
+    artifacts folder ``root`` (and to find no old keys file to import)."""
+    return {"TAGIFAI_DATABASE_URL": state_url(root), "TAGIFAI_API_KEYS_FILE": str(Path(root) / "no-old-keys-file.json")}
+
+
+def default_of(root: Path) -> str:
+    """The default version the test store of ``root`` records (as a worker reads it)."""
+    registry = open_registry(root)
+    try:
+        return registry.default_version()
+    finally:
+        registry.store.close()
+
+
+def load_default(root: Path, **options) -> artifacts.ModelVersion:
+    """The default version of the artifacts folder ``root``, loaded (what ``artifacts.load(root)`` was)."""
+    return artifacts.load(root, default_of(root), **options)
+
+
+def store_errors(client) -> dict:
+    """``tagifai_store_errors_total`` by operation, from a test client's /metrics."""
+    families = text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+    return {s.labels["operation"]: s.value for family in families for s in family.samples
+            if s.name == "tagifai_store_errors_total"}

@@ -206,7 +206,8 @@ class KeyRing:
                 log.exception("reading the keys failed")
 
     def close(self) -> None:
-        """Stop the watcher and wait for a poll in flight, so the store can be closed after it."""
+        """Stop the thread and wait for it: a poll in progress would otherwise hand a connection back
+        to a store closed meanwhile, where nothing ever closes it."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)

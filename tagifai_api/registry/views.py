@@ -218,6 +218,9 @@ def rollback():
         200: "Switched: data.previous and data.default"
         409: No earlier default, or it failed verification; nothing changed
         503: The state store is unavailable; nothing changed (see Retry-After)
+        400: Malformed JSON
+        415: A body that is not JSON
+        422: Invalid body
     """
     previous, current = get_service().rollback(_key_name(), _optional_reason())
     return construct_response(HTTPStatus.OK, data={"previous": previous, "default": current})

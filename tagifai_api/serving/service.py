@@ -629,9 +629,15 @@ class ModelService:
         return results
 
     def close(self) -> None:
-        """Stop the watcher, finish queued work and stop every batching and shadow thread."""
+        """Stop the watcher, finish queued work and stop every batching and shadow thread.
+
+        The watcher is waited for (a poll in progress ends within the store's timeouts), so the
+        store can be closed next without a poll opening a connection behind its back."""
         self._closed = True
         self._stop.set()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=30)
         self.shadow.close()
         if self.prediction_log is not None:
             self.prediction_log.close()

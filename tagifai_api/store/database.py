@@ -195,8 +195,12 @@ class Store:
     # -- this host's copy of what was read last ---------------------------------------------------
 
     def _snapshot_path(self, name: str) -> Path:
+        """Beside an SQLite file (its directory is this host's and the service's already); else in the
+        temporary directory, under a name only this store and ``name`` give."""
         digest = hashlib.sha256(f"{self.url}|{name}".encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"tagifai-state-{digest}.json"
+        database = _sqlite_file(sa.make_url(self.url))
+        directory = database.parent if database is not None else Path(tempfile.gettempdir())
+        return directory / f".tagifai-last-read-{digest}.json"
 
     def remember(self, name: str, value: object) -> None:
         """Keep ``value`` (JSON) on this host, readable by its owner only, as what was read last:

@@ -280,10 +280,12 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
 
     admin_only = {("put", "/models/default"), ("post", "/models/default/rollback"), ("put", "/models/shadow"),
                   ("delete", "/models/shadow"), ("get", "/models/history")}  # the switches, and who made them
+    any_key = {("post", "/feedback")}  # feedback becomes training data: never open
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
                               ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}"),
-                              ("get", "/models/default"), ("get", "/models/shadow")} | admin_only
-    assert secured("admin") == admin_only
+                              ("get", "/models/default"), ("get", "/models/shadow"),
+                              ("get", "/models/{version}/quality")} | admin_only | any_key
+    assert secured("admin") == admin_only | any_key
     assert secured("off") == set()
 
 

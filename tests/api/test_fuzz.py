@@ -2,6 +2,7 @@
 never a 500 from a crash, and the app keeps serving."""
 
 import json
+import shutil
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,13 +28,18 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 @pytest.fixture(scope="module")
-def fuzz_client(artifacts_dir):
+def fuzz_client(artifacts_dir, tmp_path_factory):
     from tagifai_api import create_app
 
-    app = create_app({"ARTIFACTS_DIR": str(artifacts_dir), "LOG_LEVEL": "WARNING", "MAX_TEXTS": 4,
+    state = tmp_path_factory.mktemp("fuzz-state")
+    shutil.copy(artifacts_dir / "state.db", state / "state.db")  # a private copy of the session's store
+    app = create_app({"ARTIFACTS_DIR": str(artifacts_dir), "DATABASE_URL": f"sqlite:///{state / 'state.db'}",
+                      "API_KEYS_FILE": str(state / "no-old-keys-file.json"), "LOG_LEVEL": "WARNING", "MAX_TEXTS": 4,
                       "MAX_TEXT_LENGTH": 40, "METRICS": False})
     yield app.test_client()
-    app.extensions["tagifai"].service.close()
+    app.extensions["tagifai"].close()
+    app.extensions["tagifai_auth"].ring.close()
+    app.extensions["tagifai"].service.registry.store.close()
 
 
 @FUZZ

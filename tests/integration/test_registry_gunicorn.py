@@ -1,10 +1,11 @@
 """The registry under real Gunicorn: a switch, a rollback and the shadow reach every worker (and every
-instance sharing the artifacts directory) with no signal, and a switch under load fails no request."""
+instance sharing the state store) with no signal, and a switch under load fails no request."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +18,8 @@ import pytest
 import requests
 
 from tagifai_api.auth.keys import KeyStore
+from tagifai_api.store.database import Store
+from tagifai_api.store.registry import Registry
 from tests import helpers
 
 pytestmark = pytest.mark.integration
@@ -26,11 +29,12 @@ SWITCH_DEADLINE_S = 5.0
 
 
 @pytest.fixture
-def admin(tmp_path) -> tuple[dict, dict]:
-    """``(env, headers)``: a keys file holding one admin key, and the header that sends it."""
-    keys_file = tmp_path / "api_keys.json"
-    key = KeyStore(keys_file).create("ops", "admin")
-    return {"TAGIFAI_API_KEYS_FILE": str(keys_file)}, {"Authorization": f"Bearer {key}"}
+def admin(registry_root) -> tuple[dict, dict]:
+    """``(env, headers)``: an admin key in the folder's store (no setting needed), and the header that sends it."""
+    registry = helpers.open_registry(registry_root[0])
+    key = KeyStore(registry.store).create("ops", "admin")
+    registry.store.close()
+    return {}, {"Authorization": f"Bearer {key}"}
 
 
 def call(server: helpers.Server, method: str, path: str, headers: dict, **kwargs) -> dict:
@@ -65,9 +69,10 @@ def every_worker_serves(server: helpers.Server, version: str, since: float,
 
 
 def cli(root: Path, *args: str) -> dict:
-    """``python -m tagifai_api`` as an operator would run it on any host sharing the directory."""
+    """``python -m tagifai_api`` as an operator would run it on any host sharing the directory and the store."""
     proc = subprocess.run([sys.executable, "-m", "tagifai_api", "--artifacts", str(root), *args],
-                          capture_output=True, text=True, timeout=60, cwd=helpers.ROOT)
+                          capture_output=True, text=True, timeout=60, cwd=helpers.ROOT,
+                          env={**os.environ, **helpers.cli_env(root)})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -87,18 +92,23 @@ def test_switch_and_rollback_reach_both_workers_and_survive_a_restart(registry_r
         start = time.monotonic()
         assert call(server, "POST", "/models/default/rollback", admin[1]) == {"previous": second, "default": first}
         assert every_worker_serves(server, first, start) < SWITCH_DEADLINE_S
-        # the command line takes the same path, from any host sharing the directory
+        # the command line takes the same path, from any host sharing the directory and the store
         start = time.monotonic()
         assert cli(root, "set-default", second) == {"previous": first, "default": second}
         assert every_worker_serves(server, second, start) < SWITCH_DEADLINE_S
         assert call(server, "GET", "/models", {})["history"] == [first]  # the rollback took the first entry
-    with helpers.gunicorn(root, workers=2, env=env) as server:  # the choice is the pointer on disk
+        # every change is in the audit log, whichever worker or host made it, with who and why
+        changes = call(server, "GET", "/models/history?limit=3", admin[1])["changes"]
+        assert [(c["action"], c["from"], c["to"], c["key_name"]) for c in changes] == [
+            ("set_default", first, second, None), ("rollback", second, first, "ops"),
+            ("set_default", first, second, "ops")]
+    with helpers.gunicorn(root, workers=2, env=env) as server:  # the choice is the store's
         for _ in range(10):
             data = requests.get(f"{server.url}/health/ready", headers={"Connection": "close"}, timeout=5).json()
             assert data["data"]["model_version"] == second
 
 
-def test_two_instances_sharing_one_directory_follow_the_same_default(registry_root, tmp_path, admin):
+def test_two_instances_sharing_one_store_follow_the_same_default(registry_root, tmp_path, admin):
     root, first, second = registry_root
     env, headers = admin
     with helpers.gunicorn(root, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m1"), **env}) as one, \
@@ -127,7 +137,7 @@ def test_shadow_agreement_is_the_same_from_every_worker(registry_root, tmp_path,
     with helpers.gunicorn(root, workers=2, env=env, log_path=log) as server:
         pids = workers(server)
         assert call(server, "PUT", "/models/shadow", admin[1], json={"version": second})["shadow"] == second
-        # the other worker reads SHADOW within TAGIFAI_REGISTRY_POLL_S (1 s), and says so in its log
+        # the other worker reads the shadow within TAGIFAI_REGISTRY_POLL_S (1 s), and says so in its log
         deadline = time.monotonic() + SWITCH_DEADLINE_S
         while {e["pid"] for e in log_lines(log) if e.get("message", "").startswith(f"shadow model {second} ")} != pids:
             assert time.monotonic() < deadline, f"not every worker of {sorted(pids)} took the shadow"
@@ -246,3 +256,57 @@ def test_switching_under_load_fails_no_request(registry_root, tmp_path, admin):
                                                    "median": round(sorted(answered)[len(answered) // 2], 3)}}
     print("SWITCH-UNDER-LOAD", json.dumps(figures), [round(d, 3) for d in delays])
     assert max(delays) < SWITCH_DEADLINE_S, figures
+
+
+def test_a_worker_started_while_the_store_is_down_serves_the_default_last_read(registry_root, tmp_path):
+    """Gunicorn replaces a worker killed during a PostgreSQL outage: the new worker serves the default
+    the host's workers last read, every worker answers /predict, changes are refused with 503, and all
+    follow the store again once it is back."""
+    root, first, second = registry_root
+    with helpers.postgres() as pg:
+        store = Store(pg.url)
+        store.upgrade()
+        # the folder's own SQLite store says first: a worker serving second read it from PostgreSQL
+        Registry(store, root).set_default(second, verifier=lambda _: None)
+        headers = {"Authorization": f"Bearer {KeyStore(store).create('ops', 'admin')}"}
+        store.close()
+        env = {"TAGIFAI_DATABASE_URL": pg.url, "TAGIFAI_REGISTRY_POLL_S": "0.2",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+        with helpers.gunicorn(root, workers=2, env=env) as server:
+            every_worker_serves(server, second, time.monotonic(), timeout_s=30)
+            pg.stop()
+            before = workers(server)
+            victim = min(before)
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while len(workers(server) - {victim}) < 2:
+                assert time.monotonic() < deadline, "Gunicorn did not replace the killed worker"
+                time.sleep(0.1)
+            (newcomer,) = workers(server) - before
+            sessions = helpers.one_session_per_worker(server.url, 2)
+            try:
+                for session in sessions:
+                    health = session.get(f"{server.url}/health/ready", timeout=10)
+                    data = health.json()["data"]
+                    assert health.status_code == 200 and data["model_version"] == second, data
+                    assert data["store"]["ok"] is False and "unavailable" in data["store"]["error"], data
+                    r = session.post(f"{server.url}/predict", json=TEXT, timeout=10)
+                    assert r.status_code == 200 and r.json()["data"]["model_version"] == second
+                    refused = session.put(f"{server.url}/models/default", json={"version": first}, headers=headers,
+                                          timeout=30)
+                    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", refused.text
+                assert newcomer in {s.get(f"{server.url}/health/live", timeout=10).json()["data"]["pid"]
+                                    for s in sessions}
+                pg.start()
+                for session in sessions:
+                    deadline = time.monotonic() + 30
+                    while not session.get(f"{server.url}/health/ready", timeout=10).json()["data"]["store"]["ok"]:
+                        assert time.monotonic() < deadline, "a worker never reached the store again"
+                        time.sleep(0.1)
+            finally:
+                for session in sessions:
+                    session.close()
+            start = time.monotonic()
+            assert call(server, "PUT", "/models/default", headers, json={"version": first}) == \
+                {"previous": second, "default": first}
+            assert every_worker_serves(server, first, start) < SWITCH_DEADLINE_S

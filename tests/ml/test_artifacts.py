@@ -8,7 +8,7 @@ from tagifai_api import settings
 from tagifai_api.ml import artifacts
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.ml.predict import Predictor
-from tagifai_api.store import registry
+from tests.helpers import default_of, load_default, open_registry
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def root(tmp_path, artifacts_dir):
 
 
 def test_layout_and_manifest(root):
-    version = artifacts.load(root)
+    version = load_default(root)
     names = {p.name for p in version.path.iterdir()}
     assert names == {"model.joblib", "model.npz", "args.json", "performance.json", "labels.json", "manifest.json"}
     manifest = version.manifest
@@ -28,11 +28,13 @@ def test_layout_and_manifest(root):
     assert manifest["dataset_sha256"] == artifacts.sha256_file(settings.DATA_FILE)
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert "threshold" in version.args
-    assert (root / "DEFAULT").read_text().strip() == version.version
+    # the default is recorded in the store, not in a file beside the versions
+    assert default_of(root) == version.version
+    assert not (root / "DEFAULT").exists()
 
 
 def test_round_trip_gives_the_same_predictions(root, trained):
-    version = artifacts.load(root)
+    version = load_default(root)
     texts = ["Transfer learning with transformers for text classification.", "YOLO object detection", ""]
     cleaned = [trained.compiled.clean(t) for t in texts]
     pipeline = artifacts.load_pipeline(version)
@@ -43,24 +45,26 @@ def test_round_trip_gives_the_same_predictions(root, trained):
 
 
 def test_new_version_becomes_default_and_old_ones_stay(root, trained):
-    first = artifacts.default_version(root)
-    second = registry.save_version(root, trained, "0" * 64).version
+    registry = open_registry(root)
+    first = registry.default_version()
+    second = registry.save_version(trained, "0" * 64).version
     assert second != first
     assert artifacts.list_versions(root) == sorted([first, second])
-    assert artifacts.default_version(root) == second
-    registry.set_default(root, first)
-    assert artifacts.load(root).version == first
+    assert registry.default_version() == second
+    registry.set_default(first)
+    registry.store.close()
+    assert load_default(root).version == first
 
 
 def _version_dir(root):
-    return root / artifacts.default_version(root)
+    return root / default_of(root)
 
 
 @pytest.mark.parametrize("name", ["model.npz", "args.json", "labels.json", "performance.json"])
 def test_missing_file_is_a_clear_error(root, name):
     (_version_dir(root) / name).unlink()
     with pytest.raises(ArtifactError, match=f"{name} is missing"):
-        artifacts.load(root)
+        load_default(root)
 
 
 @pytest.mark.parametrize("name", ["model.npz", "args.json", "model.joblib"])
@@ -68,7 +72,7 @@ def test_altered_file_is_a_clear_error(root, name):
     path = _version_dir(root) / name
     path.write_bytes(path.read_bytes() + b"\n")
     with pytest.raises(ArtifactError, match="does not match its sha256"):
-        version = artifacts.load(root, compiled=name != "model.joblib")
+        version = load_default(root, compiled=name != "model.joblib")
         artifacts.load_pipeline(version)
 
 
@@ -78,40 +82,43 @@ def test_incompatible_sklearn_version_is_a_clear_error(root):
     manifest["sklearn_version"] = "0.24.2"
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"scikit-learn 0\.24\.2.*is installed"):
-        artifacts.load(root)
+        load_default(root)
 
 
 def test_missing_or_broken_manifest(root):
     manifest_path = _version_dir(root) / "manifest.json"
     manifest_path.write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
-        artifacts.load(root)
+        load_default(root)
     manifest_path.unlink()
     with pytest.raises(ArtifactError, match="manifest.json is missing"):
-        artifacts.load(root)
+        load_default(root)
 
 
 @pytest.mark.parametrize("content", ["[]", '{"format": 1, "files": null}', '"just a string"'])
 def test_manifest_of_the_wrong_shape_is_a_clear_error(root, content):
     (_version_dir(root) / "manifest.json").write_text(content)
     with pytest.raises(ArtifactError, match="does not describe a model version"):
-        artifacts.load(root)
+        load_default(root)
 
 
 def test_versions_are_readable_by_other_users(artifacts_dir):
     """The Docker image serves as a non-root user the versions it trained as root."""
-    version = artifacts.load(artifacts_dir)
+    version = load_default(artifacts_dir)
     assert version.path.stat().st_mode & 0o777 == 0o755
     assert all(f.stat().st_mode & 0o044 == 0o044 for f in version.path.iterdir())
 
 
 def test_no_default_and_unknown_version(tmp_path, root):
     with pytest.raises(ArtifactError, match="no default model"):
-        artifacts.load(tmp_path)
+        load_default(tmp_path / "empty")
     with pytest.raises(ArtifactError, match="no model version 'v1'"):
         artifacts.load(root, "v1")
     with pytest.raises(ArtifactError, match="invalid model version name"):
         artifacts.load(root, "../etc")
-    (root / "DEFAULT").write_text("../../etc\n")
+    # a default recorded without verification (written to the store by hand) still cannot step outside
+    registry = open_registry(root)
+    registry.store.set_default("../../etc", verifier=lambda _: None)
+    registry.store.close()
     with pytest.raises(ArtifactError, match="invalid model version name"):
-        artifacts.load(root)
+        load_default(root)

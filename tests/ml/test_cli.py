@@ -1,13 +1,17 @@
 import json
+import os
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from tagifai_api.cli import cli
+from tests.helpers import cli_env, default_of, open_registry
 
 
 def _run(*args):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result
+    """The command against the artifacts folder after ``--artifacts`` and the store inside it."""
+    env = cli_env(Path(args[args.index("--artifacts") + 1])) if "--artifacts" in args else None
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, env=env)
 
 
 def test_predict_prints_json(artifacts_dir):
@@ -38,10 +42,11 @@ def test_artifact_errors_are_one_line_not_a_traceback(tmp_path):
     import subprocess
     import sys
 
+    open_registry(tmp_path).store.close()  # a store that records no default
     proc = subprocess.run([sys.executable, "-m", "tagifai_api", "--artifacts", str(tmp_path), "predict", "x"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **cli_env(tmp_path)})
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: no default model")
+    assert proc.stderr.startswith("error: no default model") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
 
 
@@ -70,12 +75,17 @@ def test_predict_explain_prints_exact_explanations(artifacts_dir):
 
 def test_set_default_and_rollback_go_through_the_registry(registry_root):
     root, first, second = registry_root
-    switched = _run("--artifacts", str(root), "set-default", second)
+    switched = _run("--artifacts", str(root), "set-default", second, "--reason", "better F1")
     assert switched.exit_code == 0, switched.output
     assert json.loads(switched.output) == {"previous": first, "default": second}
     assert f"* {second}" in _run("--artifacts", str(root), "versions").output
-    back = _run("--artifacts", str(root), "rollback")
+    back = _run("--artifacts", str(root), "rollback", "--reason", "a regression")
     assert json.loads(back.output) == {"previous": second, "default": first}
+    registry = open_registry(root)
+    changes = registry.store.audit(limit=2)
+    registry.store.close()
+    assert [(c["action"], c["from"], c["to"], c["key_name"], c["reason"]) for c in changes] == [
+        ("rollback", second, first, None, "a regression"), ("set_default", first, second, None, "better F1")]
 
 
 def test_refused_switches_are_one_line_and_exit_2(registry_root):
@@ -88,14 +98,19 @@ def test_refused_switches_are_one_line_and_exit_2(registry_root):
                           (["set-default", "nope"], "unknown model version 'nope'"),
                           (["rollback"], "history is empty")):
         proc = subprocess.run([sys.executable, "-m", "tagifai_api", "--artifacts", str(root), *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **cli_env(root)})
         assert proc.returncode == 2, proc
         assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
-    assert (root / "DEFAULT").read_text().strip() == first
+    assert default_of(root) == first
+    registry = open_registry(root)
+    assert registry.history() == [] and [c["action"] for c in registry.store.audit()] == ["set_default"]
+    registry.store.close()
 
 
 def test_seed_copies_the_versions_into_an_empty_directory(registry_root, tmp_path):
     source, first, second = registry_root
     seeded = _run("--artifacts", str(tmp_path / "volume"), "seed", str(source))
     assert seeded.exit_code == 0, seeded.output
-    assert json.loads(seeded.output) == {"copied": [first, second], "default": first}
+    # the source's versions carry no state: the newest of them becomes the volume's default
+    assert json.loads(seeded.output) == {"copied": [first, second], "default": second}
+    assert default_of(tmp_path / "volume") == second

@@ -41,20 +41,13 @@ def test_served_tags_are_the_pipelines_with_the_threshold(trained, texts, tmp_pa
     from tagifai_api.ml import artifacts
     from tagifai_api.ml import train as training
     from tagifai_api.ml.predict import Predictor
-    from tagifai_api.store import registry
 
-    predictor = Predictor(artifacts.load(_saved(tmp_path, trained)))
+    saved = artifacts.save(tmp_path, trained, "0" * 64)
+    predictor = Predictor(artifacts.load(tmp_path, saved.version))
     cleaned = [predictor.clean(t) for t in texts]
     expected = training.apply_threshold(trained.pipeline.predict_proba(cleaned), list(trained.pipeline.classes_),
                                         trained.args["threshold"])
     assert [p["predicted_tag"] for p in predictor.predict(texts)] == expected
-
-
-def _saved(tmp_path, trained):
-    from tagifai_api.store import registry
-
-    registry.save_version(tmp_path, trained, "0" * 64)
-    return tmp_path
 
 
 def test_one_text_at_a_time_matches_batch(trained, texts):

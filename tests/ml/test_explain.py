@@ -214,10 +214,9 @@ def test_served_explanations_agree_with_plain_predictions_on_every_text(trained,
     """Predictor.explain (what /predict serves) in batches of 100: the plain answer, plus an exact explanation."""
     from tagifai_api.ml import artifacts
     from tagifai_api.ml.predict import Predictor
-    from tagifai_api.store import registry
 
-    registry.save_version(tmp_path, trained, "0" * 64)
-    predictor = Predictor(artifacts.load(tmp_path))
+    saved = artifacts.save(tmp_path, trained, "0" * 64)
+    predictor = Predictor(artifacts.load(tmp_path, saved.version))
     decision = trained.pipeline.decision_function([trained.compiled.clean(t) for t in texts])
     for start in range(0, len(texts), 100):
         batch = texts[start:start + 100]

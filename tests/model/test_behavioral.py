@@ -6,14 +6,14 @@ trained into a temporary folder), never read from ``artifacts/``, whose contents
 
 import pytest
 
-from tagifai_api.ml import artifacts
 from tagifai_api.ml.predict import Predictor
+from tests.helpers import load_default
 
 
 @pytest.fixture(scope="module")
 def predictor(artifacts_dir):
     """The model trained by this test session from the shipped data and arguments."""
-    return Predictor(artifacts.load(artifacts_dir))
+    return Predictor(load_default(artifacts_dir))
 
 
 def tags(predictor, texts):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tagifai_api.ml import versions
-from tagifai_api.store import registry
 from tests.helpers import copy_version
 
 TEXT = {"texts": [{"text": "YOLO object detection in images"}]}
 
 
 @pytest.fixture
-def setup(make_app, registry_root):
-    root, first, second = registry_root
-    app = make_app(ARTIFACTS_DIR=str(root), REGISTRY_POLL_S=0)
+def setup(make_app, registry_state):
+    root, first, second, url = registry_state
+    app = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url, REGISTRY_POLL_S=0)
     return app.test_client(), root, first, second
 
 

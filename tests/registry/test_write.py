@@ -1,32 +1,29 @@
-"""Switching, rolling back and shadowing through the app's test client: admin keys only, verified
-first, and a refusal changes nothing."""
+"""Switching, rolling back and shadowing through the app's test client, on SQLite and on PostgreSQL:
+admin keys only, verified first, recorded with who and why, and a refusal (a failed verification,
+a store that takes no write) changes nothing."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagifai_api.auth.keys import KeyStore
-from tagifai_api.ml import artifacts
-from tagifai_api.store import files, registry
-from tests.helpers import copy_version, wait_until
+from tests.helpers import check_envelope, copy_version, store_errors, wait_until
 
 TEXTS = ["YOLO object detection", "a project about things", "BERT for question answering", "an idea"]
 
 
 @pytest.fixture
-def keys(tmp_path) -> dict:
-    store = KeyStore(tmp_path / "api_keys.json")
-    return {"file": str(tmp_path / "api_keys.json"), "admin": store.create("ops", "admin"),
-            "predict": store.create("reader", "predict")}
-
-
-@pytest.fixture
-def setup(make_app, registry_root, keys):
-    root, first, second = registry_root
-    app = make_app(ARTIFACTS_DIR=str(root), REGISTRY_POLL_S=0, API_KEYS_FILE=keys["file"])
+def setup(make_app, registry_state, keys):
+    root, first, second, url = registry_state
+    app = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url, REGISTRY_POLL_S=0)
     return app, app.test_client(), root, first, second
 
 
@@ -39,30 +36,29 @@ WRITES = [("put", "/models/default", True), ("post", "/models/default/rollback",
 
 
 @pytest.mark.parametrize("method, path, with_body", WRITES)
-def test_writes_need_an_admin_key(setup, keys, method, path, with_body):
+def test_writes_need_an_admin_key(setup, keys, registry, method, path, with_body):
     app, client, root, first, second = setup
     kwargs = {"json": {"version": second}} if with_body else {}
     anonymous = getattr(client, method)(path, **kwargs)
     assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
     reader = getattr(client, method)(path, headers={"X-API-Key": keys["predict"]}, **kwargs)
     assert reader.status_code == 403 and "admin role" in reader.get_json()["message"]
-    assert registry.pointers(root) == (first, None) and registry.history(root) == []
+    assert registry.pointers() == (first, None) and registry.history() == []
 
 
 @pytest.mark.parametrize("method, path, with_body", WRITES)
-def test_writes_are_closed_when_no_admin_key_exists(make_app, registry_root, tmp_path, method, path, with_body):
-    root, first, second = registry_root
-    store = KeyStore(tmp_path / "only_readers.json")
-    reader = store.create("reader", "predict")
-    client = make_app(ARTIFACTS_DIR=str(root), API_KEYS_FILE=str(tmp_path / "only_readers.json")).test_client()
+def test_writes_are_closed_when_no_admin_key_exists(make_app, registry_state, registry, method, path, with_body):
+    root, first, second, url = registry_state
+    reader = KeyStore(registry.store).create("reader", "predict")
+    client = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url).test_client()
     kwargs = {"json": {"version": second}} if with_body else {}
     for headers in ({}, {"Authorization": f"Bearer {reader}"}):
         body = getattr(client, method)(path, headers=headers, **kwargs).get_json()
         assert body["status-code"] == 403 and "No admin API key is configured" in body["message"]
-    assert registry.pointers(root) == (first, None)
+    assert registry.pointers() == (first, None) and registry.history() == []
 
 
-def test_switch_then_roll_back(setup, keys):
+def test_switch_then_roll_back(setup, keys, registry):
     app, client, root, first, second = setup
     r = client.put("/models/default", json={"version": second}, headers=admin(keys)).get_json()
     assert r["status-code"] == 200 and r["data"] == {"previous": first, "default": second}
@@ -70,17 +66,17 @@ def test_switch_then_roll_back(setup, keys):
     assert client.post("/predict", json={"texts": [{"text": TEXTS[0]}]}).get_json()["data"]["model_version"] == second
     listed = client.get("/models").get_json()["data"]
     assert listed["default"] == second and listed["history"] == [first]
-    assert artifacts.default_version(root) == second
+    assert registry.default_version() == second
     back = client.post("/models/default/rollback", headers=admin(keys)).get_json()
     assert back["status-code"] == 200 and back["data"] == {"previous": second, "default": first}
     assert client.get("/models/default").get_json()["data"]["version"] == first
     again = client.post("/models/default/rollback", headers=admin(keys)).get_json()
     assert again["status-code"] == 409 and "history is empty" in again["message"]
-    assert artifacts.default_version(root) == first
+    assert registry.default_version() == first
 
 
 
-def test_history_is_newest_first_and_rollbacks_walk_it_back_in_order(setup, keys):
+def test_history_is_newest_first_and_rollbacks_walk_it_back_in_order(setup, keys, registry):
     app, client, root, first, second = setup
     third = copy_version(root, second, "v29990101T000000000000Z")
     fourth = copy_version(root, second, "v29990102T000000000000Z")
@@ -97,20 +93,22 @@ def test_history_is_newest_first_and_rollbacks_walk_it_back_in_order(setup, keys
         served = client.post("/predict", json={"texts": [{"text": TEXTS[0]}]}).get_json()["data"]
         assert served["model_version"] == back
     again = client.post("/models/default/rollback", headers=admin(keys)).get_json()
-    assert again["status-code"] == 409 and artifacts.default_version(root) == first
+    assert again["status-code"] == 409 and registry.default_version() == first
 
-def test_a_version_failing_verification_is_409_and_nothing_changes(setup, keys):
+def test_a_version_failing_verification_is_409_and_nothing_changes(setup, keys, registry):
     app, client, root, first, second = setup
     (root / second / "model.joblib").write_bytes(b"tampered")
+    generation = registry.store.generation()
     for path in ("/models/default", "/models/shadow"):
         body = client.put(path, json={"version": second}, headers=admin(keys)).get_json()
         assert body["status-code"] == 409, body
         assert "model.joblib does not match its sha256" in body["data"]["reason"]
-    assert registry.pointers(root) == (first, None) and registry.history(root) == []
+    assert registry.pointers() == (first, None) and registry.history() == []
+    assert registry.store.generation() == generation and registry.store.audit(1)[0]["action"] == "create_key"
     assert client.post("/predict", json={"texts": [{"text": TEXTS[0]}]}).get_json()["data"]["model_version"] == first
 
 
-def test_a_failing_warm_up_is_409(setup, keys, monkeypatch):
+def test_a_failing_warm_up_is_409(setup, keys, registry, monkeypatch):
     app, client, root, first, second = setup
 
     def broken(self, texts):
@@ -119,12 +117,12 @@ def test_a_failing_warm_up_is_409(setup, keys, monkeypatch):
     monkeypatch.setattr("tagifai_api.ml.predict.Predictor.predict", broken)
     body = client.put("/models/default", json={"version": second}, headers=admin(keys)).get_json()
     assert body["status-code"] == 409 and "warm-up prediction failed" in body["data"]["reason"]
-    assert artifacts.default_version(root) == first
+    assert registry.pointers() == (first, None) and registry.history() == []
 
 
 @pytest.mark.parametrize("body, status", [({"version": "nope"}, 404), ({"version": ""}, 422), ({}, 422),
                                           ({"version": 3}, 422), ({"version": "x", "more": 1}, 422)])
-def test_bad_requests_change_nothing(setup, keys, body, status):
+def test_bad_requests_change_nothing(setup, keys, registry, body, status):
     app, client, root, first, second = setup
     for path in ("/models/default", "/models/shadow"):
         answer = client.put(path, json=body, headers=admin(keys)).get_json()
@@ -133,27 +131,81 @@ def test_bad_requests_change_nothing(setup, keys, body, status):
             assert answer["data"]["valid"] == [second, first]
     not_json = client.put("/models/default", data="v1", headers={**admin(keys), "Content-Type": "text/plain"})
     assert not_json.status_code == 415
-    assert registry.pointers(root) == (first, None)
+    assert registry.pointers() == (first, None) and registry.history() == []
 
 
-def test_a_pinned_service_refuses_to_switch(make_app, registry_root, keys):
-    root, first, second = registry_root
-    client = make_app(ARTIFACTS_DIR=str(root), MODEL_VERSION=second, API_KEYS_FILE=keys["file"]).test_client()
+def test_a_pinned_service_refuses_to_switch(make_app, registry_state, keys, registry):
+    root, first, second, url = registry_state
+    client = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url, MODEL_VERSION=second).test_client()
     body = client.put("/models/default", json={"version": first}, headers=admin(keys)).get_json()
     assert body["status-code"] == 409 and "pinned" in body["message"]
     assert client.get("/models").get_json()["data"]["default"] == second
+    assert registry.pointers() == (first, None)
 
 
-def test_a_state_that_cannot_be_written_is_a_clear_500(setup, keys, monkeypatch):
-    app, client, root, first, second = setup
+@contextmanager
+def refusing_writes(url: str) -> Iterator[None]:
+    """The store takes no write inside the block, as really happens: on SQLite another process holds
+    the write lock past the busy timeout; on PostgreSQL the database turns read-only (as a standby does
+    after a failover) and the connections opened before are dropped."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        other = sqlite3.connect(parsed.database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        return
+    maintenance = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
 
-    def read_only(path, data, **options):
-        raise PermissionError(13, "Permission denied")
+    def read_only(setting: str) -> None:
+        with maintenance.connect() as conn:
+            conn.exec_driver_sql(f"ALTER DATABASE {parsed.database} {setting}")
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                                 (parsed.database,))
 
-    monkeypatch.setattr(files, "write_atomic", read_only)
-    body = client.put("/models/default", json={"version": second}, headers=admin(keys)).get_json()
-    assert body["status-code"] == 500 and "Permission denied" in body["message"]
-    assert artifacts.default_version(root) == first
+    read_only("SET default_transaction_read_only = on")
+    try:
+        yield
+    finally:
+        read_only("RESET default_transaction_read_only")
+        maintenance.dispose()
+
+
+def test_a_store_that_takes_no_write_is_503_with_retry_after_and_nothing_changes(make_app, registry_state, keys,
+                                                                                  registry, monkeypatch):
+    root, first, second, url = registry_state
+    monkeypatch.setattr("tagifai_api.store.database._BUSY_TIMEOUT_S", 1)  # how long a write waits for the lock
+    app = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url, REGISTRY_POLL_S=0)
+    client = app.test_client()
+    registry.set_shadow(second)  # something for DELETE /models/shadow to remove
+    app.extensions["tagifai"].service.refresh()
+    generation, audit = registry.store.generation(), registry.store.audit()
+    writes = [("put", "/models/default", {"json": {"version": second, "reason": "better"}}, "set_default"),
+              ("post", "/models/default/rollback", {"json": {"reason": "regression"}}, "rollback"),
+              ("put", "/models/shadow", {"json": {"version": second}}, "set_shadow"),
+              ("delete", "/models/shadow", {}, "clear_shadow")]
+    with refusing_writes(url):
+        for method, path, kwargs, _ in writes:
+            r = getattr(client, method)(path, headers=admin(keys), **kwargs)
+            body = check_envelope(r, 503, method.upper())
+            assert r.headers["Retry-After"] == "1"
+            assert body["message"] == "The state store is unavailable, so nothing changed; retry shortly."
+            assert "the state store is unavailable" in body["data"]["reason"]
+        # requests are answered all along, from what the worker read
+        served = client.post("/predict", json={"texts": [{"text": TEXTS[0]}]})
+        assert check_envelope(served, 200, "POST")["data"]["model_version"] == first
+    assert store_errors(client) == {operation: 1.0 for *_, operation in writes}
+    assert registry.pointers() == (first, second) and registry.history() == []
+    assert registry.store.generation() == generation and registry.store.audit() == audit
+    # a passing failure: the same changes go through once the store takes writes again
+    assert client.delete("/models/shadow", headers=admin(keys)).get_json()["data"] == {"previous": second,
+                                                                                      "shadow": None}
+    r = client.put("/models/default", json={"version": second, "reason": "better"}, headers=admin(keys))
+    assert check_envelope(r, 200, "PUT")["data"] == {"previous": first, "default": second}
+    assert registry.pointers() == (second, None) and registry.history()[-1]["version"] == first
 
 
 def test_shadow_is_scored_and_its_agreement_shown(setup, keys):
@@ -205,7 +257,74 @@ def test_shadow_counter_is_labelled_with_the_served_version_and_the_shadow(setup
             expected[labels] = agreement[outcome] / 2
     assert samples == expected
 
-def test_mode_off_is_an_explicit_choice_that_opens_the_writes(make_app, registry_root):
-    root, first, second = registry_root
-    client = make_app(ARTIFACTS_DIR=str(root), AUTH="off").test_client()
+def test_mode_off_is_an_explicit_choice_that_opens_the_writes(make_app, registry_state, registry):
+    root, first, second, url = registry_state
+    client = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url, AUTH="off").test_client()
     assert client.put("/models/default", json={"version": second}).get_json()["data"]["default"] == second
+    assert registry.store.audit(1)[0]["key_name"] is None  # no key was asked for, so none is recorded
+
+
+def changes(rows: list[dict]) -> list[tuple]:
+    return [(c["action"], c["from"], c["to"], c["key_name"], c["reason"]) for c in rows]
+
+
+def test_every_change_is_recorded_with_its_key_and_reason_newest_first(setup, keys, registry):
+    app, client, root, first, second = setup
+    headers = admin(keys)
+    steps = [("put", "/models/default", {"json": {"version": second, "reason": "better F1"}}),
+             ("put", "/models/shadow", {"json": {"version": first, "reason": "compare"}}),
+             ("delete", "/models/shadow", {}),
+             ("post", "/models/default/rollback", {"json": {"reason": "a regression"}}),
+             ("put", "/models/default", {"json": {"version": second}}),
+             ("post", "/models/default/rollback", {})]  # a rollback's body is optional
+    for method, path, kwargs in steps:
+        r = getattr(client, method)(path, headers=headers, **kwargs)
+        assert r.status_code == 200, r.get_json()
+    body = check_envelope(client.get("/models/history", headers=headers), 200)
+    recorded = body["data"]["changes"]
+    assert changes(recorded) == [
+        ("rollback", second, first, "ops", None),
+        ("set_default", first, second, "ops", None),
+        ("rollback", second, first, "ops", "a regression"),
+        ("clear_shadow", first, None, "ops", None),
+        ("set_shadow", None, first, "ops", "compare"),
+        ("set_default", first, second, "ops", "better F1"),
+        ("create_key", None, "reader (predict)", None, None),
+        ("create_key", None, "ops (admin)", None, None),
+        ("set_default", None, first, None, "trained"),
+    ]
+    times = [datetime.fromisoformat(c["at"]) for c in recorded]
+    assert times == sorted(times, reverse=True) and all(t.utcoffset().total_seconds() == 0 for t in times)
+    assert recorded == registry.store.audit()  # what the store holds, in the same order
+
+
+def test_the_history_is_for_admin_keys_only_and_its_limit_is_bounded(setup, keys):
+    app, client, root, first, second = setup
+    assert client.get("/models/history").status_code == 401
+    reader = client.get("/models/history", headers={"X-API-Key": keys["predict"]})
+    assert reader.status_code == 403 and "admin role" in reader.get_json()["message"]
+    everything = client.get("/models/history?limit=1000", headers=admin(keys)).get_json()["data"]["changes"]
+    assert [c["action"] for c in everything] == ["create_key", "create_key", "set_default"]
+    newest = client.get("/models/history?limit=1", headers=admin(keys)).get_json()["data"]["changes"]
+    assert newest == everything[:1]
+    for limit in ("0", "1001", "-1", "x", "1.5", ""):
+        body = check_envelope(client.get(f"/models/history?limit={limit}", headers=admin(keys)), 422)
+        assert "limit" in body["data"]["errors"], limit
+
+
+@pytest.mark.parametrize("kwargs, status", [
+    ({"json": {"reason": 3}}, 422),
+    ({"json": {"reason": "x" * 501}}, 422),
+    ({"json": {"why": "no field of that name"}}, 422),
+    ({"json": ["a regression"]}, 422),
+    ({"data": "{not json", "content_type": "application/json"}, 400),
+    ({"data": "a regression", "content_type": "text/plain"}, 415),
+])
+def test_a_rollback_with_a_bad_body_changes_nothing(setup, keys, registry, kwargs, status):
+    app, client, root, first, second = setup
+    registry.set_default(second)
+    audit = registry.store.audit()
+    r = client.post("/models/default/rollback", headers=admin(keys), **kwargs)
+    check_envelope(r, status, "POST")
+    assert registry.pointers() == (second, None) and [e["version"] for e in registry.history()] == [first]
+    assert registry.store.audit() == audit

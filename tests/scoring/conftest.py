@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
 
 from tagifai_api import settings
-from tests.helpers import ROOT, command
+from tests.helpers import ROOT, cli_env, command
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ def score(artifacts_dir):
 
     def run(*args, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run(command(artifacts_dir, *args), input=input, capture_output=True,
-                              timeout=timeout, cwd=ROOT)
+                              timeout=timeout, cwd=ROOT, env={**os.environ, **cli_env(artifacts_dir)})
         proc.stderr = proc.stderr.decode("utf-8", "replace")
         return proc
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, command, repeated
+from tests.helpers import ROOT, cli_env, command, repeated
 
 ARGS = ("--workers", "2", "--chunk-size", "50", "--quiet")
 
@@ -33,8 +33,9 @@ def start_and_feed(artifacts_dir: Path, data: bytes, out: Path,
     some rows are committed; never more than half of ``data`` is sent, so the run cannot end.
     Returns the process and how many bytes of ``data`` it was sent."""
     proc = subprocess.Popen(command(artifacts_dir, "-", "--format", "csv", "-o", out, *ARGS), cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=preexec_fn)
+                            env={**os.environ, **cli_env(artifacts_dir)}, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=preexec_fn)
     progress = out.with_name(out.name + ".progress")
     sent, step = 0, 4096
     deadline = time.monotonic() + 60

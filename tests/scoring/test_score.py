@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tagifai_api import settings
-from tests.helpers import ROOT, command, repeated
+from tests.helpers import ROOT, cli_env, command, repeated
 
 
 def read_csv(data: bytes) -> list[dict]:
@@ -223,7 +223,7 @@ def test_progress_bar_on_a_terminal(artifacts_dir, dataset_csv, tmp_path):
     try:
         proc = subprocess.run(command(artifacts_dir, src, "-o", tmp_path / "o.csv", "--chunk-size", "100"),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, cwd=ROOT,
-                              timeout=120)
+                              timeout=120, env={**os.environ, **cli_env(artifacts_dir)})
         os.close(follower)
         follower = -1
         shown = b""

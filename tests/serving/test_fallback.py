@@ -53,7 +53,7 @@ def test_a_damaged_default_at_start_serves_the_previous_one_and_says_so(switched
     assert refused["data"]["fallback"]["serving"] == first
     assert _fallback_gauge(client) == {(second, first): 1.0}
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    (logged,) = [e for e in lines if e.get("event") == "model_fallback"]
+    (logged,) = [e for e in lines if e.get("event") == "model_fallback" and e.get("wanted") == second]
     assert logged["level"] == "ERROR" and logged["wanted"] == second and logged["model_version"] == first
     assert "does not match its sha256" in logged["message"]
     # an explicit request for the damaged version is still refused

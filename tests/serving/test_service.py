@@ -1,6 +1,7 @@
 import pytest
 
 from tagifai_api.serving.service import ModelService, ModelUnavailableError
+from tests.helpers import default_of, open_registry
 
 
 class Recorder:
@@ -20,7 +21,7 @@ class Recorder:
 @pytest.mark.parametrize("batching", [True, False])
 def test_predict_uses_cache_and_keeps_order(artifacts_dir, batching):
     obs = Recorder()
-    s = ModelService(artifacts_dir, batching=batching, cache_size=10, observer=obs)
+    s = ModelService(open_registry(artifacts_dir), batching=batching, cache_size=10, observer=obs, poll_s=0)
     try:
         first = s.predict(["YOLO object detection", "BERT for question answering"], 5.0)
         again = s.predict(["BERT for question answering!!", "YOLO object detection"], 5.0)  # same cleaned texts
@@ -31,6 +32,7 @@ def test_predict_uses_cache_and_keeps_order(artifacts_dir, batching):
         assert obs.loaded == [s.model.version]
     finally:
         s.close()
+        s.registry.store.close()
 
 
 def test_missing_model_is_reported_and_retried(tmp_path, artifacts_dir, monkeypatch):
@@ -38,13 +40,22 @@ def test_missing_model_is_reported_and_retried(tmp_path, artifacts_dir, monkeypa
 
     from tagifai_api.serving import service as module
 
-    s = ModelService(tmp_path / "none", batching=False)
-    assert not s.ready
-    with pytest.raises(ModelUnavailableError, match="no default model"):
-        s.require_model()
-    shutil.copytree(artifacts_dir, tmp_path / "none")
-    monkeypatch.setattr(module, "_RETRY_LOAD_S", 0.0)
-    assert s.require_model() is s.predictor and s.ready
+    s = ModelService(open_registry(tmp_path / "none"), batching=False, poll_s=0)
+    try:
+        assert not s.ready
+        with pytest.raises(ModelUnavailableError, match="no default model"):
+            s.require_model()
+        # a model trained after the start: its version appears, then the store records it as the default
+        version = default_of(artifacts_dir)
+        shutil.copytree(artifacts_dir / version, tmp_path / "none" / version)
+        trainer = open_registry(tmp_path / "none")
+        trainer.set_default(version)
+        trainer.store.close()
+        monkeypatch.setattr(module, "_RETRY_LOAD_S", 0.0)
+        assert s.require_model() is s.predictor and s.ready and s.model.version == version
+    finally:
+        s.close()
+        s.registry.store.close()
 
 
 def test_any_load_failure_leaves_the_service_up_and_unready(artifacts_dir, monkeypatch):
@@ -52,7 +63,7 @@ def test_any_load_failure_leaves_the_service_up_and_unready(artifacts_dir, monke
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("tagifai_api.ml.artifacts.load", broken)
-    s = ModelService(artifacts_dir, batching=False)
+    s = ModelService(open_registry(artifacts_dir), batching=False, poll_s=0)
     try:
         assert not s.ready
         assert "PermissionError" in s.load_error
@@ -60,3 +71,4 @@ def test_any_load_failure_leaves_the_service_up_and_unready(artifacts_dir, monke
             s.predict(["anything"], 1.0)
     finally:
         s.close()
+        s.registry.store.close()

@@ -1,5 +1,5 @@
 """Several versions in one worker: loaded on first use, LRU-bounded, each with its own batches; the
-default followed from disk; the shadow scored off the request's path."""
+default followed from the store; the shadow scored off the request's path."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 
 from tagifai_api.ml.artifacts import ArtifactError
 from tagifai_api.serving.service import ModelService
-from tagifai_api.store import registry
-from tests.helpers import copy_version, wait_until
+from tests.helpers import copy_version, open_registry, wait_until
 
 
 class Recorder:
@@ -42,13 +41,22 @@ def service_factory():
     def make(root, **kwargs):
         kwargs.setdefault("cache_size", 0)
         kwargs.setdefault("poll_s", 0)
-        s = ModelService(root, **kwargs)
+        s = ModelService(open_registry(root), **kwargs)
         services.append(s)
         return s
 
     yield make
     for s in services:
         s.close()
+        s.registry.store.close()
+
+
+@pytest.fixture
+def registry(registry_root):
+    """The registry as another process changes it (the command line, another worker): a store of its own."""
+    opened = open_registry(registry_root[0])
+    yield opened
+    opened.store.close()
 
 
 def test_versions_load_on_first_use_and_the_least_recently_used_goes_first(registry_root, service_factory):
@@ -70,7 +78,7 @@ def test_versions_load_on_first_use_and_the_least_recently_used_goes_first(regis
 
 
 
-def test_the_shadow_is_never_evicted_even_with_one_version_allowed(registry_root, service_factory):
+def test_the_shadow_is_never_evicted_even_with_one_version_allowed(registry_root, registry, service_factory):
     """TAGIFAI_MAX_LOADED_VERSIONS at its minimum (1): the default and the shadow stay loaded however
     many other versions requests ask for; only those others are evicted."""
     root, first, second = registry_root
@@ -78,7 +86,7 @@ def test_the_shadow_is_never_evicted_even_with_one_version_allowed(registry_root
     fourth = copy_version(root, second, "v29990102T000000000000Z")
     obs = Recorder()
     s = service_factory(root, max_loaded=1, observer=obs, batching=False)
-    registry.set_shadow(root, second)
+    registry.set_shadow(second)
     s.refresh()
     s.predict(["YOLO"], 5.0)
     wait_until(lambda: s.shadow.scored == 1, what="the shadow's first score")
@@ -132,32 +140,34 @@ def test_batches_never_mix_versions(registry_root, service_factory, model_hook):
         assert {sent[t] for t in texts if t in sent} <= {version}
 
 
-def test_the_default_is_followed_from_disk_and_a_bad_one_is_not_served(registry_root, service_factory, caplog):
+def test_the_default_is_followed_from_the_store_and_a_bad_one_is_not_served(registry_root, registry, service_factory,
+                                                                              caplog):
     root, first, second = registry_root
     obs = Recorder()
     s = service_factory(root, poll_s=0.02, observer=obs)
-    registry.set_default(root, second)
+    registry.set_default(second)
     wait_until(lambda: s.default.version == second)
     assert obs.loaded == [first, second]
-    # a pointer edited by hand to a damaged version: the worker keeps serving the last good default
+    # a default recorded without verification (a store written by hand) naming a damaged version: the
+    # worker keeps serving the last good default
     damaged = copy_version(root, first, "v29990101T000000000000Z")
     (root / damaged / "model.npz").write_bytes(b"x")
-    (root / "DEFAULT").write_text(damaged + "\n")
+    registry.store.set_default(damaged, verifier=lambda _: None)
     wait_until(lambda: "default model not loaded (still serving" in caplog.text)
     assert s.get().version == second and s.ready
     with pytest.raises(ArtifactError, match="does not match"):
         s.get(damaged)
 
 
-def test_a_pinned_version_ignores_the_pointer(registry_root, service_factory):
+def test_a_pinned_version_ignores_the_pointer(registry_root, registry, service_factory):
     root, first, second = registry_root
     s = service_factory(root, version=second)
-    registry.set_default(root, first)
+    registry.set_default(first)
     s.refresh()
     assert s.default.version == second and s.pinned == second
 
 
-def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, service_factory, model_hook):
+def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, registry, service_factory, model_hook):
     root, first, second = registry_root
     obs = Recorder()
     slow = threading.Event()
@@ -168,7 +178,7 @@ def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, 
         return fn(cleaned)
 
     s = model_hook(service_factory(root, observer=obs, batching=False), hook)
-    registry.set_shadow(root, second)
+    registry.set_shadow(second)
     s.refresh()
     assert s.shadow_version == second
     texts = ["YOLO object detection", "a project", "BERT for question answering", "things"]
@@ -187,14 +197,14 @@ def test_shadow_scores_off_the_request_path_and_counts_agreement(registry_root, 
     assert second in s.loaded_versions()
 
 
-def test_a_full_shadow_queue_drops_and_counts(registry_root, service_factory):
+def test_a_full_shadow_queue_drops_and_counts(registry_root, registry, service_factory):
     root, first, second = registry_root
     obs = Recorder()
     gate, entered = threading.Event(), threading.Event()
     s = service_factory(root, observer=obs, batching=False, shadow_queue_size=2)
     s.shadow.max_wait_s = 0.01  # score soon, so the first request holds the thread while the rest arrive
     s.shadow.get_predictor = lambda v: _Gated(s.get(v).predictor, gate, entered)
-    registry.set_shadow(root, second)
+    registry.set_shadow(second)
     s.refresh()
     s.predict(["text 0"], 5.0)
     assert entered.wait(5)  # the shadow thread is busy with the first request
@@ -217,11 +227,11 @@ class _Gated:
         return self._predictor.predict(texts)
 
 
-def test_a_broken_shadow_is_counted_and_never_touches_the_answer(registry_root, service_factory):
+def test_a_broken_shadow_is_counted_and_never_touches_the_answer(registry_root, registry, service_factory):
     root, first, second = registry_root
     obs = Recorder()
     s = service_factory(root, observer=obs, batching=False)
-    registry.set_shadow(root, second)
+    registry.set_shadow(second)
     s.refresh()
     (root / second / "model.npz").write_bytes(b"damaged after it was set")
     s._loaded.pop(second, None)  # as if evicted: the next use loads it again, and fails
@@ -230,11 +240,11 @@ def test_a_broken_shadow_is_counted_and_never_touches_the_answer(registry_root, 
     assert obs.dropped == [(second, "error", 1)]
 
 
-def test_requests_of_the_shadow_version_itself_are_not_shadowed(registry_root, service_factory):
+def test_requests_of_the_shadow_version_itself_are_not_shadowed(registry_root, registry, service_factory):
     root, first, second = registry_root
     obs = Recorder()
     s = service_factory(root, observer=obs, batching=False)
-    registry.set_shadow(root, second)
+    registry.set_shadow(second)
     s.refresh()
     s.predict(["YOLO"], 5.0, served=s.get(second))
     s.shadow.close()  # scores whatever was queued, then stops: nothing may have been
