@@ -141,3 +141,12 @@ def store_url(request, tmp_path) -> str:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
     return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def artifacts_copy(tmp_path, artifacts_dir) -> Path:
+    """A private copy of the session's artifacts folder, its store included: free to add keys to,
+    switch or damage."""
+    root = tmp_path / "artifacts-copy"
+    shutil.copytree(artifacts_dir, root)
+    return root

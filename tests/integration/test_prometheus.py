@@ -23,9 +23,9 @@ def query(base: str, promql: str) -> float | None:
 
 
 @pytest.mark.integration
-def test_prometheus_scrapes_the_predictions(tmp_path):
+def test_prometheus_scrapes_the_predictions(artifacts_dir, tmp_path):
     binary = require_binary("prometheus")
-    with gunicorn(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
+    with gunicorn(artifacts_dir, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}) as server:
         n = 10
         for _ in range(n):
             r = requests.post(f"{server.url}/predict", json={"texts": [{"text": t} for t in TEXTS]},
