@@ -3,6 +3,8 @@ rolling back and shadowing need an admin key (see :mod:`tagifai_api.auth`).
 
 A write changes the state store (:mod:`tagifai_api.store.registry`), then this worker follows at
 once; every other worker and replica sharing the store follows within ``TAGIFAI_REGISTRY_POLL_S``.
+While the store is down, a version (and the default and shadow) is described from what this worker
+last read; the listing, which holds the store's history, and every change answer 503.
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ def list_models():
       tags: [registry]
       responses:
         200: OK
+        503: The state store is unavailable (see Retry-After)
     """
     service = get_service()
     root = service.artifacts_dir
     default = service.default_name()
-    shadow = service.registry.shadow_version()
+    shadow = service.shadow_name()
     previous = [e["version"] for e in reversed(service.registry.history())]
     models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow}
               for entry in versions.describe_all(root)]
@@ -106,9 +109,8 @@ def get_model(version: str):
     if name is None:
         raise NotFoundError("There is no default model version.", data={"valid": []})
     described = versions.describe(service.artifacts_dir, name)
-    shadow = service.registry.shadow_version()
-    return construct_response(HTTPStatus.OK, data={**described, "default": name == service.default_name(),
-                                                   "shadow": name == shadow})
+    return construct_response(HTTPStatus.OK, data={**described, "default": name == default,
+                                                   "shadow": name == service.shadow_name()})
 
 
 @bp.get("/default")
@@ -136,7 +138,7 @@ def get_shadow():
       responses:
         200: OK
     """
-    shadow = get_service().registry.shadow_version()
+    shadow = get_service().shadow_name()
     return construct_response(HTTPStatus.OK, data={"shadow": shadow, "shadow_agreement": _shadow_agreement(shadow)})
 
 
