@@ -33,11 +33,10 @@ def _seconds_per_call(fn, batches: list[list[str]], seconds: float) -> float:
 def _worker(args) -> dict:
     root, seconds = args
     os.environ["OMP_NUM_THREADS"] = "1"
-    from benchmarks.run import dataset_texts
-    from tagifai_api.ml import artifacts
+    from benchmarks.run import dataset_texts, load_default
     from tagifai_api.ml.predict import Predictor
 
-    predictor = Predictor(artifacts.load(Path(root)))
+    predictor = Predictor(load_default(Path(root)))
     texts = dataset_texts()
     out = {}
     for size in SIZES:

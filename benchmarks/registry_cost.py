@@ -5,13 +5,14 @@
 - ``shadow``: client-side p50 and p99 of single-text ``/predict`` (wrk, 2 workers) with no shadow
   and with one, in alternating rounds, at a light and a saturating number of connections; with the
   texts the shadow scored and dropped meanwhile;
-- ``watcher``: one poll of the registry's files by a worker's watcher thread (it runs once a
-  second), best of several repeats;
+- ``watcher``: one poll of the state store by a worker's watcher thread (it runs once a second:
+  the change counter), and one re-read of the pointers (after a change), best of several repeats;
 - ``request``: CPU time of an in-process single-text ``/predict``, and optionally (``--baseline DIR``,
   a checkout from before the registry) the same in that tree, in alternating rounds.
 
-Every version here is a copy of the given artifacts' default under a new name: the cost of a
-version does not depend on which model it holds.
+Every version here is a copy of the given artifacts' default (as ``TAGIFAI_DATABASE_URL``'s store
+records it) under a new name: the cost of a version does not depend on which model it holds. The
+copies get a SQLite store of their own, inside the temporary artifacts folder.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run import default_version  # noqa: E402
 from tagifai_api.ml import artifacts  # noqa: E402
-from tagifai_api.store import registry  # noqa: E402
-from tests.integration import servers  # noqa: E402
+from tests import helpers  # noqa: E402
 
 LUA = ROOT / "tests" / "integration" / "switch.lua"
 BODY = {"texts": [{"text": "Transfer learning with transformers for text classification."}]}
@@ -45,7 +46,7 @@ import os, sys, time
 sys.path.insert(0, sys.argv[1])
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 from tagifai_api import create_app
-app = create_app({"ARTIFACTS_DIR": sys.argv[2], "LOG_LEVEL": "WARNING"})
+app = create_app({"ARTIFACTS_DIR": sys.argv[2], "DATABASE_URL": sys.argv[4], "LOG_LEVEL": "WARNING"})
 client = app.test_client()
 body = {"texts": [{"text": "Transfer learning with transformers for text classification."}]}
 for _ in range(300):
@@ -57,12 +58,18 @@ print((time.process_time() - start) / int(sys.argv[3]) * 1e6)
 """
 
 
-def make_versions(source: Path, dest: Path, extra: int) -> tuple[str, list[str]]:
-    """A fresh artifacts folder: the source's default, and ``extra`` copies under new names."""
-    default = artifacts.default_version(source)
+def make_versions(source: Path, dest: Path, extra: int, legacy_pointer: bool = False) -> tuple[str, list[str]]:
+    """A fresh artifacts folder with its own store: the source's default (the default there too), and
+    ``extra`` copies under new names. ``legacy_pointer`` also writes the DEFAULT file a tree from
+    before the store reads."""
+    default = default_version(source)
     dest.mkdir(parents=True)
     shutil.copytree(source / default, dest / default)
-    (dest / "DEFAULT").write_text(default + "\n")
+    registry = helpers.open_registry(dest)
+    registry.set_default(default, verifier=lambda _: None)
+    registry.store.close()
+    if legacy_pointer:
+        (dest / "DEFAULT").write_text(default + "\n")
     names = []
     for i in range(extra):
         name = f"v29990101T0000000000{i:02d}Z"
@@ -80,7 +87,7 @@ def _rss_mb(pid: int) -> float:
 
 def memory(root: Path, extra: list[str], tmp: Path) -> dict:
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "m-memory"), "TAGIFAI_MAX_LOADED_VERSIONS": str(len(extra) + 1)}
-    with servers.gunicorn(root, workers=1, env=env) as server, requests.Session() as http:
+    with helpers.gunicorn(root, workers=1, env=env) as server, requests.Session() as http:
         (worker,) = psutil.Process(server.proc.pid).children()
         for _ in range(200):
             http.post(f"{server.url}/predict", json=BODY, timeout=10)
@@ -107,16 +114,17 @@ def _wrk(url: str, conns: int, seconds: int, default: str, shadow: str) -> dict:
 def shadow(root: Path, default: str, candidate: str, tmp: Path, rounds: int, seconds: int) -> dict:
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "m-shadow")}
     out = {}
-    with servers.gunicorn(root, workers=2, env=env) as server:
+    registry = helpers.open_registry(root)  # as the command line changes it
+    with helpers.gunicorn(root, workers=2, env=env) as server:
         for conns in (4, 64):
             p50 = {"off": [], "on": []}
             p99 = {"off": [], "on": []}
             for _ in range(rounds):
                 for state in ("off", "on"):
                     if state == "on":
-                        registry.set_shadow(root, candidate)
+                        registry.set_shadow(candidate)
                     else:
-                        registry.clear_shadow(root)
+                        registry.clear_shadow()
                     time.sleep(2.5)  # every worker has read the change (it polls once a second)
                     result = _wrk(server.url, conns, seconds, default, candidate)
                     assert result["not_200"] == 0 and result["from_b"] == 0, result
@@ -128,23 +136,29 @@ def shadow(root: Path, default: str, candidate: str, tmp: Path, rounds: int, sec
                 "p50_cost_ms": round(on - off, 3), "p50_ratio": round(on / off, 3),
                 "p99_ms_no_shadow": round(statistics.median(p99["off"]), 3),
                 "p99_ms_shadow": round(statistics.median(p99["on"]), 3)}
-        registry.set_shadow(root, candidate)
+        registry.set_shadow(candidate)
         time.sleep(2.5)
         agreement = requests.get(f"{server.url}/models", timeout=10).json()["data"]["shadow_agreement"]
         out["shadow_scored_and_dropped"] = {"scored": agreement["scored"], "dropped": agreement["dropped"]}
-        registry.clear_shadow(root)
+        registry.clear_shadow()
+    registry.store.close()
     return out
 
 
 def watcher(root: Path) -> dict:
+    """What a worker's watcher costs: its poll of the change counter every second, and the re-read
+    of the pointers that follows a change."""
     from tagifai_api.serving.service import ModelService
 
-    service = ModelService(root, poll_s=0, batching=False)
+    service = ModelService(helpers.open_registry(root), poll_s=0, batching=False)
     try:
-        best = min(timeit.repeat(service.refresh, number=2000, repeat=7)) / 2000
+        poll = min(timeit.repeat(service.registry.store.generation, number=2000, repeat=7)) / 2000
+        refresh = min(timeit.repeat(service.refresh, number=2000, repeat=7)) / 2000
     finally:
         service.close()
-    return {"poll_us": round(best * 1e6, 2), "share_of_a_core_at_1_per_s": f"{best:.2e}"}
+        service.registry.store.close()
+    return {"poll_us": round(poll * 1e6, 2), "share_of_a_core_at_1_per_s": f"{poll:.2e}",
+            "reread_us": round(refresh * 1e6, 2)}
 
 
 def request_cpu(root: Path, baseline: Path | None, rounds: int) -> dict:
@@ -152,7 +166,8 @@ def request_cpu(root: Path, baseline: Path | None, rounds: int) -> dict:
     samples: dict[str, list[float]] = {name: [] for name in trees}
     for _ in range(rounds):
         for name, tree in trees.items():
-            run = subprocess.run([sys.executable, "-c", _REQUEST_TIMER, str(tree), str(root), "2000"],
+            run = subprocess.run([sys.executable, "-c", _REQUEST_TIMER, str(tree), str(root), "2000",
+                                  helpers.state_url(root)],
                                  capture_output=True, text=True, timeout=300, cwd=tree)
             if run.returncode != 0:
                 raise RuntimeError(run.stderr[-2000:])
@@ -177,7 +192,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = tmp / "artifacts"
-        default, extra = make_versions(opts.artifacts, root, 3)
+        default, extra = make_versions(opts.artifacts, root, 3, legacy_pointer=opts.baseline is not None)
         if "memory" in parts:
             result["memory"] = memory(root, extra, tmp)
         if "shadow" in parts:

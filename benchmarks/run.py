@@ -8,6 +8,9 @@ when absolute numbers drift with the machine's load. Results: a table on stdout 
 instead: REV is exported to a temporary directory and served from there (its own gunicorn.conf.py
 and wsgi.py, the same virtualenv, model versions and settings), and the chosen scenarios alternate
 between the two, round after round.
+
+The default version is the one the state store records, as for the service: the store is
+``TAGIFAI_DATABASE_URL`` (or the service's default), read here and handed to every server started.
 """
 
 from __future__ import annotations
@@ -56,6 +59,32 @@ def dataset_texts() -> list[str]:
     return [data.join_text(t, d) for t, d in zip(df["title"], df["description"])]
 
 
+# --- the model the service serves ----------------------------------------------------------------
+
+def database_url() -> str:
+    """The state store that says which version is the default: ``TAGIFAI_DATABASE_URL``, else the
+    service's default (the benchmarks serve with the same one)."""
+    return str(settings.from_env()["DATABASE_URL"])
+
+
+def default_version(root: Path) -> str:
+    """The default version of the artifacts directory ``root``, as the state store records it."""
+    from tagifai_api.store.database import Store
+    from tagifai_api.store.registry import Registry
+
+    store = Store(database_url())
+    try:
+        store.check()  # a store never set up is one clear sentence, not a missing table
+        return Registry(store, root).default_version()
+    finally:
+        store.close()
+
+
+def load_default(root: Path, **options) -> artifacts.ModelVersion:
+    """The default version of ``root``, loaded and verified."""
+    return artifacts.load(Path(root), default_version(Path(root)), **options)
+
+
 # --- in-process -------------------------------------------------------------------------------
 
 def _rate(fn, batches: list[list[str]], seconds: float) -> float:
@@ -93,9 +122,9 @@ def _worker(args) -> dict[int, float]:
     """Texts/s of one implementation at each batch size, in a fresh process: the fast path is
     measured without scikit-learn loaded, as in a serving worker (scikit-learn's allocations
     otherwise leave the allocator in a state that slows the fast path's large arrays)."""
-    kind, root, sizes, seconds = args
+    kind, root, name, sizes, seconds = args
     os.environ["OMP_NUM_THREADS"] = "1"
-    version = artifacts.load(Path(root))
+    version = artifacts.load(Path(root), name)
     fn = _sklearn_fn(version) if kind == "sklearn" else _fast_fn(version)
     texts = dataset_texts()
     return {size: _rate(fn, _batches(texts, size), seconds) for size in sizes}
@@ -103,17 +132,18 @@ def _worker(args) -> dict[int, float]:
 
 def in_process(root: Path, seconds: float) -> dict:
     sizes = (1, 32, 100)
+    name = default_version(root)
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
-        sk = pool.apply(_worker, (("sklearn", str(root), sizes, seconds),))
+        sk = pool.apply(_worker, (("sklearn", str(root), name, sizes, seconds),))
     with ctx.Pool(1) as pool:
-        fast = pool.apply(_worker, (("fast", str(root), sizes, seconds),))
+        fast = pool.apply(_worker, (("fast", str(root), name, sizes, seconds),))
     out = {}
     for size in sizes:
         out[f"batch_{size}"] = {"sklearn_texts_per_s": round(sk[size]), "fast_texts_per_s": round(fast[size]),
                                 "speedup": round(fast[size] / sk[size], 2)}
     with ctx.Pool(2) as pool:
-        rates = pool.map(_worker, [("sklearn", str(root), (100,), seconds)] * 2)
+        rates = pool.map(_worker, [("sklearn", str(root), name, (100,), seconds)] * 2)
     out["sklearn_batch_100_two_processes_texts_per_s"] = round(sum(r[100] for r in rates))
     return out
 
@@ -208,6 +238,7 @@ def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = N
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": "2",
         "BENCH_ARTIFACTS_DIR": str(root),
+        "BENCH_MODEL_VERSION": default_version(root),  # what the peers serve
     }
     bindir = Path(sys.executable).parent
     if target.get("server") == "uvicorn":
@@ -217,6 +248,9 @@ def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = N
         env.update({"TAGIFAI_ARTIFACTS_DIR": str(root),
                     # this tree's keys file, not one next to another revision's code
                     "TAGIFAI_API_KEYS_FILE": str(settings.DEFAULTS["API_KEYS_FILE"]),
+                    # this tree's store (a revision from before the store knows no such setting)
+                    **({"TAGIFAI_DATABASE_URL": database_url()}
+                       if "DATABASE_URL" in (cwd / "tagifai_api" / "settings.py").read_text() else {}),
                     "TAGIFAI_CACHE_SIZE": "0",  # rotating texts: measure the model, not a cache
                     **target["env"]})
         cmd = [str(bindir / "gunicorn"), "-c", target["conf"], target["app"]]
@@ -511,7 +545,7 @@ def main() -> None:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
-        "model_version": artifacts.default_version(opts.artifacts),
+        "model_version": default_version(opts.artifacts),
         "rounds": opts.rounds,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min: others' work skews figures
     }

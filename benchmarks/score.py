@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import run as bench  # noqa: E402
 from tagifai_api import settings  # noqa: E402
-from tagifai_api.ml import artifacts  # noqa: E402
 
 TARGET_SHARE = 0.8
 
@@ -50,7 +49,7 @@ def _fast_worker(args) -> tuple[float, float]:
     """(texts per wall second, texts per CPU second) of the fast path at batch 100."""
     root, seconds = args
     os.environ["OMP_NUM_THREADS"] = "1"
-    fn = bench._fast_fn(artifacts.load(Path(root)))
+    fn = bench._fast_fn(bench.load_default(Path(root)))
     batches = bench._batches(bench.dataset_texts(), 100)
     for b in batches[:3]:
         fn(b)
@@ -101,7 +100,7 @@ def main() -> None:
     worker_counts = [int(w) for w in opts.workers.split(",")]
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": opts.rows,
               "batch_size": opts.batch_size, "cpus": os.cpu_count(),
-              "model_version": artifacts.default_version(opts.artifacts), "rounds": []}
+              "model_version": bench.default_version(opts.artifacts), "rounds": []}
     with tempfile.TemporaryDirectory(prefix="tagifai-bench-score-") as tmp:
         src = Path(tmp) / "projects.csv"
         print(f"writing {opts.rows:,} rows ...", file=sys.stderr)

@@ -43,6 +43,12 @@ def _echo_json(obj) -> None:
 _READS_ARTIFACTS = frozenset({"evaluate", "predict", "versions", "set-default", "rollback", "score"})
 
 
+def _named(obj: dict, version: str) -> str:
+    """``version``, or for ``default`` the one the state store records: a named version needs no
+    store, so it can be used while the store is down."""
+    return registry_cli.open_registry(obj).default_version() if version == "default" else version
+
+
 @click.group()
 @click.option("--artifacts", "artifacts_dir", type=click.Path(path_type=Path), default=None,
               help="Artifacts directory (default: TAGIFAI_ARTIFACTS_DIR or ./artifacts).")
@@ -105,7 +111,7 @@ def evaluate(obj: dict, version: str, data_path: Path) -> None:
     from tagifai_api.ml import evaluate as evaluation
     from tagifai_api.ml import train as training
 
-    model = artifacts.load(obj["artifacts"], registry_cli.open_registry(obj).resolve(version))
+    model = artifacts.load(obj["artifacts"], _named(obj, version))
     pipeline = artifacts.load_pipeline(model)
     args = model.args
     df = data.prepare(data.load_dataset(data_path), args["accepted_tags"], args["min_tag_freq"],
@@ -150,7 +156,7 @@ def predict(obj: dict, texts: tuple[str, ...], version: str, explain: bool) -> N
     """Tag one or more texts and print the predictions as JSON."""
     from tagifai_api.ml.predict import Predictor
 
-    predictor = Predictor(artifacts.load(obj["artifacts"], registry_cli.open_registry(obj).resolve(version)))
+    predictor = Predictor(artifacts.load(obj["artifacts"], _named(obj, version)))
     predictions = predictor.explain(texts) if explain else predictor.predict(texts)
     results = [{"input_text": t, **p} for t, p in zip(texts, predictions)]
     _echo_json({"model_version": predictor.version, "predictions": results})
@@ -220,7 +226,7 @@ def score(obj: dict, input_path: str, output: Path, input_format: str | None, te
     opts = job.ScoreOptions(
         input=input_path, output=output, artifacts_dir=obj["artifacts"],
         max_text_length=int(settings.from_env()["MAX_TEXT_LENGTH"]), version=version,
-        default_version=registry_cli.open_registry(obj).pointers()[0],
+        default_version=registry_cli.open_registry(obj).pointers()[0] if version == "default" else None,
         input_format=input_format, text_column=text_column, title_column=title_column or "title",
         description_column=description_column or "description", id_column=id_column,
         batch_size=batch_size, chunk_rows=chunk_size, workers=workers or job.default_workers(),

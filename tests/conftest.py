@@ -155,3 +155,12 @@ def app_store(make_app, artifacts_dir, tmp_path):
     store = Store(f"sqlite:///{private}")
     yield store
     store.close()
+
+
+@pytest.fixture
+def artifacts_copy(tmp_path, artifacts_dir) -> Path:
+    """A private copy of the session's artifacts folder, its store included: free to add keys to,
+    switch or damage."""
+    root = tmp_path / "artifacts-copy"
+    shutil.copytree(artifacts_dir, root)
+    return root

@@ -1,8 +1,9 @@
 """The scikit-learn pipeline the peers serve: the service's default model version, loaded once.
 
-``BENCH_ARTIFACTS_DIR`` names the model directory (the bench sets it). Texts are cleaned as the
-service cleans them, and :func:`predict_tags` applies the version's low-confidence rule, so the
-peers answer with the service's tags.
+``BENCH_ARTIFACTS_DIR`` names the model directory and ``BENCH_MODEL_VERSION`` the version the
+state store records as the default (the bench sets both; without the second, the store is asked).
+Texts are cleaned as the service cleans them, and :func:`predict_tags` applies the version's
+low-confidence rule, so the peers answer with the service's tags.
 """
 
 import os
@@ -11,7 +12,13 @@ from pathlib import Path
 from tagifai_api.ml import artifacts
 from tagifai_api.ml.predict import OTHER
 
-version = artifacts.load(Path(os.environ.get("BENCH_ARTIFACTS_DIR", "artifacts")))
+_root = Path(os.environ.get("BENCH_ARTIFACTS_DIR", "artifacts"))
+if os.environ.get("BENCH_MODEL_VERSION"):
+    version = artifacts.load(_root, os.environ["BENCH_MODEL_VERSION"])
+else:
+    from benchmarks.run import load_default
+
+    version = load_default(_root)
 pipeline = artifacts.load_pipeline(version)
 clean = version.compiled.clean
 classes = list(pipeline.classes_)

@@ -3,6 +3,8 @@ rolling back and shadowing need an admin key (see :mod:`tagifai_api.auth`).
 
 A write changes the state store (:mod:`tagifai_api.store.registry`), then this worker follows at
 once; every other worker and replica sharing the store follows within ``TAGIFAI_REGISTRY_POLL_S``.
+While the store is down, a version (and the default and shadow) is described from what this worker
+last read; the listing, which holds the store's history, and every change answer 503.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ def list_models():
       tags: [registry]
       responses:
         200: OK
+        503: The state store is unavailable (see Retry-After)
     """
     service = get_service()
     root = service.artifacts_dir
     default = service.default_name()
-    shadow = service.registry.shadow_version()
+    shadow = service.shadow_name()
     previous = [e["version"] for e in reversed(service.registry.history())]
     live = service.registry.store.feedback_summary()
     models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow,
@@ -120,10 +123,9 @@ def get_model(version: str):
         if service.fallback is not None and service.fallback["wanted"] == name:
             exc.fallback = dict(service.fallback)  # the 409 says what this worker serves instead
         raise
-    shadow = service.registry.shadow_version()
     fallback = service.fallback if service.fallback is not None and service.fallback["wanted"] == name else None
-    return construct_response(HTTPStatus.OK, data={**described, "default": name == service.default_name(),
-                                                   "shadow": name == shadow, "fallback": fallback})
+    return construct_response(HTTPStatus.OK, data={**described, "default": name == default,
+                                                   "shadow": name == service.shadow_name(), "fallback": fallback})
 
 
 @bp.get("/default")
@@ -151,7 +153,7 @@ def get_shadow():
       responses:
         200: OK
     """
-    shadow = get_service().registry.shadow_version()
+    shadow = get_service().shadow_name()
     return construct_response(HTTPStatus.OK, data={"shadow": shadow, "shadow_agreement": _shadow_agreement(shadow)})
 
 

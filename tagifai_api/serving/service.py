@@ -427,6 +427,14 @@ class ModelService:
         except StoreError:
             return self.default.version if self.default is not None else None
 
+    def shadow_name(self) -> str | None:
+        """The shadow as the registry says now; while the store cannot be read, the one this worker
+        last read (and scores with)."""
+        try:
+            return self.registry.pointers()[1]
+        except StoreError:
+            return self.shadow_version
+
     def check_switchable(self) -> None:
         """Refuse a default switch or rollback while a version is pinned."""
         if self.pinned:

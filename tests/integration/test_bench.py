@@ -16,10 +16,13 @@ from tests import helpers
 pytestmark = pytest.mark.integration
 
 
-def run_bench(*args: str, timeout_s: float) -> tuple[str, dict]:
-    """``python -m benchmarks.run`` with ``args``: its stdout and the JSON report it wrote."""
+def run_bench(artifacts_dir, *args: str, timeout_s: float) -> tuple[str, dict]:
+    """``python -m benchmarks.run --artifacts artifacts_dir`` with ``args`` (the folder's store says
+    which version is the default): its stdout and the JSON report it wrote."""
     helpers.require_binary("wrk")
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+           **helpers.cli_env(artifacts_dir)}
+    args = (*args, "--artifacts", str(artifacts_dir))
     out = subprocess.run([sys.executable, "-m", "benchmarks.run", *args],
                          cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -28,8 +31,9 @@ def run_bench(*args: str, timeout_s: float) -> tuple[str, dict]:
 
 
 def test_short_bench_runs_every_scenario_without_errors(artifacts_dir):
-    stdout, result = run_bench("--seconds", "2", "--rounds", "1", "--inproc-seconds", "0.2",
-                               "--artifacts", str(artifacts_dir), timeout_s=240)
+    stdout, result = run_bench(artifacts_dir, "--seconds", "2", "--rounds", "1", "--inproc-seconds", "0.2",
+                               timeout_s=240)
+    assert result["model_version"] == helpers.default_of(artifacts_dir)
     assert set(result["http"]) == set(bench.TARGETS)
     for name, scenarios in result["http"].items():
         for scenario, *_ in bench.HTTP_SCENARIOS:
@@ -52,8 +56,8 @@ def test_baseline_mode_alternates_this_tree_and_a_revision(artifacts_dir):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=helpers.ROOT, capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
-    stdout, result = run_bench("--baseline", "HEAD", "--seconds", "1", "--rounds", "2",
-                               "--artifacts", str(artifacts_dir), timeout_s=120)
+    stdout, result = run_bench(artifacts_dir, "--baseline", "HEAD", "--seconds", "1", "--rounds", "2",
+                               timeout_s=120)
     assert result["baseline"]["commit"] == head.stdout.strip()
     assert result["order"] == [["current", "baseline"], ["baseline", "current"]]
     scenario = "1 text, 64 conns"

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 def test_short_loadtest_has_no_failures(artifacts_dir, tmp_path):
     reports = tmp_path / "locust"
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+           **helpers.cli_env(artifacts_dir)}  # the folder's store, for the Gunicorn it starts
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.loadtest", "--run-time", "5", "--users", "5", "--spawn-rate", "5",
          "--workers", "1", "--artifacts", str(artifacts_dir), "--reports", str(reports)],

@@ -19,12 +19,12 @@ ACCESS_FIELDS = {"request_id", "method", "path", "status", "latency_ms", "worker
                  "key_name"}
 
 
-def run(tmp_path: Path, env: dict) -> tuple[list[dict], str, str]:
+def run(artifacts_dir: Path, tmp_path: Path, env: dict) -> tuple[list[dict], str, str]:
     """Start Gunicorn, send one prediction, stop it; return its parsed log lines, raw log and model version."""
     log = tmp_path / "gunicorn.log"
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_LOG_LEVEL": "INFO",
            "TAGIFAI_LOG_TEXTS": "false", "GUNICORN_ACCESSLOG": "", **env}
-    with gunicorn(workers=2, env=env, log_path=log) as server:
+    with gunicorn(artifacts_dir, workers=2, env=env, log_path=log) as server:
         r = requests.post(f"{server.url}/predict", json={"texts": [{"text": SECRET}]},
                           headers={"X-Request-ID": "log-test-1"}, timeout=10)
         assert r.status_code == 200
@@ -41,8 +41,8 @@ def run(tmp_path: Path, env: dict) -> tuple[list[dict], str, str]:
 
 
 @pytest.mark.integration
-def test_every_line_is_json_and_one_access_line_without_texts(tmp_path):
-    lines, raw, version = run(tmp_path, {})
+def test_every_line_is_json_and_one_access_line_without_texts(artifacts_dir, tmp_path):
+    lines, raw, version = run(artifacts_dir, tmp_path, {})
 
     assert all({"timestamp", "level", "logger", "message", "pid"} <= set(entry) for entry in lines), raw[-3000:]
     assert any(entry["logger"] == "gunicorn.error" and "Listening at" in entry["message"] for entry in lines), raw[-3000:]
@@ -65,8 +65,8 @@ def test_every_line_is_json_and_one_access_line_without_texts(tmp_path):
 
 
 @pytest.mark.integration
-def test_texts_are_logged_only_when_asked(tmp_path):
-    lines, raw, _ = run(tmp_path, {"TAGIFAI_LOG_TEXTS": "true"})
+def test_texts_are_logged_only_when_asked(artifacts_dir, tmp_path):
+    lines, raw, _ = run(artifacts_dir, tmp_path, {"TAGIFAI_LOG_TEXTS": "true"})
     access = [entry for entry in lines if entry.get("request_id") == "log-test-1"]
     assert len(access) == 1
     assert SECRET in access[0]["body"]

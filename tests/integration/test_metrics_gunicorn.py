@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import PREDICT_COUNT, ROOT, VENV_BIN, free_port, gunicorn, scrape, value
+from tests.helpers import PREDICT_COUNT, ROOT, VENV_BIN, free_port, gunicorn, open_registry, scrape, value
 
 TEXTS = ["Transfer learning with transformers for text classification.", "GANs that generate faces."]
 
@@ -63,7 +63,7 @@ def stale_counter(directory: Path) -> Path:
 
 
 @pytest.mark.integration
-def test_one_scrape_counts_every_request_of_both_workers(tmp_path):
+def test_one_scrape_counts_every_request_of_both_workers(artifacts_dir, tmp_path):
     mp_dir = tmp_path / "metrics"
     stale = stale_counter(mp_dir)
     other = mp_dir / "operator-notes.txt"  # not a sample file: left alone
@@ -73,7 +73,7 @@ def test_one_scrape_counts_every_request_of_both_workers(tmp_path):
     # Workers sharing one listening socket let the first one to wake take every idle-time connection;
     # a socket per worker (SO_REUSEPORT) spreads fresh connections over both by their address hash.
     env = {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "GUNICORN_CMD_ARGS": "--reuse-port"}
-    with gunicorn(workers=2, env=env, log_path=log) as server:
+    with gunicorn(artifacts_dir, workers=2, env=env, log_path=log) as server:
         assert not stale.exists(), "the previous run's files must be removed at start"
         assert other.read_text() == "kept"
         predict_many(server.url, n)
@@ -89,13 +89,13 @@ def test_one_scrape_counts_every_request_of_both_workers(tmp_path):
 
 
 @pytest.mark.integration
-def test_worker_recycling_loses_and_repeats_nothing(tmp_path):
+def test_worker_recycling_loses_and_repeats_nothing(artifacts_dir, tmp_path):
     mp_dir = tmp_path / "metrics"
     log = tmp_path / "gunicorn.log"
     n = 150
     env = {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "GUNICORN_MAX_REQUESTS": "20",
            "GUNICORN_MAX_REQUESTS_JITTER": "1", "TAGIFAI_CACHE_SIZE": "0"}  # every text reaches the model
-    with gunicorn(workers=2, env=env, log_path=log) as server:
+    with gunicorn(artifacts_dir, workers=2, env=env, log_path=log) as server:
         predict_many(server.url, n)
         samples = scrape(server.url)
         files = db_files(mp_dir)
@@ -121,7 +121,8 @@ def test_gunicorn_check_config(tmp_path):
     """The config file loads and the app imports, even before the metrics directory exists."""
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(PORT=str(free_port()), TMPDIR=str(tmp_path),
-               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+               TAGIFAI_DATABASE_URL=f"sqlite:///{tmp_path / 'state.db'}")  # not the checkout's var/tagifai.db
     env.pop("GUNICORN_BIND", None)
     result = subprocess.run([str(VENV_BIN / "gunicorn"), "--check-config", "-c", "gunicorn.conf.py", "wsgi:app"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -129,15 +130,15 @@ def test_gunicorn_check_config(tmp_path):
 
 
 @pytest.mark.integration
-def test_error_cache_and_fallback_counters_move_exactly(artifacts_dir, tmp_path):
+def test_error_cache_and_fallback_counters_move_exactly(artifacts_copy, tmp_path):
     """tagifai_errors_total by type, the cache's hits and misses, and the low-confidence count
     equal what the requests made happen, summed over both workers."""
     from tagifai_api.auth.keys import KeyStore
 
-    keys_file = tmp_path / "keys.json"
-    key = KeyStore(keys_file).create("metrics", "predict")
-    env = {"TAGIFAI_CACHE_SIZE": "64", "TAGIFAI_MAX_CONTENT_LENGTH": "4096", "TAGIFAI_AUTH": "all",
-           "TAGIFAI_API_KEYS_FILE": str(keys_file)}
+    registry = open_registry(artifacts_copy)
+    key = KeyStore(registry.store).create("metrics", "predict")
+    registry.store.close()
+    env = {"TAGIFAI_CACHE_SIZE": "64", "TAGIFAI_MAX_CONTENT_LENGTH": "4096", "TAGIFAI_AUTH": "all"}
     auth = {"Authorization": f"Bearer {key}"}
     errors = {  # type: (how many, status, request)
         "ValidationError": (3, 422, dict(method="POST", path="/predict", json={"texts": []})),
@@ -162,7 +163,7 @@ def test_error_cache_and_fallback_counters_move_exactly(artifacts_dir, tmp_path)
             low_confidence += p["low_confidence"]
             assert p["predicted_tag"] == "other" or not p["low_confidence"]
 
-    with gunicorn(artifacts_dir, workers=2, env=env, log_path=tmp_path / "gunicorn.log") as server:
+    with gunicorn(artifacts_copy, workers=2, env=env, log_path=tmp_path / "gunicorn.log") as server:
         before = scrape(server.url)
         with requests.Session() as session:  # one kept-alive connection: one worker, one cache
             session.headers.update(auth)

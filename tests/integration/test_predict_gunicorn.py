@@ -11,9 +11,9 @@ import psutil
 import pytest
 import requests
 
-from tagifai_api.ml import artifacts, data
+from tagifai_api.ml import data
 from tagifai_api.ml.predict import Predictor
-from tests.helpers import gunicorn, scrape, value
+from tests.helpers import gunicorn, load_default, scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ REQUESTS_PER_CLIENT = 15
 
 def test_concurrent_clients_get_their_own_answers_in_order(artifacts_dir, dataset, tmp_path):
     texts = [data.join_text(t, d) for t, d in zip(dataset["title"], dataset["description"])]
-    expected = {t: p for t, p in zip(texts, Predictor(artifacts.load(artifacts_dir)).predict(texts))}
+    expected = {t: p for t, p in zip(texts, Predictor(load_default(artifacts_dir)).predict(texts))}
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_BATCH_MAX_WAIT_MS": "5",
            "TAGIFAI_CACHE_SIZE": "0"}
 

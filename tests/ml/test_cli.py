@@ -114,3 +114,20 @@ def test_seed_copies_the_versions_into_an_empty_directory(registry_root, tmp_pat
     # the source's versions carry no state: the newest of them becomes the volume's default
     assert json.loads(seeded.output) == {"copied": [first, second], "default": second}
     assert default_of(tmp_path / "volume") == second
+
+
+def test_an_explicit_version_needs_no_store(artifacts_dir):
+    """--version names the version: a state store that is down stops only what needs the default."""
+    import subprocess
+    import sys
+
+    version = default_of(artifacts_dir)
+    down = {**os.environ, **cli_env(artifacts_dir), "TAGIFAI_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}
+    base = [sys.executable, "-m", "tagifai_api", "--artifacts", str(artifacts_dir), "predict"]
+    named = subprocess.run([*base, "--version", version, "YOLO object detection"], capture_output=True, text=True,
+                           timeout=60, env=down)
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["model_version"] == version
+    default = subprocess.run([*base, "YOLO object detection"], capture_output=True, text=True, timeout=60, env=down)
+    assert default.returncode == 2 and default.stdout == ""
+    assert default.stderr.startswith("error: the state store is unavailable") and default.stderr.count("\n") == 1

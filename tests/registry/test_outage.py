@@ -68,6 +68,13 @@ def test_changes_are_refused_while_predictions_go_on_and_the_store_comes_back(ma
     for _ in range(3):
         r = client.post("/predict", json=TEXT)
         assert check_envelope(r, 200, "POST")["data"]["model_version"] == first
+    # what this worker serves is described from what it read; the listing needs the store's history
+    described = check_envelope(client.get("/models/default"), 200)["data"]
+    assert described["version"] == first and described["default"] is True and described["shadow"] is False
+    assert check_envelope(client.get("/models/shadow"), 200)["data"] == {"shadow": None, "shadow_agreement": None}
+    listing = client.get("/models")
+    assert check_envelope(listing, 503)["data"]["reason"].startswith("the state store is unavailable")
+    assert listing.headers["Retry-After"] == "1"
     writes = [("put", "/models/default", {"json": {"version": second, "reason": "better"}}),
               ("post", "/models/default/rollback", {}),
               ("put", "/models/shadow", {"json": {"version": second}}),

@@ -273,3 +273,17 @@ def test_explain_gives_predict_explanations_top_words(score, client, dataset_csv
         assert [w["contribution"] for w in listed] == pytest.approx(best, abs=1e-9)
         for w in listed:
             assert totals[w["word"].lower()] == pytest.approx(w["contribution"], abs=1e-9)
+
+
+def test_an_explicit_version_scores_while_the_store_is_down(artifacts_dir, dataset_csv, tmp_path):
+    """--version names the version: scoring does not need the state store then."""
+    from tests.helpers import default_of
+
+    src = tmp_path / "in.csv"
+    src.write_bytes(dataset_csv)
+    version = default_of(artifacts_dir)
+    down = {**os.environ, **cli_env(artifacts_dir), "TAGIFAI_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}
+    proc = subprocess.run(command(artifacts_dir, src, "-o", tmp_path / "o.csv", "--version", version, "--quiet"),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=down)
+    assert proc.returncode == 0, proc.stderr
+    assert {row["model_version"] for row in read_csv((tmp_path / "o.csv").read_bytes())} == {version}
