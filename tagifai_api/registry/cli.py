@@ -21,7 +21,7 @@ def open_registry(obj: dict) -> Registry:
     """The registry of the command's artifacts directory, in the store the settings name (made
     ready on first use: its schema upgraded, the old state files imported)."""
     if "registry" not in obj:
-        obj["registry"] = Registry(open_store(settings.from_env()), obj["artifacts"])
+        obj["registry"] = Registry(open_store({**settings.from_env(), "ARTIFACTS_DIR": str(obj["artifacts"])}), obj["artifacts"])
     return obj["registry"]
 
 

@@ -145,4 +145,4 @@ def test_a_worker_that_never_read_the_store_waits_for_it_unready(make_app, serve
     wait_until(lambda: ready(client)["status"] == 200, what="the default loaded once the store answers")
     assert ready(client) | {"uptime_seconds": 0, "pid": 0} == {
         "status": 200, "ready": True, "model_version": first, "uptime_seconds": 0, "pid": 0,
-        "store": {"ok": True, "error": None}}
+        "store": {"ok": True, "error": None}, "degraded": False}
