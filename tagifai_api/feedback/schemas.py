@@ -8,6 +8,8 @@ from tagifai_api.web.schemas import NotBlank
 
 #: most items in one request
 MAX_ITEMS = 100
+#: the tags the service gives (the documented choices; a version's own classes are checked too)
+TAGS = ("computer-vision", "mlops", "natural-language-processing", "other")
 
 
 class FeedbackItemSchema(Schema):
@@ -16,11 +18,11 @@ class FeedbackItemSchema(Schema):
     request_id = fields.String(validate=validate.Length(min=1, max=128),
                                metadata={"description": "The X-Request-ID of a /predict answer.",
                                          "example": "a39ec4f6758f45fc0000000000000000"})
-    index = fields.Integer(load_default=0, validate=validate.Range(min=0),
+    index = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0),
                            metadata={"description": "Which text of that request (default 0)."})
     text = fields.String(validate=NotBlank(), metadata={"description": "Any text, tagged by hand.",
                                    "example": "Transfer learning with transformers for text classification."})
-    tag = fields.String(required=True, validate=validate.Length(min=1, max=64),
+    tag = fields.String(required=True, validate=validate.OneOf(TAGS),
                         metadata={"description": "The right tag: one of the model's classes.", "example": "mlops"})
 
     @validates_schema
@@ -40,4 +42,5 @@ class FeedbackRequestSchema(Schema):
 class QualityQuerySchema(Schema):
     """``GET /models/<version>/quality?days=7``: the recent window."""
 
-    days = fields.Float(load_default=7.0, validate=validate.Range(min=0.01, max=3650))
+    days = fields.Float(load_default=7.0, validate=validate.Range(min=0.01, max=3650),
+                        metadata={"description": "The recent window, in days (0.01 to 3650)."})

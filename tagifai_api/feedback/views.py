@@ -36,7 +36,33 @@ def post_feedback():
         required: true
         content:
           application/json:
-            schema: tagifai_api.feedback.schemas.FeedbackRequestSchema
+            schema:
+              type: object
+              additionalProperties: false
+              required: [feedback]
+              properties:
+                feedback:
+                  type: array
+                  minItems: 1
+                  maxItems: 100
+                  description: "1 to 100 corrections: of a logged prediction, or of any text."
+                  items:
+                    oneOf:
+                      - type: object
+                        additionalProperties: false
+                        required: [request_id, tag]
+                        properties:
+                          request_id: {type: string, minLength: 1, maxLength: 128,
+                                       description: The X-Request-ID of a /predict answer.}
+                          index: {type: integer, minimum: 0, default: 0, description: Which text of that request.}
+                          tag: {type: string, enum: [computer-vision, mlops, natural-language-processing, other]}
+                      - type: object
+                        additionalProperties: false
+                        required: [text, tag]
+                        properties:
+                          text: {type: string, minLength: 1, maxLength: 10000, pattern: '[^\\s\\x1c-\\x1f\\x85\\ufeff]',
+                                 description: "Any text, tagged by hand."}
+                          tag: {type: string, enum: [computer-vision, mlops, natural-language-processing, other]}
             example:
               feedback:
                 - {request_id: a39ec4f6758f45fc0000000000000000, index: 0, tag: mlops}
@@ -78,7 +104,7 @@ def get_quality(version: str):
       tags: [feedback]
       parameters:
         - {name: version, in: path, required: true, schema: {type: string}, example: $default_version}
-        - {name: days, in: query, required: false, schema: {type: number, default: 7}}
+        - {name: days, in: query, required: false, schema: {type: number, default: 7, minimum: 0.01, maximum: 3650}}
       responses:
         200: "data.all and data.recent: count, accuracy, accuracy_95 (Wilson), per_class, confusion"
         404: Unknown version; data.valid lists the valid ones

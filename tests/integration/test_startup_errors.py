@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tagifai_api.cli import cli
-from tests.helpers import ROOT, VENV_BIN, free_port
+from tests.helpers import ROOT, VENV_BIN, free_port, state_url
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,8 @@ def test_gunicorn_refuses_a_port_in_use(artifacts_dir):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = gunicorn(clean_env(GUNICORN_BIND=f"127.0.0.1:{port}", TAGIFAI_ARTIFACTS_DIR=str(artifacts_dir)))
+        result = gunicorn(clean_env(GUNICORN_BIND=f"127.0.0.1:{port}", TAGIFAI_ARTIFACTS_DIR=str(artifacts_dir),
+                                    TAGIFAI_DATABASE_URL=state_url(artifacts_dir)))
     assert_one_line(result, f"127.0.0.1:{port} is already in use", "PORT")
 
 
@@ -116,7 +117,8 @@ def test_gunicorn_refuses_a_malformed_gunicorn_setting(artifacts_dir):
 @pytest.mark.parametrize("case", ["unknown setting", "port in use"])
 def test_make_serve_refuses_in_one_line(case, artifacts_dir):
     """`make serve`: the refusal's line, then only make's own note of the step that failed."""
-    env = clean_env(TAGIFAI_ARTIFACTS_DIR=str(artifacts_dir))
+    # the folder's own store: with another, `make model` would train a version into the shared folder
+    env = clean_env(TAGIFAI_ARTIFACTS_DIR=str(artifacts_dir), TAGIFAI_DATABASE_URL=state_url(artifacts_dir))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -5,6 +5,7 @@ default loads again. TAGIFAI_FALLBACK=off keeps the 503."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,9 +38,24 @@ def switched(registry_root):
     return root, first, second, restore
 
 
-def test_a_damaged_default_at_start_serves_the_previous_one_and_says_so(switched, make_app, capsys):
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_damaged_default_at_start_serves_the_previous_one_and_says_so(switched, make_app):
     root, first, second, restore = switched
-    app = make_app(ARTIFACTS_DIR=str(root), REGISTRY_POLL_S=0)
+    handler = _Records()
+    logger = logging.getLogger("tagifai_api.serving.service")
+    logger.addHandler(handler)
+    try:
+        app = make_app(ARTIFACTS_DIR=str(root), REGISTRY_POLL_S=0)
+    finally:
+        logger.removeHandler(handler)
     client = app.test_client()
     body = check_envelope(client.post("/predict", json=LESSON), 200, "POST")
     assert body["data"]["model_version"] == first
@@ -52,10 +68,9 @@ def test_a_damaged_default_at_start_serves_the_previous_one_and_says_so(switched
     refused = check_envelope(client.get("/models/default"), 409)
     assert refused["data"]["fallback"]["serving"] == first
     assert _fallback_gauge(client) == {(second, first): 1.0}
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    (logged,) = [e for e in lines if e.get("event") == "model_fallback" and e.get("wanted") == second]
-    assert logged["level"] == "ERROR" and logged["wanted"] == second and logged["model_version"] == first
-    assert "does not match its sha256" in logged["message"]
+    (logged,) = [r for r in handler.records if getattr(r, "event", None) == "model_fallback"]
+    assert logged.levelname == "ERROR" and logged.wanted == second and logged.model_version == first
+    assert "does not match its sha256" in logged.getMessage()
     # an explicit request for the damaged version is still refused
     check_envelope(client.post(f"/predict?version={second}", json=LESSON), 409, "POST")
     # the recorded default did not change
