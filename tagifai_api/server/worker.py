@@ -680,11 +680,16 @@ class ThreadWorker(gthread.ThreadWorker):
             del self._closing[conn]
 
     def _close(self, conn) -> None:
-        """Close now, reading first what is already there (unread bytes make the close a reset)."""
+        """Close now, reading first what is already there, up to CLOSE_DRAIN_BYTES (unread bytes
+        make the close a reset, which can cut an answer just sent)."""
         self.nr_conns -= 1
         try:
-            while conn.sock.recv(_RECV, socket.MSG_DONTWAIT):
-                pass
+            drained = 0
+            while drained < CLOSE_DRAIN_BYTES:
+                data = conn.sock.recv(_RECV, socket.MSG_DONTWAIT)
+                if not data:
+                    break
+                drained += len(data)
         except OSError:
             pass
         util.close(conn.sock)
