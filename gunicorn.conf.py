@@ -24,14 +24,17 @@ from tagifai_api.telemetry.multiprocess import archive_dead_worker  # noqa: E402
 _gunicorn_util.write_error = _json_write_error
 
 
-def _env_int(name, default):
+def _env_int(name, default, minimum=None):
     value = os.environ.get(name)
     if value in (None, ""):
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         sys.exit(f"error: {name}: expected a whole number such as {default}, got {value!r}")
+    if minimum is not None and number < minimum:
+        sys.exit(f"error: {name}: expected a whole number of at least {minimum}, got {value!r}")
+    return number
 
 
 def _env_str(name, default):
@@ -75,6 +78,20 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _env_int("GUNICORN_KEEPALIVE", 75)
+
+# slow clients: the worker reads each request whole in its event loop before a thread sees it. The
+# request line and headers must arrive within the header timeout (from the request's first byte, or
+# the accept), the body must not stall for longer than the body timeout (nginx's client_header_timeout
+# and client_body_timeout); a worker holds at most so many connections, and megabytes, of requests
+# still arriving, closing the oldest beyond. Past a deadline: 408, counted in tagifai_slow_clients_total.
+_slow_clients = {
+    "header_timeout": _env_int("GUNICORN_HEADER_TIMEOUT", 10, minimum=1),
+    "body_timeout": _env_int("GUNICORN_BODY_TIMEOUT", 30, minimum=1),
+    "max_incomplete": _env_int("GUNICORN_MAX_INCOMPLETE", 128, minimum=1),
+    "max_incomplete_bytes": _env_int("GUNICORN_MAX_INCOMPLETE_MB", 64, minimum=1) << 20,
+}
+if worker_class == "tagifai_api.server.worker.ThreadWorker":
+    tagifai_api.server.worker.ThreadWorker.configure(**_slow_clients)
 
 # logging: the app writes one JSON access line per request (with request id, latency, texts, model
 # version); Gunicorn's own log is JSON too. GUNICORN_ACCESSLOG=- adds Gunicorn's access line as well.

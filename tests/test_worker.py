@@ -6,15 +6,21 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import select
+import selectors
 import socket
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import gunicorn
 import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
+from gunicorn.http.errors import ParseException
 from gunicorn.workers.gthread import TConn
 
 from tagifai_api.server import worker
@@ -132,12 +138,14 @@ def _read_responses(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]
     return out
 
 
-@pytest.fixture
-def served():
+@pytest.fixture(params=[True, False], ids=["reading-without-waiting", "gthread-reading"])
+def served(request):
     """A ThreadWorker as it is after the fork, minus the master and the thread pool, and one loopback
-    connection to it: ``(worker, the connection as the worker holds it, the client's socket)``."""
+    connection to it: ``(worker, the connection as the worker holds it, the client's socket)``. Once
+    reading as it does for plain HTTP/1, once as gthread reads (what it keeps for TLS and HTTP/2)."""
     cfg = Config()
     w = worker.ThreadWorker(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
+    w._reads_in_loop = request.param
     w.wsgi = _echo_path
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname(), timeout=10)
@@ -228,3 +236,329 @@ def test_settled_settings_are_plain_attributes_with_the_same_values():
     assert {name: getattr(cfg, name) for name in cfg.settings} == expected
     assert {name: getattr(cfg, name) for name in computed} == computed  # properties still compute
     assert "worker_class" not in vars(cfg) and "env" not in vars(cfg)
+
+
+# --- requests read whole by the event loop, before a thread sees them ---------------------------
+
+def _reader(max_body: int = 1 << 20, now: float = 0.0, **settings) -> worker.RequestReader:
+    cfg = Config()
+    for name, value in settings.items():
+        cfg.set(name, value)
+    return worker.RequestReader(worker.ReadLimits(cfg, max_body), ("127.0.0.1", 5000), cfg, now)
+
+
+def _feed_bytewise(reader: worker.RequestReader, raw: bytes) -> list[int]:
+    """Feed ``raw`` a byte at a time (at t = 1, 2, ...); the positions after which it was whole."""
+    whole = []
+    for i in range(len(raw)):
+        reader.feed(raw[i:i + 1], float(i + 1))
+        if reader.advance(float(i + 1)):
+            whole.append(i)
+    return whole
+
+
+def test_a_request_arriving_a_byte_at_a_time_is_whole_at_its_last_byte_and_parsed_twice_at_most(monkeypatch):
+    parses = []
+    real = worker.Request
+    monkeypatch.setattr(worker, "Request", lambda *a: parses.append(1) or real(*a))
+    raw = b"POST /p?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-Long: " + b"a" * 2000 + b"\r\n\r\nhello"
+    reader = _reader()
+    assert _feed_bytewise(reader, raw) == [len(raw) - 1]
+    assert len(parses) == 2  # where the first line ended (a bad one is refused at once), and the head
+    req = reader.take()
+    assert (req.method, req.path, req.query) == ("POST", "/p", "q=1")
+    assert req.body.read() == b"hello"
+
+
+def test_a_chunked_body_is_whole_at_its_last_chunk_and_trailers():
+    raw = (b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    reader = _reader()
+    assert _feed_bytewise(reader, raw) == [len(raw) - 1]
+    req = reader.take()
+    assert req.body.read() == b"hello world" and req.trailers == [("X-TRAILER", "t")]
+
+
+def test_pipelined_requests_are_taken_one_after_another_from_the_buffer():
+    reader = _reader()
+    reader.feed(b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTT", 1.0)
+    assert reader.advance(1.0)
+    first = reader.take()
+    assert first.path == "/1" and first.body.read() == b"abc"
+    assert reader.has_bytes() and reader.advance(2.0) and reader.take().path == "/2"
+    assert reader.has_bytes() and not reader.advance(3.0)  # the third is still arriving
+    reader.feed(b"P/1.1\r\nHost: x\r\n\r\n", 4.0)
+    assert reader.advance(4.0) and reader.take().path == "/3"
+    assert not reader.has_bytes()
+
+
+def test_an_unread_body_is_drained_from_memory_before_the_next_request():
+    reader = _reader()
+    reader.feed(b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
+                b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n", 1.0)
+    assert reader.advance(1.0)
+    reader.take()  # the app never reads the body
+    assert reader.parser.finish_body()  # from the buffer: the reader has no socket to read
+    assert reader.advance(2.0) and reader.take().path == "/2"
+
+
+@pytest.mark.parametrize("raw, error", [
+    (b"NOT A REQUEST LINE\r\n", "InvalidRequestLine"),  # refused when its line ends, not at a deadline
+    (b"GET / HTTP/1.1\nHost: x\n", "InvalidRequestLine"),  # a bare LF
+    (b"GET /" + b"a" * 100, "LimitRequestLine"),  # a request line that never ends
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 400, "LimitRequestHeaders"),  # headers that never end
+])
+def test_a_head_gunicorn_refuses_is_refused_before_it_ends(raw, error):
+    reader = _reader(limit_request_line=50, limit_request_fields=2, limit_request_field_size=100)
+    reader.feed(raw, 1.0)
+    with pytest.raises(ParseException) as caught:
+        reader.advance(1.0)
+    assert type(caught.value).__name__ == error
+
+
+def test_a_declared_body_over_the_limit_goes_to_the_app_at_once_and_closes_the_connection():
+    reader = _reader(max_body=100)
+    reader.feed(b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 101\r\n\r\nab", 1.0)
+    assert reader.advance(1.0) and reader.must_close
+    req = reader.take()
+    assert req.should_close()  # answered with Connection: close, the body never read
+    assert not req._expected_100_continue and not reader.wants_continue()  # no 100 Continue either
+
+
+def test_a_chunked_body_over_the_limit_is_refused():
+    reader = _reader(max_body=10)
+    reader.feed(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n", 1.0)
+    with pytest.raises(worker.BodyTooLarge):
+        reader.advance(1.0)
+
+
+def test_a_client_expecting_100_continue_is_told_once_to_send_its_body():
+    reader = _reader()
+    reader.feed(b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 1.0)
+    assert not reader.advance(1.0)
+    assert reader.wants_continue() and not reader.wants_continue()
+    reader.feed(b"ok", 2.0)
+    assert reader.advance(2.0) and reader.take().body.read() == b"ok"
+
+
+def test_the_headers_deadline_counts_from_the_start_and_the_bodys_from_its_last_byte():
+    reader = _reader(now=100.0)  # accepted at 100
+    assert reader.deadline(10, 30) == (110.0, "headers")
+    reader.feed(b"POST /p HTTP/1.1\r\n", 105.0)
+    assert not reader.advance(105.0) and reader.deadline(10, 30) == (110.0, "headers")  # progress does not extend it
+    reader.feed(b"Host: x\r\nContent-Length: 9\r\n\r\n", 106.0)
+    assert not reader.advance(106.0) and reader.deadline(10, 30) == (136.0, "body")
+    reader.feed(b"abc", 120.0)
+    assert not reader.advance(120.0) and reader.deadline(10, 30) == (150.0, "body")
+    assert reader.held == 3
+
+
+def _echo_request(environ, start_response):
+    """Answers ``<path> <body length>``."""
+    body = f"{environ['PATH_INFO']} {len(environ['wsgi.input'].read())}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.fixture
+def loop():
+    """A ThreadWorker running its event loop in a thread, as after the fork but without a master or
+    signals, with 2 threads and deadlines of 0.5 s: ``(worker, connect)``; ``connect()`` opens a
+    client connection to it. Tests change its bounds on the instance."""
+    cfg = Config()
+    cfg.set("threads", 2)
+    cfg.set("graceful_timeout", 2)
+    w = worker.ThreadWorker(0, os.getppid(), [], None, 30, cfg, Logger(cfg))
+    w.wsgi = _echo_request
+    w.pid = os.getpid()  # the master sets it after the fork
+    w.header_timeout = w.body_timeout = 0.5
+    listener = socket.create_server(("127.0.0.1", 0))
+    w.sockets = [listener]
+    w.tpool = ThreadPoolExecutor(2)
+    w.poller = selectors.DefaultSelector()
+    w.method_queue.init()
+    clients = []
+
+    def connect() -> socket.socket:
+        clients.append(socket.create_connection(listener.getsockname(), timeout=10))
+        return clients[-1]
+
+    running = threading.Thread(target=w.run, daemon=True)
+    running.start()
+    yield w, connect
+    for client in clients:
+        client.close()
+    w.alive = False
+    w.method_queue.defer(lambda: None)
+    running.join(10)
+    w.tmp.close()
+
+
+def _post(path: str, body: bytes = b"", extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def _closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_connections_with_requests_still_arriving_hold_no_thread(loop):
+    """Twice as many slow clients as threads, mid-headers and mid-body: a whole request is still
+    answered at once (in gthread each would hold a thread until its client finished)."""
+    w, connect = loop
+    w.header_timeout = w.body_timeout = 60.0
+    slow = [connect() for _ in range(4)] + [connect() for _ in range(4)]
+    for sock in slow[:4]:
+        sock.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\n")
+    for sock in slow[4:]:
+        sock.sendall(_post("/slow", b"12345")[:-2])
+    helpers.wait_until(lambda: sum(c.reader.held > 0 for c in w._incomplete) == 8, what="8 requests arriving")
+    fast = connect()
+    fast.sendall(_post("/fast", b"body") + _post("/fast", b"more"))  # pipelined
+    assert [body for _, body in _read_responses(fast, 2)] == [b"/fast 4", b"/fast 4"]
+    assert w._waiting == 0 and len(w._incomplete) == 8
+    for sock in slow:
+        sock.sendall(b"Content-Length: 0\r\n\r\n" if sock in slow[:4] else b"45")
+    assert all(_read_responses(sock, 1)[0][1] == b"/slow " + (b"0" if sock in slow[:4] else b"5") for sock in slow)
+
+
+def test_a_slow_head_is_answered_408_at_its_deadline_and_counted(loop):
+    w, connect = loop
+    sock = connect()
+    started = time.monotonic()
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+    readable = select.poll()
+    readable.register(sock, select.POLLIN)
+    while not readable.poll(100):  # a header line every 0.1 s: progress, but never the end
+        sock.sendall(b"X-Drip: 1\r\n")
+    answer = _closed(sock)
+    assert time.monotonic() - started >= 0.5
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"Connection: close" in answer
+    assert w.slow_clients == {"headers": 1}
+
+
+def test_a_stalled_body_is_answered_408_counted_from_its_last_byte(loop):
+    w, connect = loop
+    sock = connect()
+    sock.sendall(_post("/predict", b"0123456789")[:-8])
+    helpers.wait_until(lambda: any(c.reader.phase == worker.BODY for c in w._incomplete), what="the body phase")
+    time.sleep(0.3)
+    last = time.monotonic()
+    sock.sendall(b"23")  # progress: the deadline moves
+    answer = _closed(sock)
+    assert time.monotonic() - last >= 0.5
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert w.slow_clients == {"body": 1}
+
+
+def test_a_connection_that_never_speaks_is_closed_at_the_header_deadline_without_an_answer(loop):
+    w, connect = loop
+    started = time.monotonic()
+    assert _closed(connect()) == b""
+    assert time.monotonic() - started >= 0.5 and w.slow_clients == {"headers": 1}
+
+
+def test_an_idle_kept_alive_connection_keeps_the_keepalive_limit(loop):
+    """Idle longer than the header deadline (a silent connection opened after it is closed by it),
+    it still carries the next request."""
+    w, connect = loop
+    kept = connect()
+    kept.sendall(_post("/one"))
+    assert _read_responses(kept, 1)[0][1] == b"/one 0"
+    assert _closed(connect()) == b""  # opened later, closed at its header deadline
+    kept.sendall(_post("/two"))
+    assert _read_responses(kept, 1)[0][1] == b"/two 0"
+    assert w.slow_clients == {"headers": 1}
+
+
+def test_beyond_the_bound_the_oldest_incomplete_connection_is_closed(loop):
+    w, connect = loop
+    w.header_timeout = 60.0
+    w.max_incomplete = 3
+    first, *others = [connect() for _ in range(3)]
+    for count, sock in enumerate((first, *others), 1):  # one after another: their age is their order
+        sock.sendall(b"GET /h HTTP/1.1\r\n")
+        helpers.wait_until(lambda: sum(c.reader.held > 0 for c in w._incomplete) == count, what="held")  # noqa: B023
+    newest = connect()
+    assert _closed(first) == b""  # the oldest goes
+    assert w.slow_clients == {"evicted": 1}
+    for sock in (*others, newest):
+        sock.sendall(b"GET /h HTTP/1.1\r\nHost: x\r\n\r\n" if sock is newest else b"Host: x\r\n\r\n")
+        assert _read_responses(sock, 1)[0][1] == b"/h 0"
+
+
+def test_beyond_the_byte_bound_the_oldest_incomplete_connection_is_closed(loop):
+    w, connect = loop
+    w.header_timeout = 60.0
+    w.max_incomplete_bytes = 1000
+    old, new = connect(), connect()
+    old.sendall(b"GET /h HTTP/1.1\r\nX-Big: " + b"a" * 600)
+    helpers.wait_until(lambda: w._incomplete_bytes >= 600, what="the first 600 bytes held")
+    new.sendall(b"GET /h HTTP/1.1\r\nX-Big: " + b"a" * 600)
+    assert _closed(old) == b""
+    assert w.slow_clients == {"evicted": 1}
+    new.sendall(b"\r\nHost: x\r\n\r\n")
+    assert _read_responses(new, 1)[0][1] == b"/h 0"
+    helpers.wait_until(lambda: w._incomplete_bytes == 0, what="nothing held")
+
+
+def test_a_request_in_pieces_a_chunked_body_and_100_continue_through_the_loop(loop):
+    w, connect = loop
+    sock = connect()
+    raw = _post("/pieces", b"0123456789")
+    for i in range(0, len(raw), 7):
+        sock.sendall(raw[i:i + 7])
+        time.sleep(0.01)
+    assert _read_responses(sock, 1)[0][1] == b"/pieces 10"
+    sock.sendall(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n")
+    time.sleep(0.05)
+    sock.sendall(b"0\r\n\r\n")
+    assert _read_responses(sock, 1)[0][1] == b"/chunked 4"
+    sock.sendall(_post("/continue", b"abc", "Expect: 100-continue\r\n")[:-3])
+    assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"abc")
+    assert _read_responses(sock, 1)[0][1] == b"/continue 3"
+    assert w.slow_clients == {}
+
+
+def test_bad_requests_and_connection_close_are_answered_then_closed(loop):
+    w, connect = loop
+    bad = connect()
+    bad.sendall(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+    assert _closed(bad).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    closing = connect()
+    closing.sendall(_post("/last", b"", "Connection: close\r\n"))
+    answer = _closed(closing)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"/last 0")
+    helpers.wait_until(lambda: w.nr_conns == 0, what="both connections closed in the worker")
+
+
+@pytest.mark.parametrize("served", [True], indirect=True, ids=["reading-without-waiting"])
+def test_a_next_request_begun_but_not_whole_goes_back_to_the_loop_as_incomplete(served):
+    w, conn, client = served
+    client.sendall(_request("/one") + b"GET /two HTTP/1.1\r\nHo")
+    assert _handle(w, conn) is True and w.nr == 1  # answered the first; the thread did not wait for the second
+    assert not conn.reader.idle and conn.reader.deadline(10, 30)[1] == "headers"  # the loop holds it as incomplete
+    assert _read_responses(client, 1)[0][1] == b"/one"
+
+
+@pytest.mark.parametrize("setting, value", [("certfile", "/run/secrets/tls.pem"), ("http_protocols", "h2,h1"),
+                                            ("protocol", "uwsgi")])
+def test_tls_http2_and_uwsgi_keep_gthreads_reading(setting, value):
+    """Only plain HTTP/1 is read without waiting; the service serves nothing else (nginx or the load
+    balancer in front of it terminates TLS)."""
+    cfg = Config()
+    assert _worker_for(cfg)._reads_in_loop
+    cfg.set(setting, value)
+    assert not _worker_for(cfg)._reads_in_loop
+
+
+def _worker_for(cfg) -> worker.ThreadWorker:
+    w = worker.ThreadWorker(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
+    w.tmp.close()
+    return w
