@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from tagifai_api.ml import data, evaluate
+from tagifai_api.ml import data, evaluate, profile
 from tagifai_api.ml.compiled import CompiledModel
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ class TrainResult:
     args: dict
     labels: list[str]
     performance: dict
+    #: the reference the drift statistics compare live predictions with (:mod:`tagifai_api.ml.profile`)
+    profile: dict | None = None
 
 
 def build_features(specs: list[dict]):
@@ -156,5 +158,37 @@ def train(df: pd.DataFrame, args: dict) -> TrainResult:
     performance = evaluate.evaluate(list(test_df["clean"]), list(test_df["tag"]), test_pred, classes)
     log.info("test F1 %.4f on %d rows; %.1fs in all", performance["overall"]["f1"], len(test_df), time.perf_counter() - t0)
 
+    reference = reference_profile(fit_df, test_df, args, compiled, threshold)
+    log.info("reference profile of %d texts (%d-fold out of fold + test); %.1fs in all", reference["texts"],
+             profile.FOLDS, time.perf_counter() - t0)
+
     full_args = {**args, "threshold": threshold}
-    return TrainResult(pipeline=pipeline, compiled=compiled, args=full_args, labels=classes, performance=performance)
+    return TrainResult(pipeline=pipeline, compiled=compiled, args=full_args, labels=classes, performance=performance,
+                       profile=reference)
+
+
+def reference_profile(fit_df: pd.DataFrame, test_df: pd.DataFrame, args: dict, compiled: CompiledModel,
+                      threshold: float) -> dict:
+    """The reference profile of a version (see :mod:`tagifai_api.ml.profile`): the texts it was fitted
+    on (``fit_df``: train + validation), each answered by a model fitted with the same ``args`` on the
+    other folds, then the test split answered by the version's own ``compiled`` model."""
+    stopwords = stopwords_for(args)
+    folds = StratifiedKFold(n_splits=profile.FOLDS, shuffle=True, random_state=args["seed"])
+    parts = []
+    for fitted_on, held_out in folds.split(fit_df["clean"], fit_df["tag"]):
+        fold = build_pipeline(args).fit(fit_df["clean"].iloc[fitted_on], fit_df["tag"].iloc[fitted_on])
+        parts.append(profile.observe(CompiledModel.from_pipeline(fold, stopwords), threshold,
+                                     fit_df["clean"].iloc[held_out]))
+    parts.append(profile.observe(compiled, threshold, test_df["clean"]))
+    return profile.build(profile.Observed.join(parts), compiled.classes,
+                         f"{len(fit_df)} training texts answered out of {profile.FOLDS} folds, "
+                         f"{len(test_df)} test texts answered by the version")
+
+
+def version_profile(df: pd.DataFrame, args: dict, compiled: CompiledModel) -> dict:
+    """The reference profile of an existing version from the raw dataset it was trained on, ``args``
+    its own (the threshold included): the same split and folds, so the same profile training writes."""
+    df = data.prepare(df, args["accepted_tags"], args["min_tag_freq"], stopwords_for(args))
+    train_df, val_df, test_df = data.split(df, args["val_size"], args["test_size"], args["seed"])
+    return reference_profile(pd.concat([train_df, val_df], ignore_index=True), test_df, args, compiled,
+                             float(args.get("threshold", 0.0)))

@@ -10,6 +10,7 @@ def test_training_is_deterministic(dataset, train_args, trained):
     assert json.dumps(again.performance, sort_keys=True) == json.dumps(trained.performance, sort_keys=True)
     texts = ["transformers for text", "object detection", "feature store"]
     assert np.array_equal(again.pipeline.predict_proba(texts), trained.pipeline.predict_proba(texts))
+    assert again.profile == trained.profile
 
 
 def test_args_record_the_threshold(trained, train_args):
