@@ -56,6 +56,18 @@ _BULK_LOG = {
                   "FROM json_array_elements(%s::json) AS r",
 }
 
+#: a version's newest logged texts, each as (request id, at, position, predicted, confidence, tokens,
+#: unknown tokens): the database takes the items apart, so a text kept in ``texts`` mode never travels
+_WINDOW = {
+    "sqlite": "SELECT p.id, p.at, j.key, j.value ->> 0, j.value ->> 1, j.value ->> 5, j.value ->> 6 "
+              "FROM prediction_log AS p, json_each(p.items) AS j "
+              "WHERE p.model_version = ? AND p.id BETWEEN ? AND ? ORDER BY p.id DESC, j.key",
+    "postgresql": "SELECT p.id, p.at, e.ord, e.item ->> 0, (e.item ->> 1)::float8, (e.item ->> 5)::int, "
+                  "(e.item ->> 6)::int FROM prediction_log AS p "
+                  "CROSS JOIN LATERAL json_array_elements(p.items::json) WITH ORDINALITY AS e(item, ord) "
+                  "WHERE p.model_version = %s AND p.id BETWEEN %s AND %s ORDER BY p.id DESC, e.ord",
+}
+
 
 class StoreError(Exception):
     """Base of the store's errors."""
@@ -574,6 +586,74 @@ class Store:
                                 .order_by(t.prediction_log.c.id)).mappings().all()
         found = {(r["request_id"], r["position"]): r for row in rows for r in self._texts(row)}
         return {k: found[k] for k in keys if k in found}
+
+    def drift_window(self, version: str, limit: int) -> dict:
+        """A version's newest ``limit`` logged texts, as the drift statistics read them: ``tags``,
+        ``confidence``, ``tokens`` and ``unknown`` (one entry per text, newest request first) and the
+        time span ``first_at`` .. ``last_at`` (unix seconds; None with no text).
+
+        Two reads along the (version, id) index: the newest ``limit`` requests' ids and text counts,
+        which say where the window starts, then only the four fields of each of the window's texts.
+        """
+        out: dict = {"tags": [], "confidence": [], "tokens": [], "unknown": [], "first_at": None, "last_at": None}
+        log = t.prediction_log
+        with self._connect("drift") as conn:
+            heads = conn.execute(sa.select(log.c.id, log.c.texts).where(log.c.model_version == version)
+                                 .order_by(log.c.id.desc()).limit(limit)).all()
+            if not heads:
+                return out
+            newest, oldest, counted = heads[0][0], heads[-1][0], 0
+            for row_id, texts in heads:
+                counted += texts
+                if counted >= limit:
+                    oldest = row_id
+                    break
+            dialect = conn.dialect.name
+            if dialect in _WINDOW:
+                rows = conn.exec_driver_sql(_WINDOW[dialect], (version, oldest, newest)).all()
+            else:
+                rows = [(r.id, r.at, i, item[0], item[1], item[5], item[6])
+                        for r in conn.execute(sa.select(log.c.id, log.c.at, log.c.items)
+                                              .where(log.c.model_version == version, log.c.id.between(oldest, newest))
+                                              .order_by(log.c.id.desc()))
+                        for i, item in enumerate(orjson.loads(r.items))]
+        rows = rows[:limit]
+        out["tags"] = [r[3] for r in rows]
+        out["confidence"] = [float(r[4]) for r in rows]
+        out["tokens"] = [int(r[5]) for r in rows]
+        out["unknown"] = [int(r[6]) for r in rows]
+        out["first_at"], out["last_at"] = rows[-1][1], rows[0][1]
+        return out
+
+    # -- reference profiles of older versions --------------------------------------------------------
+
+    def drift_profile(self, version: str) -> dict | None:
+        """The profile kept for ``version`` (after checking its sha256), or None.
+
+        Raises:
+            StoreError: the stored text does not match its sha256.
+        """
+        with self._connect("read") as conn:
+            row = conn.execute(sa.select(t.drift_profiles.c.profile, t.drift_profiles.c.sha256)
+                               .where(t.drift_profiles.c.version == version)).first()
+        if row is None:
+            return None
+        if hashlib.sha256(row.profile.encode("utf-8")).hexdigest() != row.sha256:
+            raise StoreError(f"the stored reference profile of {version} does not match its sha256; compute it "
+                             f"again with `python -m tagifai_api drift profile {version}`")
+        return json.loads(row.profile)
+
+    def save_drift_profile(self, version: str, profile: dict, dataset_sha256: str) -> None:
+        """Keep ``profile`` as ``version``'s (replacing one kept before)."""
+        text = json.dumps(profile, sort_keys=True)
+        values = {"created_at": _now(), "dataset_sha256": dataset_sha256,
+                  "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "profile": text}
+        with self._connect("save_profile", write=True) as conn:
+            table = t.drift_profiles
+            if conn.execute(sa.select(table.c.version).where(table.c.version == version).with_for_update()).first():
+                conn.execute(table.update().where(table.c.version == version).values(**values))
+            else:
+                conn.execute(table.insert().values(version=version, **values))
 
     # -- feedback ----------------------------------------------------------------------------------
 

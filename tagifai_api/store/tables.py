@@ -83,3 +83,15 @@ feedback = Table(
     Column("text", Text),
     Column("key_name", String(64)),
 )
+
+#: reference profiles of versions written before a profile was part of a version's files: computed
+#: later from the dataset (``drift profile``), kept here because a version's directory never changes.
+#: ``sha256`` is the profile text's, checked on every read, as a version's files are
+drift_profiles = Table(
+    "drift_profiles", metadata,
+    Column("version", String(128), primary_key=True),
+    Column("created_at", String(40), nullable=False),
+    Column("dataset_sha256", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("profile", Text, nullable=False),
+)
