@@ -18,6 +18,9 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api.auth import guard
     from tagifai_api.ml import artifacts
     from tagifai_api.feedback import views as feedback_views
+    from tagifai_api.monitoring import views as drift_views
+    from tagifai_api.monitoring.metrics import DriftCollector
+    from tagifai_api.monitoring.service import DriftMonitor
     from tagifai_api.registry import views as registry_views
     from tagifai_api.serving.predlog import PredictionLog
     from tagifai_api.serving.service import ModelService
@@ -76,6 +79,15 @@ def create_app(config: Mapping[str, object] | None = None):
 
     for module in (index, performance, args, predict, health, docs, registry_views, feedback_views, demo):
         app.register_blueprint(module.bp)
+    monitor = DriftMonitor(store, service.artifacts_dir, window=int(app.config["DRIFT_WINDOW"]),
+                           minimum=int(app.config["DRIFT_MIN"]), thresholds=settings.drift_thresholds(app.config),
+                           cache_s=float(app.config["DRIFT_CACHE_S"]))
+    drift_views.init_app(app, monitor)
+    if exporter is not None:
+        def versions_now() -> list[str]:  # read at each scrape: a version added since is covered
+            return artifacts.list_versions(monitor.artifacts_dir)
+
+        metrics.add_scrape_collector(exporter, DriftCollector(monitor, versions_now))
     errors.register_error_handlers(app)
     register_access_log(app)
     guard.init_app(app, store)  # after the access log: a refused request still gets its id and access line

@@ -554,3 +554,54 @@ def store_errors(client) -> dict:
     families = text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
     return {s.labels["operation"]: s.value for family in families for s in family.samples
             if s.name == "tagifai_store_errors_total"}
+
+
+# --- traffic for the drift statistics ------------------------------------------------------------
+
+#: texts of other domains and languages, written for the drift tests (tests/monitoring/traffic.json)
+DRIFT_DOMAINS = ("cooking", "sports", "german", "french")
+
+
+def held_out(args: dict):
+    """The test split (``text``, ``title``, ``tag``) a version with these args never trained on: the
+    in-distribution traffic of the drift tests, and the source of the shifts built from projects."""
+    from tagifai_api import settings
+    from tagifai_api.ml import data
+    from tagifai_api.ml import train as training
+
+    df = data.prepare(data.load_dataset(settings.DATA_FILE), args["accepted_tags"], args["min_tag_freq"],
+                      training.stopwords_for(args))
+    return data.split(df, args["val_size"], args["test_size"], args["seed"])[2]
+
+
+def drift_traffic(kind: str, n: int, seed: int, projects) -> list[str]:
+    """``n`` texts of one kind, drawn with replacement (seeded), ``projects`` being :func:`held_out`'s:
+
+    - ``in_distribution``: held-out projects as they are;
+    - ``one_class:<tag>``: held-out projects of that tag only;
+    - a :data:`DRIFT_DOMAINS` name: a title and a description of that domain or language;
+    - ``short``: held-out projects' titles alone (a client that sends no description);
+    - ``long``: five held-out projects run together (within the 10,000-character limit);
+    - ``mixed:<domain>:<share>``: that share of the domain's texts among held-out projects.
+    """
+    import random
+
+    rng = random.Random(f"{kind}/{seed}")
+    texts, titles = list(projects["text"]), list(projects["title"])
+    if kind == "in_distribution":
+        return [rng.choice(texts) for _ in range(n)]
+    if kind.startswith("one_class:"):
+        of_tag = list(projects[projects["tag"] == kind.split(":", 1)[1]]["text"])
+        return [rng.choice(of_tag) for _ in range(n)]
+    if kind in DRIFT_DOMAINS:
+        domain = json.loads((ROOT / "tests" / "monitoring" / "traffic.json").read_text(encoding="utf-8"))[kind]
+        return [f"{rng.choice(domain['titles'])}. {rng.choice(domain['descriptions'])}" for _ in range(n)]
+    if kind == "short":
+        return [rng.choice(titles) for _ in range(n)]
+    if kind == "long":
+        return [" ".join(rng.choice(texts) for _ in range(5))[:10_000] for _ in range(n)]
+    if kind.startswith("mixed:"):
+        _, domain, share = kind.split(":")
+        shifted = iter(drift_traffic(domain, n, seed, projects))
+        return [next(shifted) if rng.random() < float(share) else rng.choice(texts) for _ in range(n)]
+    raise ValueError(f"unknown kind of traffic {kind!r}")

@@ -273,12 +273,43 @@ def _collect(registry: CollectorRegistry | None, own: tuple) -> list:
 PREFIX = "tagifai"
 
 
+class _MultiprocessExporter(MultiprocessInternalPrometheusMetrics):
+    """The exporter under Gunicorn: every scrape reads all workers' files, as the library's does,
+    and also asks the collectors added with :func:`add_scrape_collector` (the library builds each
+    scrape's registry itself, leaving no place to register one)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scrape_collectors: list = []
+
+    def generate_metrics(self, accept_header=None, names=None):
+        from prometheus_client.exposition import choose_encoder
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        for collector in self.scrape_collectors:
+            registry.register(collector)
+        encode, content_type = choose_encoder(accept_header)
+        return encode(registry.restricted_registry(names) if names else registry).decode("utf-8"), content_type
+
+
+def add_scrape_collector(exporter: PrometheusMetrics, collector) -> None:
+    """Have every scrape of ``/metrics`` also collect ``collector`` (a prometheus_client collector,
+    with a ``describe()`` that reads nothing), in this process, at scrape time: for values computed
+    from shared state (the store) rather than counted by each worker."""
+    if isinstance(exporter, _MultiprocessExporter):
+        exporter.scrape_collectors.append(collector)
+    else:
+        exporter.registry.register(collector)
+
+
 def init_metrics(app: Flask) -> tuple[ModelMetrics, HttpMetrics, PrometheusMetrics]:
     """Attach the exporter (``/metrics``) to ``app``; return the model and HTTP metrics (the access
     hook, :mod:`tagifai_api.web.access`, records the HTTP ones) and the exporter."""
     if multiprocess():
-        exporter = MultiprocessInternalPrometheusMetrics(app=None, export_defaults=False, registry=None,
-                                                         metrics_decorator=read_locked)
+        exporter = _MultiprocessExporter(app=None, export_defaults=False, registry=None,
+                                         metrics_decorator=read_locked)
         registry = None  # samples go to the multiprocess files; /metrics reads them all
     else:
         registry = CollectorRegistry(auto_describe=True)

@@ -284,7 +284,8 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
                               ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}"),
                               ("get", "/models/default"), ("get", "/models/shadow"),
-                              ("get", "/models/{version}/quality")} | admin_only | any_key
+                              ("get", "/models/{version}/quality"), ("get", "/models/{version}/drift")} \
+        | admin_only | any_key
     assert secured("admin") == admin_only | any_key
     assert secured("off") == set()
 
