@@ -48,7 +48,7 @@ SETTINGS: dict[str, tuple[object, str]] = {
                            "reading the log again."),
     "DRIFT_CLASS_JS": ("0.1,0.2", "Warn and drift thresholds of the Jensen-Shannon distance (base 2) between the "
                                   "predicted-class distributions."),
-    "DRIFT_CLASS_CHI2_P": ("0.01,0.001", "Warn and drift thresholds of the chi-squared test's p-value on the "
+    "DRIFT_CLASS_CHI2_P": ("0.001,0.0001", "Warn and drift thresholds of the chi-squared test's p-value on the "
                                          "predicted classes (below is worse)."),
     "DRIFT_CONFIDENCE_KS": ("0.1,0.2", "Warn and drift thresholds of the Kolmogorov-Smirnov statistic of the "
                                        "top-class confidence (how much more of the window is unsure)."),
