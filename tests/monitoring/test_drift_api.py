@@ -23,6 +23,25 @@ def projects(train_args):
     return held_out(train_args)
 
 
+@pytest.fixture
+def root(tmp_path, artifacts_dir):
+    """A private copy of the session's artifacts folder whose prediction log is empty: servers that
+    other tests ran on the session's folder logged what they answered there."""
+    dest = tmp_path / "artifacts"
+    shutil.copytree(artifacts_dir, dest)
+    store = Store(state_url(dest))
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM prediction_log")
+    store.close()
+    return dest
+
+
+@pytest.fixture
+def drift_app(make_app, root):
+    """``make_app`` on :func:`root`."""
+    return lambda **overrides: make_app(ARTIFACTS_DIR=str(root), **overrides)
+
+
 def send(client, texts: list[str], headers: dict | None = None) -> str:
     """Answer ``texts`` 100 a request and write the log now (its thread writes every 0.5 s); the version."""
     for start in range(0, len(texts), 100):
@@ -43,8 +62,8 @@ def drift_samples(client) -> dict:
     return out
 
 
-def test_a_version_without_enough_predictions_says_so_and_never_alarms(make_app, projects):
-    client = make_app(DRIFT_CACHE_S=0.0).test_client()
+def test_a_version_without_enough_predictions_says_so_and_never_alarms(drift_app, projects):
+    client = drift_app(DRIFT_CACHE_S=0.0).test_client()
     version = send(client, drift_traffic("german", 150, 0, projects))  # shifted, but fewer than 200
     data = check_envelope(client.get("/models/default/drift"), 200)["data"]
     assert data["model_version"] == version and data["status"] == "not_enough_data"
@@ -58,8 +77,8 @@ def test_a_version_without_enough_predictions_says_so_and_never_alarms(make_app,
     assert not any(name == "tagifai_drift" for name, _, _ in samples)
 
 
-def test_shifted_traffic_is_drift_everywhere_an_operator_looks(make_app, projects):
-    client = make_app(DRIFT_CACHE_S=0.0).test_client()
+def test_shifted_traffic_is_drift_everywhere_an_operator_looks(drift_app, projects):
+    client = drift_app(DRIFT_CACHE_S=0.0).test_client()
     version = send(client, drift_traffic("german", 1000, 0, projects))
     data = check_envelope(client.get(f"/models/{version}/drift"), 200)["data"]
     assert data["status"] == "drift"
@@ -86,8 +105,8 @@ def test_shifted_traffic_is_drift_everywhere_an_operator_looks(make_app, project
     assert drift_samples(client)[("tagifai_drift_status", version, None)] == 0
 
 
-def test_thresholds_and_window_follow_the_settings(make_app, projects):
-    client = make_app(DRIFT_CACHE_S=0.0, DRIFT_WINDOW=300, DRIFT_MIN=100, DRIFT_OOV_INCREASE="0.9,0.95",
+def test_thresholds_and_window_follow_the_settings(drift_app, projects):
+    client = drift_app(DRIFT_CACHE_S=0.0, DRIFT_WINDOW=300, DRIFT_MIN=100, DRIFT_OOV_INCREASE="0.9,0.95",
                       DRIFT_CLASS_JS="0.5,0.9").test_client()
     send(client, drift_traffic("german", 300, 1, projects))
     data = client.get("/models/default/drift").get_json()["data"]
@@ -136,11 +155,11 @@ def test_a_store_outage_is_a_503_and_the_scrape_goes_on(make_app, app_store):
         assert r.status_code == 200 and "tagifai_predictions_total" in r.get_data(as_text=True)
 
 
-def test_the_monitor_reuses_a_report_for_its_cache_time(artifacts_copy):
+def test_the_monitor_reuses_a_report_for_its_cache_time(root):
     now = [0.0]
-    store = Store(state_url(artifacts_copy))
-    monitor = DriftMonitor(store, artifacts_copy, cache_s=5.0, clock=lambda: now[0])
-    version = default_of(artifacts_copy)
+    store = Store(state_url(root))
+    monitor = DriftMonitor(store, root, cache_s=5.0, clock=lambda: now[0])
+    version = default_of(root)
     first = monitor.report(version)
     item = ("mlops", 0.9, False, None, 40, 6, 1, "0" * 64, None)
     store.log_requests([(1.0, "r1", version, None, [item] * 10)])
@@ -167,10 +186,7 @@ def _cli(root, *args: str) -> subprocess.CompletedProcess:
                                                                                        **cli_env(root)})
 
 
-def test_an_older_version_gets_its_profile_from_the_command_line(make_app, tmp_path, artifacts_dir, projects,
-                                                                 trained):
-    root = tmp_path / "artifacts"
-    shutil.copytree(artifacts_dir, root)
+def test_an_older_version_gets_its_profile_from_the_command_line(make_app, root, projects, trained):
     version = default_of(root)
     _strip_profile(root, version)
     client = make_app(ARTIFACTS_DIR=str(root), DRIFT_CACHE_S=0.0).test_client()
@@ -195,9 +211,7 @@ def test_an_older_version_gets_its_profile_from_the_command_line(make_app, tmp_p
     assert report.returncode == 0 and json.loads(report.stdout)["status"] == "drift"
 
 
-def test_the_profile_command_refuses_another_dataset_and_bad_usage_in_one_line(tmp_path, artifacts_dir):
-    root = tmp_path / "artifacts"
-    shutil.copytree(artifacts_dir, root)
+def test_the_profile_command_refuses_another_dataset_and_bad_usage_in_one_line(tmp_path, root):
     _strip_profile(root, default_of(root))
     other = tmp_path / "other.csv"
     other.write_text((ROOT / "data" / "dataset.csv").read_text()[:-200])
