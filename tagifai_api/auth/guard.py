@@ -187,11 +187,11 @@ def needed_role(app: Flask, endpoint: str | None, mode: str) -> str | None:
 
 
 def _check_request() -> None:
-    """Mode ``all``: every route not open needs a valid key (its role is checked by the view's
-    :func:`require_role`, if it has one)."""
+    """Mode ``all``: every route not open needs valid credentials of at least the predict role
+    (an admin route's role is checked here too)."""
     role = needed_role(current_app, request.endpoint, "all")
     if role:
-        g.api_key = authenticate(role)
+        check_role(role)  # a token may hold none of the roles: it is refused here, as a key never is
 
 
 def init_app(app: Flask, store: Store) -> AuthState:

@@ -293,8 +293,9 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
                   ("delete", "/models/shadow"), ("get", "/models/history")}  # the switches, and who made them
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
                               ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}"),
-                              ("get", "/models/default"), ("get", "/models/shadow")} | admin_only
-    assert secured("admin") == admin_only
+                              ("get", "/models/default"), ("get", "/models/shadow"), ("post", "/feedback"),
+                              ("get", "/models/{version}/quality")} | admin_only
+    assert secured("admin") == admin_only | {("post", "/feedback")}
     assert secured("off") == set()
 
 
