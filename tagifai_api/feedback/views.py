@@ -78,7 +78,7 @@ def get_quality(version: str):
       tags: [feedback]
       parameters:
         - {name: version, in: path, required: true, schema: {type: string}, example: $default_version}
-        - {name: days, in: query, required: false, schema: {type: number, default: 7}}
+        - {name: days, in: query, required: false, schema: {type: number, minimum: 0.01, maximum: 3650, default: 7}}
       responses:
         200: "data.all and data.recent: count, accuracy, accuracy_95 (Wilson), per_class, confusion"
         404: Unknown version; data.valid lists the valid ones
