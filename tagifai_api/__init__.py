@@ -78,6 +78,7 @@ def create_app(config: Mapping[str, object] | None = None):
         app.register_blueprint(module.bp)
     errors.register_error_handlers(app)
     register_access_log(app)
+    app.after_request(responses.secure_headers)
     guard.init_app(app, store)  # after the access log: a refused request still gets its id and access line
     default = service.model.version if service.ready else None
     others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]

@@ -554,3 +554,112 @@ def store_errors(client) -> dict:
     families = text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
     return {s.labels["operation"]: s.value for family in families for s in family.samples
             if s.name == "tagifai_store_errors_total"}
+
+
+# --- an identity provider, for the token tests -------------------------------------------------
+
+
+class IdentityProvider:
+    """A stand-in OpenID Connect provider on 127.0.0.1 for tests: a discovery document and a key set
+    (JWKS) served by a stdlib HTTP server in a thread, signing keys made here, tokens signed with them.
+
+    ``rotate()`` publishes a new key (old ones stay unless ``drop_old``); ``down = True`` makes every
+    request fail with 503; ``hits`` counts requests per path.
+    """
+
+    def __init__(self, audience: str = "tagifai-api") -> None:
+        import http.server
+        import threading
+
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        self._rsa, self._ec = rsa, ec
+        self.audience = audience
+        self.down = False
+        self.delay_s = 0.0
+        self.hits: dict[str, int] = {}
+        self.keys: dict[str, object] = {}  # kid -> private key
+        self.published: list[str] = []
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                provider.hits[self.path] = provider.hits.get(self.path, 0) + 1
+                if provider.delay_s:
+                    time.sleep(provider.delay_s)
+                if provider.down:
+                    self.send_error(503)
+                    return
+                if self.path == "/.well-known/openid-configuration":
+                    body = {"issuer": provider.issuer, "jwks_uri": provider.issuer + "/jwks"}
+                elif self.path == "/jwks":
+                    body = provider.jwks()
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except OSError:  # the client gave up waiting (a test of a slow provider)
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.rotate("rsa-1")
+
+    def rotate(self, kid: str, kind: str = "rsa", drop_old: bool = False) -> str:
+        key = (self._rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
+               else self._ec.generate_private_key(self._ec.SECP256R1()))
+        self.keys[kid] = key
+        self.published = ([] if drop_old else self.published) + [kid]
+        return kid
+
+    def jwks(self) -> dict:
+        from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+        out = []
+        for kid in self.published:
+            key = self.keys[kid].public_key()
+            algorithm = RSAAlgorithm if isinstance(key, self._rsa.RSAPublicKey) else ECAlgorithm
+            jwk = algorithm.to_jwk(key, as_dict=True)
+            out.append({**jwk, "kid": kid, "use": "sig",
+                        "alg": "RS256" if algorithm is RSAAlgorithm else "ES256"})
+        return {"keys": out}
+
+    def claims(self, **overrides) -> dict:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": self.audience, "sub": "alice", "iat": now, "nbf": now,
+                  "exp": now + 300, "roles": ["tagifai:predict"]}
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, kid: str | None = None, alg: str | None = None, headers: dict | None = None, **claims) -> str:
+        import jwt
+
+        kid = kid or self.published[-1]
+        key = self.keys[kid]
+        alg = alg or ("RS256" if isinstance(key, self._rsa.RSAPrivateKey) else "ES256")
+        return jwt.encode(self.claims(**claims), key, algorithm=alg, headers={"kid": kid, **(headers or {})})
+
+    def public_pem(self, kid: str) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.keys[kid].public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def settings(self, **extra) -> dict:
+        """``create_app`` overrides that make an app accept this provider's tokens."""
+        return {"OIDC_ISSUER": self.issuer, "OIDC_AUDIENCE": self.audience, **extra}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

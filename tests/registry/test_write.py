@@ -52,9 +52,11 @@ def test_writes_are_closed_when_no_admin_key_exists(make_app, registry_state, re
     reader = KeyStore(registry.store).create("reader", "predict")
     client = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url).test_client()
     kwargs = {"json": {"version": second}} if with_body else {}
-    for headers in ({}, {"Authorization": f"Bearer {reader}"}):
-        body = getattr(client, method)(path, headers=headers, **kwargs).get_json()
-        assert body["status-code"] == 403 and "No admin API key is configured" in body["message"]
+    anonymous = getattr(client, method)(path, **kwargs)  # 401 before 403, even on a fresh install
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "none exists yet" in anonymous.get_json()["message"]
+    body = getattr(client, method)(path, headers={"Authorization": f"Bearer {reader}"}, **kwargs).get_json()
+    assert body["status-code"] == 403 and "No admin API key exists yet" in body["message"]
     assert registry.pointers() == (first, None) and registry.history() == []
 
 
