@@ -22,6 +22,7 @@ signature with the key of the header's ``kid``, ``iss``, ``aud``, ``exp`` (requi
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -45,6 +46,8 @@ ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "E
 MAX_TOKEN_LENGTH = 8000
 #: largest discovery document or key set read from the provider
 MAX_DOCUMENT_BYTES = 1 << 20
+#: longest name the access line, the audit log and the feedback table record (an API key's longest)
+NAME_LENGTH = 64
 
 
 class TokenError(Exception):
@@ -61,13 +64,23 @@ class ProviderUnavailableError(Exception):
 
 @dataclass(frozen=True)
 class TokenIdentity:
-    """Who a valid token stands for: ``name`` is its subject (recorded as a key's name is), ``role``
+    """Who a valid token stands for: ``name`` is its subject (see :func:`recorded_name`), ``role``
     the strongest of the service's roles it holds (None: none)."""
 
     name: str
     role: str | None
     issuer: str
     kind: str = "token"
+
+
+def recorded_name(subject: str) -> str:
+    """The name a token's subject is recorded under (access line, audit log, feedback): the subject
+    itself up to the 64 characters those records hold (as a key's name), else a prefix and a digest
+    of the whole, so two long subjects never share a name."""
+    if len(subject) <= NAME_LENGTH:
+        return subject
+    digest = hashlib.sha256(subject.encode()).hexdigest()[:12]
+    return f"{subject[:NAME_LENGTH - 13]}~{digest}"
 
 
 def looks_like_jwt(value: str) -> bool:
@@ -280,7 +293,7 @@ class Verifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise TokenError("The token's subject is not a string.")
-        return TokenIdentity(name=subject[:200], role=self._role(claims), issuer=self.issuer)
+        return TokenIdentity(name=recorded_name(subject), role=self._role(claims), issuer=self.issuer)
 
     def _role(self, claims: dict) -> str | None:
         value = _claim(claims, self.roles_claim)
