@@ -9,12 +9,14 @@ import base64
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -254,6 +256,125 @@ def one_session_per_worker(url: str, workers: int = 2, timeout_s: float = 30.0) 
             return list(sessions.values())
         time.sleep(0.1)
     pytest.fail(f"for {timeout_s}s new connections reached only the workers {sorted(sessions)}")
+
+
+# --- nginx with the shipped sites (deploy/nginx) ---------------------------------------------------
+
+NGINX_DIR = ROOT / "deploy" / "nginx"
+
+
+def nginx_text(site: str = "tagifai.conf") -> str:
+    """A site of deploy/nginx as nginx reads it: its ``include snippets/...;`` lines replaced by the
+    snippets themselves (for checks of the whole text)."""
+    def expand(text: str) -> str:  # indented as the include line is, as if written in its place
+        return re.sub(r"^([ \t]*)include (snippets/[\w.-]+);$",
+                      lambda m: textwrap.indent(expand((NGINX_DIR / m[2]).read_text()), m[1]), text, flags=re.M)
+
+    return expand((NGINX_DIR / site).read_text())
+
+
+def _rewrite(text: str, pattern: str, replacement: str, what: str) -> str:
+    text, n = re.subn(pattern, replacement, text, flags=re.M)
+    assert n == 1, f"deploy/nginx has no single {what} line"
+    return text
+
+
+@dataclass
+class Nginx:
+    """A running nginx: ``url`` its plain-HTTP base URL, ``tls_url`` its HTTPS one (TLS site only)."""
+
+    url: str
+    tls_url: str | None
+    directory: Path
+
+
+def render_nginx(tmp: Path, upstream: str, port: int, tls_port: int | None = None, certificate: Path | None = None,
+                 key: Path | None = None, directives: dict[str, str] | None = None) -> Path:
+    """Copy a shipped site (``tagifai-tls.conf`` when ``tls_port`` is given, else ``tagifai.conf``)
+    and its snippets into ``tmp``, with this run's addresses, and a minimal nginx.conf around it.
+
+    Only the values the files mark as deployment-specific change (the listen addresses, the upstream,
+    the certificate paths), plus whole ``directives`` a test sets (``{"client_max_body_size": "64k"}``):
+    nginx resolves the includes itself, as it does once installed.
+    """
+    (tmp / "snippets").mkdir(parents=True, exist_ok=True)
+    for snippet in (NGINX_DIR / "snippets").glob("*.conf"):
+        text = snippet.read_text()
+        if snippet.name == "tagifai-http.conf":
+            text = _rewrite(text, r"^(\s+)server tagifai:8000\b", rf"\g<1>server {upstream}", "upstream")
+        (tmp / "snippets" / snippet.name).write_text(text)
+    site = NGINX_DIR / ("tagifai-tls.conf" if tls_port else "tagifai.conf")
+    text = _rewrite(site.read_text(), r"^(\s+)listen 80;", rf"\g<1>listen 127.0.0.1:{port};", "listen 80")
+    if tls_port:
+        text = _rewrite(text, r"^(\s+)listen 443 ssl;", rf"\g<1>listen 127.0.0.1:{tls_port} ssl;", "listen 443")
+        text = _rewrite(text, r"^(\s+)ssl_certificate \S+;", rf"\g<1>ssl_certificate {certificate};", "certificate")
+        text = _rewrite(text, r"^(\s+)ssl_certificate_key \S+;", rf"\g<1>ssl_certificate_key {key};", "key")
+    (tmp / site.name).write_text(text)
+    for name, value in (directives or {}).items():
+        found = [p for p in [tmp / site.name, *(tmp / "snippets").glob("*.conf")]
+                 if re.search(rf"^\s*{name}\s", p.read_text(), flags=re.M)]
+        assert len(found) == 1, f"{name} is not set in exactly one file"
+        found[0].write_text(_rewrite(found[0].read_text(), rf"^(\s*){name}\s+[^;]+;", rf"\g<1>{name} {value};", name))
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (tmp / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\n"
+        "events { worker_connections 128; }\n"
+        "http {\n"
+        f"    access_log {tmp / 'access.log'};\n"
+        f"{temp_paths}\n"
+        f"    include {tmp / site.name};\n"
+        "}\n"
+    )
+    return tmp / "nginx.conf"
+
+
+@contextmanager
+def nginx(tmp: Path, upstream: str, tls: tuple[Path, Path] | None = None,
+          directives: dict[str, str] | None = None) -> Iterator[Nginx]:
+    """Run nginx with a shipped site in the foreground on free loopback ports, in front of
+    ``upstream`` (``host:port``): ``tagifai.conf``, or ``tagifai-tls.conf`` with ``tls``
+    (certificate, key)."""
+    binary = require_binary("nginx")
+    tmp.mkdir(parents=True, exist_ok=True)
+    port, tls_port = free_port(), (free_port() if tls else None)
+    conf = render_nginx(tmp, upstream, port, tls_port, *(tls or (None, None)), directives=directives)
+    cmd = [binary, "-e", "stderr", "-c", str(conf), "-p", str(tmp),
+           "-g", f"daemon off; pid {tmp / 'nginx.pid'}; error_log stderr;"]
+    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=20)
+    assert check.returncode == 0, check.stderr
+    log = open(tmp / "nginx.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    running = Nginx(f"http://127.0.0.1:{port}", f"https://127.0.0.1:{tls_port}" if tls else None, tmp)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(tmp / 'nginx.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", tls_port or port), timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield running
+    finally:
+        stop(proc)
+        log.close()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and ``127.0.0.1`` and its key, made with ``openssl req -x509``
+    (the certificate is its own CA: ``curl --cacert`` it)."""
+    openssl = require_binary("openssl")
+    certificate, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+                   check=True, capture_output=True, timeout=60)
+    return certificate, key
 
 
 # --- headless Chromium, driven over the Chrome DevTools protocol -------------------------------

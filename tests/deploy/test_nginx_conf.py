@@ -1,17 +1,19 @@
-"""deploy/nginx/tagifai.conf agrees with the app and Gunicorn on limits (it runs for real in tests/integration)."""
+"""deploy/nginx's sites agree with the app and Gunicorn on limits, and the TLS site allows only modern
+protocols and ciphers (both run for real in tests/integration/test_nginx.py)."""
 
 from __future__ import annotations
 
 import re
 
 from tagifai_api import settings
-from tests.helpers import ROOT, gunicorn_default
+from tests.helpers import NGINX_DIR, ROOT, gunicorn_default, nginx_text
 
-CONF = (ROOT / "deploy" / "nginx" / "tagifai.conf").read_text()
+CONF = nginx_text("tagifai.conf")
+TLS = nginx_text("tagifai-tls.conf")
 
 
-def directive(name: str) -> list[str]:
-    return re.findall(rf"^\s*{name}\s+([^;]+);", CONF, flags=re.M)
+def directive(name: str, conf: str = CONF) -> list[str]:
+    return re.findall(rf"^\s*{name}\s+([^;]+);", conf, flags=re.M)
 
 
 def nginx_size(value: str) -> int:
@@ -74,3 +76,39 @@ def test_each_client_address_is_rate_limited_with_a_burst_and_told_when_to_retry
     assert directive("limit_req_status") == ["429"]
     block = re.search(r"location @error_429 \{(.*?)\n    \}", CONF, flags=re.S)[1]
     assert "add_header Retry-After 1 always;" in block
+
+
+def test_both_sites_proxy_alike_and_tls_adds_only_its_own_lines():
+    """The TLS site is the plain one plus TLS: the same snippets, and nothing else to fill in but the
+    certificate and its key."""
+    assert directive("include", (NGINX_DIR / "tagifai.conf").read_text()) == [
+        "snippets/tagifai-http.conf", "snippets/tagifai-proxy.conf"]
+    assert directive("include", (NGINX_DIR / "tagifai-tls.conf").read_text()) == [
+        "snippets/tagifai-http.conf", "snippets/tagifai-proxy.conf"]
+    assert directive("listen", TLS) == ["80", "443 ssl"]
+    assert directive("ssl_certificate", TLS) == ["/etc/nginx/tls/fullchain.pem"]
+    assert directive("ssl_certificate_key", TLS) == ["/etc/nginx/tls/privkey.pem"]
+
+
+def test_tls_is_1_2_and_1_3_only_with_forward_secret_aead_ciphers():
+    assert directive("ssl_protocols", TLS) == ["TLSv1.2 TLSv1.3"]
+    (ciphers,) = directive("ssl_ciphers", TLS)
+    for cipher in ciphers.split(":"):
+        assert cipher.startswith("ECDHE-") and cipher.endswith(("GCM-SHA256", "GCM-SHA384", "CHACHA20-POLY1305"))
+    assert directive("ssl_prefer_server_ciphers", TLS) == ["off"]  # every cipher left is strong: the client picks
+    assert directive("ssl_session_tickets", TLS) == ["off"]  # tickets' keys never rotate in nginx: no forward secrecy
+
+
+def test_plain_http_is_redirected_and_https_answers_carry_hsts():
+    redirect = re.search(r"server \{\n    listen 80;(.*?)\n\}", TLS, flags=re.S)[1]
+    assert "return 301 https://$host$request_uri;" in redirect and "proxy_pass" not in redirect
+    hsts = re.search(r"map \$https \$tagifai_hsts \{(.*?)\}", TLS, flags=re.S)[1]
+    assert re.search(r'^\s+on "max-age=(\d+)";$', hsts, flags=re.M)[1] == str(2 * 365 * 24 * 3600)
+    # nginx inherits no add_header into a location that has one: each such location adds them all
+    blocks = re.findall(r"\n    location [^{]+\{(.*?)\n    \}", TLS, flags=re.S)
+    assert len(blocks) == 8  # /, /metrics and nginx's six error answers
+    for block in blocks:
+        assert "add_header Strict-Transport-Security $tagifai_hsts always;" in block, block
+    own = (NGINX_DIR / "snippets" / "tagifai-headers.conf").read_text()
+    for header in ("X-Request-ID", "X-Content-Type-Options nosniff", "Cache-Control no-store", "Strict-Transport"):
+        assert f"add_header {header}" in own, header

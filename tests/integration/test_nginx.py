@@ -1,96 +1,36 @@
-"""nginx with deploy/nginx/tagifai.conf in front of real Gunicorn: what a client behind the proxy sees."""
+"""nginx with deploy/nginx/tagifai.conf, and with tagifai-tls.conf and a certificate made here, in front of
+real Gunicorn: what a client behind the proxy sees."""
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests import helpers
 
-CONF = helpers.ROOT / "deploy" / "nginx" / "tagifai.conf"
-
 pytestmark = pytest.mark.integration
 
 
-def render(tmp: Path, upstream: str, port: int, max_body: str | None = None) -> Path:
-    """Write the shipped server config with this run's addresses, plus a minimal nginx.conf around it.
-
-    Only the values the config marks as deployment-specific change; everything under test is the
-    file as shipped.
-    """
-    text = CONF.read_text()
-    text, n_up = re.subn(r"^(\s+)server tagifai:8000\b", rf"\g<1>server {upstream}", text, flags=re.M)
-    text, n_listen = re.subn(r"^(\s+)listen 80;", rf"\g<1>listen 127.0.0.1:{port};", text, flags=re.M)
-    assert n_up == 1 and n_listen == 1, "deploy/nginx/tagifai.conf lost its upstream or listen line"
-    if max_body is not None:
-        text, n_body = re.subn(r"^(\s+)client_max_body_size \S+;", rf"\g<1>client_max_body_size {max_body};", text,
-                                 flags=re.M)
-        assert n_body == 1
-    (tmp / "tagifai.conf").write_text(text)
-    temp_paths = "\n".join(
-        f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (tmp / "nginx.conf").write_text(
-        f"{user}worker_processes 1;\n"
-        "events { worker_connections 128; }\n"
-        "http {\n"
-        f"    access_log {tmp / 'access.log'};\n"
-        f"{temp_paths}\n"
-        f"    include {tmp / 'tagifai.conf'};\n"
-        "}\n"
-    )
-    return tmp / "nginx.conf"
-
-
-@contextmanager
-def nginx(tmp: Path, upstream: str, max_body: str | None = None) -> Iterator[str]:
-    """Run nginx in the foreground on a free loopback port; yield its base URL."""
-    binary = helpers.require_binary("nginx")
-    tmp.mkdir(parents=True, exist_ok=True)
-    port = helpers.free_port()
-    conf = render(tmp, upstream, port, max_body)
-    cmd = [binary, "-e", "stderr", "-c", str(conf), "-p", str(tmp),
-           "-g", f"daemon off; pid {tmp / 'nginx.pid'}; error_log stderr;"]
-    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=20)
-    assert check.returncode == 0, check.stderr
-    log = open(tmp / "nginx.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {(tmp / 'nginx.log').read_text()}")
-            try:
-                requests.get(f"{base}/health/live", timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield base
-    finally:
-        helpers.stop(proc)
-        log.close()
+@pytest.fixture(scope="module")
+def api(artifacts_dir):
+    """Gunicorn (one worker) that the module's proxies share."""
+    with helpers.gunicorn(artifacts_dir, workers=1, env={"TAGIFAI_PROXY_COUNT": "1"}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def stack(artifacts_dir, tmp_path_factory):
-    """Gunicorn (one worker) behind nginx, with a 64 KiB body limit so the 413 test stays small."""
-    with helpers.gunicorn(artifacts_dir, workers=1, env={"TAGIFAI_PROXY_COUNT": "1"}) as api:
-        with nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{api.port}", max_body="64k") as base:
-            yield base
+def stack(api, tmp_path_factory):
+    """nginx (tagifai.conf) in front of ``api``, with a 64 KiB body limit so the 413 test stays small."""
+    with helpers.nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{api.port}",
+                       directives={"client_max_body_size": "64k"}) as proxy:
+        yield proxy.url
 
 
 def assert_envelope(response: requests.Response, status: int) -> dict:
@@ -149,6 +89,9 @@ def test_metrics_are_not_exposed(stack, path):
     r = requests.get(f"{stack}{path}", timeout=10)
     assert_envelope(r, 404)
     assert "# HELP" not in r.text
+    # nginx's own answers carry the headers the app's do; HSTS only over HTTPS (tagifai-tls.conf)
+    assert (r.headers["X-Content-Type-Options"], r.headers["Cache-Control"]) == ("nosniff", "no-store")
+    assert "Strict-Transport-Security" not in r.headers
 
 
 def test_app_errors_pass_through_unchanged(stack):
@@ -158,7 +101,8 @@ def test_app_errors_pass_through_unchanged(stack):
 
 
 def test_upstream_down_answers_502_envelope(tmp_path):
-    with nginx(tmp_path, f"127.0.0.1:{helpers.free_port()}") as base:
+    with helpers.nginx(tmp_path, f"127.0.0.1:{helpers.free_port()}") as proxy:
+        base = proxy.url
         r = requests.post(f"{base}/predict", json={"texts": [{"text": "x"}]},
                           headers={"X-Request-ID": "down-1"}, timeout=10)
         body = assert_envelope(r, 502)
@@ -170,11 +114,11 @@ def test_upstream_down_answers_502_envelope(tmp_path):
 def test_a_burst_over_the_rate_limit_gets_429_envelopes_and_the_service_stays_healthy(artifacts_dir, tmp_path):
     """The limits as shipped (20 r/s per address, burst 40): 150 requests at once from one address,
     each claiming another in the headers a client can set, which the limit does not go by."""
-    conf = CONF.read_text()
+    conf = helpers.nginx_text()
     rate = int(re.search(r"limit_req_zone .* rate=(\d+)r/s;", conf)[1])
     burst = int(re.search(r"limit_req zone=\S+ burst=(\d+) nodelay;", conf)[1])
-    with helpers.gunicorn(artifacts_dir, workers=1) as api, nginx(tmp_path, f"127.0.0.1:{api.port}") as base:
-        time.sleep(1.0)  # the zone refills after nginx's own start-up probe
+    with helpers.gunicorn(artifacts_dir, workers=1) as api, helpers.nginx(tmp_path, f"127.0.0.1:{api.port}") as proxy:
+        base = proxy.url
         start = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda i: requests.get(f"{base}/health/live", timeout=10, headers={
@@ -197,3 +141,82 @@ def test_a_burst_over_the_rate_limit_gets_429_envelopes_and_the_service_stays_he
         assert_envelope(requests.post(f"{base}/predict", json={"texts": [{"text": "Image segmentation."}]},
                                       timeout=10), 200)
     print(f"burst of 150 in {elapsed:.2f}s: {statuses[200]} served, {statuses[429]} refused with 429")
+
+
+# --- TLS: tagifai-tls.conf with a certificate made by `openssl req -x509` ---------------------------
+
+HSTS = "max-age=63072000"
+#: what a client offering an old protocol has to offer: OpenSSL 3 refuses TLS 1.0/1.1 itself above level 0
+OLD_CLIENT = ("-cipher", "DEFAULT:@SECLEVEL=0")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple:
+    return helpers.self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_stack(api, certificate, tmp_path_factory) -> helpers.Nginx:
+    with helpers.nginx(tmp_path_factory.mktemp("nginx-tls"), f"127.0.0.1:{api.port}", tls=certificate) as proxy:
+        yield proxy
+
+
+def handshake(url: str, *options: str) -> str | None:
+    """The protocol ``openssl s_client`` (with ``options``) agrees with the server at ``url``, or None
+    when the server refuses the handshake."""
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run([helpers.require_binary("openssl"), "s_client", "-brief", "-connect", f"127.0.0.1:{port}",
+                          "-servername", "localhost", *options], input="", capture_output=True, text=True, timeout=20)
+    agreed = re.search(r"^Protocol version: (\S+)$", out.stdout + out.stderr, flags=re.M)
+    if out.returncode == 0 and agreed:
+        return agreed[1]
+    assert "alert protocol version" in out.stderr, out.stderr  # refused for its version, not anything else
+    return None
+
+
+def test_plain_http_is_redirected_to_the_same_url_over_https(tls_stack):
+    for method in ("GET", "POST", "HEAD"):
+        r = requests.request(method, f"{tls_stack.url}/predict?explain=true", allow_redirects=False, timeout=10)
+        assert r.status_code == 301 and r.headers["Location"] == "https://127.0.0.1/predict?explain=true", method
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Strict-Transport-Security" not in r.headers  # meaningless over HTTP (RFC 6797 says never)
+
+
+def test_every_answer_over_https_carries_hsts_and_nosniff(tls_stack, certificate):
+    ca = str(certificate[0])
+    app = requests.get(f"{tls_stack.tls_url}/health/live", verify=ca, timeout=10)  # the app's answer
+    own = requests.get(f"{tls_stack.tls_url}/metrics", verify=ca, timeout=10)  # nginx's own
+    for r, status in ((app, 200), (own, 404)):
+        body = assert_envelope(r, status)
+        assert body["url"].startswith(f"{tls_stack.tls_url}/")  # the app sees the scheme and port the client used
+        # exactly one of each (requests would join repeated headers with a comma)
+        assert (r.headers["Strict-Transport-Security"], r.headers["X-Content-Type-Options"]) == (HSTS, "nosniff")
+        assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_tls_1_0_and_1_1_are_refused_while_1_2_and_1_3_are_spoken(tls_stack, certificate, api, tmp_path):
+    assert handshake(tls_stack.tls_url, "-tls1", *OLD_CLIENT) is None
+    assert handshake(tls_stack.tls_url, "-tls1_1", *OLD_CLIENT) is None
+    assert handshake(tls_stack.tls_url, "-tls1_2") == "TLSv1.2"
+    assert handshake(tls_stack.tls_url, "-tls1_3") == "TLSv1.3"
+    # The same client gets TLS 1.0 and 1.1 from the same site with only its protocols and ciphers
+    # widened: the refusals above are the shipped configuration's, not this machine's OpenSSL's.
+    widened = {"ssl_protocols": "TLSv1 TLSv1.1 TLSv1.2 TLSv1.3", "ssl_ciphers": "DEFAULT:@SECLEVEL=0"}
+    with helpers.nginx(tmp_path, f"127.0.0.1:{api.port}", tls=certificate, directives=widened) as old:
+        assert handshake(old.tls_url, "-tls1", *OLD_CLIENT) == "TLSv1"
+        assert handshake(old.tls_url, "-tls1_1", *OLD_CLIENT) == "TLSv1.1"
+
+
+def test_predict_over_https_with_curl(tls_stack, certificate):
+    curl = helpers.require_binary("curl")
+    command = [curl, "-sS", "--cacert", str(certificate[0]), "-H", "Content-Type: application/json",
+               "-d", json.dumps({"texts": [{"text": "Transformers for text classification."}]}),
+               f"{tls_stack.tls_url}/predict"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["status-code"] == 200 and body["url"] == f"{tls_stack.tls_url}/predict"
+    assert body["data"]["predictions"][0]["predicted_tag"] == "natural-language-processing"
+    # without the certificate's CA, curl refuses the server (60: the peer's certificate is not trusted)
+    unverified = subprocess.run(command[:2] + command[4:], capture_output=True, text=True, timeout=30)
+    assert unverified.returncode == 60, unverified.stderr
