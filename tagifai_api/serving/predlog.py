@@ -94,10 +94,15 @@ class PredictionLog:
         sha256 = hashlib.sha256
         for at, request_id, version, texts, cleaned, results, predictor, shadow in entries:
             shadow_version, shadow_tags = shadow if shadow is not None else (None, None)
-            stats = predictor.token_stats
-            items = [(r["predicted_tag"], r["confidence"], r["low_confidence"], None, len(text), *stats(clean),
-                      sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), text if keep else None)
-                     for text, clean, r in zip(texts, cleaned, results, strict=True)]
+            items = []
+            for text, clean, r in zip(texts, cleaned, results, strict=True):
+                try:  # a Prediction brings the counts the model made on the way
+                    tokens, unknown = r.tokens, r.unknown_tokens
+                except AttributeError:
+                    tokens, unknown = predictor.token_stats(clean)
+                items.append((r["predicted_tag"], r["confidence"], r["low_confidence"], None, len(text), tokens,
+                              unknown, sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+                              text if keep else None))
             if shadow_tags is not None:
                 items = [(*item[:3], tag, *item[4:]) for item, tag in zip(items, shadow_tags, strict=True)]
             rows.append((at, request_id, version, shadow_version, items))
