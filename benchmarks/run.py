@@ -554,6 +554,12 @@ def main() -> None:
     if not wrk:
         sys.exit("wrk is not installed: `apt-get install wrk` (Debian) and run `make bench` again")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from tagifai_api.store.database import StoreError
+
+    try:
+        default_version(opts.artifacts)
+    except StoreError as exc:  # a store never set up, or unreachable: one line, as the service says it
+        sys.exit(f"bench: {exc} (or `make model`, which does that and trains a default version)")
     started = time.time()
     result = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
