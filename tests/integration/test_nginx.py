@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -22,20 +23,31 @@ CONF = helpers.ROOT / "deploy" / "nginx" / "tagifai.conf"
 pytestmark = pytest.mark.integration
 
 
-def render(tmp: Path, upstream: str, port: int, max_body: str | None = None) -> Path:
+def render(tmp: Path, upstream: str | list[str], port: int, max_body: str | None = None,
+           rate_limit: bool = True) -> Path:
     """Write the shipped server config with this run's addresses, plus a minimal nginx.conf around it.
 
-    Only the values the config marks as deployment-specific change; everything under test is the
-    file as shipped.
+    Only the values the config marks as deployment-specific change (``upstream``: one address, or a
+    list, one ``server`` line each, with the shipped line's parameters); everything under test is
+    the file as shipped (``rate_limit=False`` drops the limit, for one client address sending a
+    load). Its access log goes to ``tmp/access.log``.
     """
+    upstreams = [upstream] if isinstance(upstream, str) else upstream
     text = CONF.read_text()
-    text, n_up = re.subn(r"^(\s+)server tagifai:8000\b", rf"\g<1>server {upstream}", text, flags=re.M)
+    line = re.search(r"^(\s+)server tagifai:8000\b(.*)$", text, flags=re.M)
+    assert line, "deploy/nginx/tagifai.conf lost its upstream line"
+    text = text.replace(line[0], "\n".join(f"{line[1]}server {address}{line[2]}" for address in upstreams))
     text, n_listen = re.subn(r"^(\s+)listen 80;", rf"\g<1>listen 127.0.0.1:{port};", text, flags=re.M)
-    assert n_up == 1 and n_listen == 1, "deploy/nginx/tagifai.conf lost its upstream or listen line"
+    text, n_log = re.subn(r"^(\s+)access_log /var/log/nginx/access.log ", rf"\g<1>access_log {tmp / 'access.log'} ",
+                          text, flags=re.M)
+    assert n_listen == 1 and n_log == 1, "deploy/nginx/tagifai.conf lost its listen or access_log line"
     if max_body is not None:
         text, n_body = re.subn(r"^(\s+)client_max_body_size \S+;", rf"\g<1>client_max_body_size {max_body};", text,
                                  flags=re.M)
         assert n_body == 1
+    if not rate_limit:
+        text, n_limit = re.subn(r"^\s+limit_req zone=.*\n", "", text, flags=re.M)
+        assert n_limit == 1
     (tmp / "tagifai.conf").write_text(text)
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -43,9 +55,8 @@ def render(tmp: Path, upstream: str, port: int, max_body: str | None = None) -> 
     user = "user root;\n" if os.geteuid() == 0 else ""
     (tmp / "nginx.conf").write_text(
         f"{user}worker_processes 1;\n"
-        "events { worker_connections 128; }\n"
+        "events { worker_connections 1024; }\n"
         "http {\n"
-        f"    access_log {tmp / 'access.log'};\n"
         f"{temp_paths}\n"
         f"    include {tmp / 'tagifai.conf'};\n"
         "}\n"
@@ -54,12 +65,13 @@ def render(tmp: Path, upstream: str, port: int, max_body: str | None = None) -> 
 
 
 @contextmanager
-def nginx(tmp: Path, upstream: str, max_body: str | None = None) -> Iterator[str]:
+def nginx(tmp: Path, upstream: str | list[str], max_body: str | None = None,
+          rate_limit: bool = True) -> Iterator[str]:
     """Run nginx in the foreground on a free loopback port; yield its base URL."""
     binary = helpers.require_binary("nginx")
     tmp.mkdir(parents=True, exist_ok=True)
     port = helpers.free_port()
-    conf = render(tmp, upstream, port, max_body)
+    conf = render(tmp, upstream, port, max_body, rate_limit)
     cmd = [binary, "-e", "stderr", "-c", str(conf), "-p", str(tmp),
            "-g", f"daemon off; pid {tmp / 'nginx.pid'}; error_log stderr;"]
     check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=20)
@@ -165,6 +177,99 @@ def test_upstream_down_answers_502_envelope(tmp_path):
         assert body["url"] == f"{base}/predict"
         assert body["method"] == "POST"
         assert body["request-id"] == "down-1"
+
+
+class Replica:
+    """A stand-in replica on 127.0.0.1 that records the request id of every request it reads, then
+    answers 200, or (``drop``) closes the connection without answering, as a worker killed
+    mid-request does."""
+
+    def __init__(self, drop: bool = False) -> None:
+        import http.server
+        import threading
+
+        self.seen: list[str] = []
+        replica = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_one_request(self):
+                self.raw_requestline = self.rfile.readline(65537)
+                if not self.raw_requestline or not self.parse_request():
+                    self.close_connection = True
+                    return
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                replica.seen.append(self.headers.get("X-Request-ID", ""))
+                if drop:
+                    self.close_connection = True
+                    return
+                body = b'{"status-code":200}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def access_lines(tmp: Path) -> list[dict]:
+    """nginx's access log (the shipped JSON format), one dict a request."""
+    return [json.loads(line) for line in (tmp / "access.log").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("method", "path", "retried"), [
+    ("POST", "/predict", True),
+    ("POST", "/predict?version=v1", True),
+    ("GET", "/health/ready", True),
+    ("GET", "/models", False),
+    ("PUT", "/models/default", False),
+    ("POST", "/models/default/rollback", False),
+    ("PUT", "/models/shadow", False),
+    ("DELETE", "/models/shadow", False),
+    ("POST", "/feedback", False),
+    ("GET", "/models/history", False),
+])
+def test_only_requests_that_change_nothing_are_retried_on_another_replica(tmp_path, method, path, retried):
+    """One replica drops every request it reads: a prediction or a read it dropped is answered by the
+    other (the access log names both); a write it dropped is answered 502, and never reaches the other."""
+    dead, live = Replica(drop=True), Replica()
+    try:
+        with nginx(tmp_path, [dead.address, live.address]) as base:
+            for i in range(3):  # round robin: the first, second or third request goes to the dropping one
+                rid = f"retry-{i}"
+                r = requests.request(method, f"{base}{path}", json={"texts": []}, headers={"X-Request-ID": rid},
+                                     timeout=10)
+                if rid in dead.seen:
+                    break
+            assert rid in dead.seen
+
+            def logged() -> list[dict]:
+                return [entry for entry in access_lines(tmp_path) if entry["request_id"] == rid]
+
+            helpers.wait_until(logged, timeout_s=5, what="the access line")  # written after the answer went out
+            (line,) = logged()
+    finally:
+        dead.close()
+        live.close()
+    if retried:
+        assert r.status_code == 200 and live.seen.count(rid) == 1, r.text
+        assert line["upstream_addr"] == f"{dead.address}, {live.address}"
+        assert line["upstream_status"] == "502, 200" and line["status"] == 200
+    else:
+        body = assert_envelope(r, 502)
+        assert body["request-id"] == rid and rid not in live.seen
+        assert line["upstream_addr"] == dead.address and line["upstream_status"] == "502"
 
 
 def test_a_burst_over_the_rate_limit_gets_429_envelopes_and_the_service_stays_healthy(artifacts_dir, tmp_path):
