@@ -183,3 +183,13 @@ def test_the_access_log_names_every_replica_a_request_was_sent_to():
     for _, server in blocks(CONF, "server"):
         assert own_directive(server, "access_log").endswith(f" {fmt[0]}")
 
+
+def test_the_readmes_replica_set_up_uses_the_shipped_upstream_line():
+    """The README's two replicas on one host: each a Gunicorn command on the port of a `server` line
+    written as the shipped one is."""
+    readme = (ROOT / "README.md").read_text()
+    shipped = re.search(r"^\s+server tagifai:8000( [^;]*);", CONF, flags=re.M)[1]
+    example = re.findall(r"^#\s+server 127\.0\.0\.1:(\d+)( [^;]*);", readme, flags=re.M)
+    assert len(example) >= 2 and {params for _, params in example} == {shipped}
+    for port, _ in example:
+        assert f"PORT={port} WEB_CONCURRENCY=2 .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app &" in readme
