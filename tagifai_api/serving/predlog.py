@@ -4,10 +4,13 @@ A request only appends one tuple to a bounded in-memory queue; a background thre
 gathered into rows (hash, length, tokens, the words the model does not know) and writes them in one
 statement every ``interval_s``. A slow or unreachable store, or a full queue, drops rows and counts
 them; it never slows or fails a request. Rows past the retention are deleted by the same thread.
+A process that exits (a Gunicorn worker stopping after a reload, a recycle or a TERM) writes what
+it still holds first; one killed outright loses it (at most ``interval_s`` of answers).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import threading
@@ -48,6 +51,8 @@ class PredictionLog:
         self.on_drop = on_drop
         self._reset()
         reset_after_fork(self._reset)
+        # registered before the service's batchers, so it runs after them: what they finish is written
+        atexit.register(self.close)
 
     def _reset(self) -> None:
         self._queue: deque = deque()

@@ -74,3 +74,122 @@ def test_each_client_address_is_rate_limited_with_a_burst_and_told_when_to_retry
     assert directive("limit_req_status") == ["429"]
     block = re.search(r"location @error_429 \{(.*?)\n    \}", CONF, flags=re.S)[1]
     assert "add_header Retry-After 1 always;" in block
+
+
+# --- which requests nginx sends to another replica ------------------------------------------------
+
+
+def blocks(text: str, opener: str) -> list[tuple[str, str]]:
+    """``(argument, body)`` of each top-level ``opener ARG {...}`` block in ``text`` (braces matched)."""
+    out = []
+    for match in re.finditer(rf"^\s*{opener}\b([^{{;]*)\{{", text, flags=re.M):
+        depth, i = 1, match.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        out.append((match[1].strip(), text[match.end():i - 1]))
+    return out
+
+
+def own_directive(body: str, name: str) -> str | None:
+    """A directive set in this block itself, not in a block nested in it."""
+    for _, inner in blocks(body, r"(?:location|if|limit_except)"):
+        body = body.replace(inner, "")
+    values = re.findall(rf"^\s*{name}\s+([^;]+);", body, flags=re.M)
+    return values[-1] if values else None
+
+
+def nginx_location(locations: list[tuple[str, str]], path: str) -> tuple[str, str] | None:
+    """The location nginx picks for ``path``: an exact match, else the longest prefix unless a regex
+    matches first (``^~`` prefixes skip the regexes). Named locations are only reached internally."""
+    exact = [loc for loc in locations if loc[0].split()[0] == "=" and loc[0].split()[1] == path]
+    if exact:
+        return exact[0]
+    prefixes = []
+    for loc in locations:
+        parts = loc[0].split()
+        if len(parts) == 1 and not parts[0].startswith("@") and path.startswith(parts[0]):
+            prefixes.append((len(parts[0]), False, loc))
+        elif len(parts) == 2 and parts[0] == "^~" and path.startswith(parts[1]):
+            prefixes.append((len(parts[1]), True, loc))
+    longest = max(prefixes, key=lambda p: p[0], default=None)
+    if longest and longest[1]:
+        return longest[2]
+    for loc in locations:
+        parts = loc[0].split()
+        if len(parts) == 2 and parts[0] in ("~", "~*"):
+            if re.search(parts[1], path, flags=re.I if parts[0] == "~*" else 0):
+                return loc
+    return longest[2] if longest else None
+
+
+def retry_policy(server: str, location_body: str) -> set[str]:
+    """The ``proxy_next_upstream`` conditions in force in a location (nginx's default: error timeout)."""
+    value = own_directive(location_body, "proxy_next_upstream") or own_directive(server, "proxy_next_upstream")
+    if value is None:
+        value = own_directive(CONF, "proxy_next_upstream") or "error timeout"
+    return set(value.split())
+
+
+def sample_path(rule: str) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "x.js" if m[1] == "filename" else "v1", rule)
+
+
+def test_only_predictions_and_reads_are_retried_and_every_write_route_says_off(app):
+    """nginx retries GET, HEAD, PUT and DELETE by default, and a POST with non_idempotent: every
+    route of the app that writes (any method but GET and HEAD, /predict aside) must be served by a
+    location with ``proxy_next_upstream off``; /predict by one that retries it."""
+    servers = blocks(CONF, "server")
+    assert servers
+    checked = 0
+    for _, server in servers:
+        locations = blocks(server, "location")
+        for rule in app.url_map.iter_rules():
+            path = sample_path(rule.rule)
+            location = nginx_location(locations, path)
+            assert location is not None, path
+            if "proxy_pass" not in location[1]:
+                continue  # answered by nginx itself (/metrics)
+            policy = retry_policy(server, location[1])
+            writes = (rule.methods or set()) - {"GET", "HEAD", "OPTIONS"}
+            if rule.rule == "/predict":
+                assert {"error", "timeout", "non_idempotent"} <= policy, (path, policy)
+                assert "http_503" not in policy  # counted as a failure: a busy fleet would go all down
+                checked += 1
+            elif writes:
+                assert policy == {"off"}, (rule.rule, sorted(writes), policy)
+                checked += 1
+    assert checked >= 6  # /predict, /feedback and the registry's writes, in each server block
+
+
+def test_predict_retries_are_bounded():
+    """A /predict is retried on at most two more replicas, and only while a retry can still beat the
+    proxy's own read timeout; a prediction that waited its whole queue deadline may still be retried."""
+    for _, server in blocks(CONF, "server"):
+        locations = blocks(server, "location")
+        _, body = nginx_location(locations, "/predict")
+        tries = int(own_directive(body, "proxy_next_upstream_tries"))
+        window = nginx_seconds(own_directive(body, "proxy_next_upstream_timeout"))
+        read_timeout = nginx_seconds(own_directive(body, "proxy_read_timeout")
+                                     or own_directive(server, "proxy_read_timeout"))
+        assert 2 <= tries <= 3
+        assert settings.DEFAULTS["PREDICT_TIMEOUT_MS"] / 1000 < window < read_timeout
+
+
+def test_the_access_log_names_every_replica_a_request_was_sent_to():
+    (fmt,) = re.findall(r"^log_format (\S+) escape=json (.*?);$", CONF, flags=re.M | re.S)
+    for variable in ("$upstream_addr", "$upstream_status", "$tagifai_request_id", "$status"):
+        assert variable in fmt[1], variable
+    for _, server in blocks(CONF, "server"):
+        assert own_directive(server, "access_log").endswith(f" {fmt[0]}")
+
+
+def test_the_readmes_replica_set_up_uses_the_shipped_upstream_line():
+    """The README's two replicas on one host: each a Gunicorn command on the port of a `server` line
+    written as the shipped one is."""
+    readme = (ROOT / "README.md").read_text()
+    shipped = re.search(r"^\s+server tagifai:8000( [^;]*);", CONF, flags=re.M)[1]
+    example = re.findall(r"^#\s+server 127\.0\.0\.1:(\d+)( [^;]*);", readme, flags=re.M)
+    assert len(example) >= 2 and {params for _, params in example} == {shipped}
+    for port, _ in example:
+        assert f"PORT={port} WEB_CONCURRENCY=2 .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app &" in readme
