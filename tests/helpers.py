@@ -273,35 +273,47 @@ def nginx_text(site: str = "tagifai.conf") -> str:
     return expand((NGINX_DIR / site).read_text())
 
 
-def _rewrite(text: str, pattern: str, replacement: str, what: str) -> str:
+def _rewrite(text: str, pattern: str, replacement: str, what: str, count: int = 1) -> str:
     text, n = re.subn(pattern, replacement, text, flags=re.M)
-    assert n == 1, f"deploy/nginx has no single {what} line"
+    assert n == count, f"deploy/nginx has {n} {what} lines, not {count}"
     return text
 
 
 @dataclass
 class Nginx:
-    """A running nginx: ``url`` its plain-HTTP base URL, ``tls_url`` its HTTPS one (TLS site only)."""
+    """A running nginx: ``url`` its plain-HTTP base URL, ``tls_url`` its HTTPS one (TLS site only);
+    its access log is ``directory / "access.log"``."""
 
     url: str
     tls_url: str | None
     directory: Path
 
 
-def render_nginx(tmp: Path, upstream: str, port: int, tls_port: int | None = None, certificate: Path | None = None,
-                 key: Path | None = None, directives: dict[str, str] | None = None) -> Path:
+def render_nginx(tmp: Path, upstream: str | list[str], port: int, tls_port: int | None = None,
+                 certificate: Path | None = None, key: Path | None = None, directives: dict[str, str] | None = None,
+                 rate_limit: bool = True) -> Path:
     """Copy a shipped site (``tagifai-tls.conf`` when ``tls_port`` is given, else ``tagifai.conf``)
-    and its snippets into ``tmp``, with this run's addresses, and a minimal nginx.conf around it.
+    and its snippets into ``tmp``, with this run's values, and a minimal nginx.conf around it.
 
-    Only the values the files mark as deployment-specific change (the listen addresses, the upstream,
-    the certificate paths), plus whole ``directives`` a test sets (``{"client_max_body_size": "64k"}``):
-    nginx resolves the includes itself, as it does once installed.
+    Only the values the files mark as deployment-specific change: the listen addresses, the upstream
+    (one address, or a list: one ``server`` line each, with the shipped line's parameters), the access
+    log's path (``tmp / "access.log"``), the certificate paths; ``directives`` a test sets whole
+    (``{"client_max_body_size": "64k"}``); ``rate_limit=False`` drops the limit (one client address
+    sending a load). nginx resolves the includes itself, as it does once installed.
     """
+    upstreams = [upstream] if isinstance(upstream, str) else upstream
     (tmp / "snippets").mkdir(parents=True, exist_ok=True)
+    log = rf"\g<1>access_log {tmp / 'access.log'} "
     for snippet in (NGINX_DIR / "snippets").glob("*.conf"):
         text = snippet.read_text()
         if snippet.name == "tagifai-http.conf":
-            text = _rewrite(text, r"^(\s+)server tagifai:8000\b", rf"\g<1>server {upstream}", "upstream")
+            line = re.search(r"^(\s+)server tagifai:8000\b(.*)$", text, flags=re.M)
+            assert line, "deploy/nginx lost its upstream line"
+            text = text.replace(line[0], "\n".join(f"{line[1]}server {address}{line[2]}" for address in upstreams))
+        if snippet.name == "tagifai-proxy.conf":
+            text = _rewrite(text, r"^(\s*)access_log /var/log/nginx/access.log ", log, "access_log")
+            if not rate_limit:
+                text = _rewrite(text, r"^\s*limit_req zone=.*\n", "", "limit_req")
         (tmp / "snippets" / snippet.name).write_text(text)
     site = NGINX_DIR / ("tagifai-tls.conf" if tls_port else "tagifai.conf")
     text = _rewrite(site.read_text(), r"^(\s+)listen 80;", rf"\g<1>listen 127.0.0.1:{port};", "listen 80")
@@ -309,6 +321,7 @@ def render_nginx(tmp: Path, upstream: str, port: int, tls_port: int | None = Non
         text = _rewrite(text, r"^(\s+)listen 443 ssl;", rf"\g<1>listen 127.0.0.1:{tls_port} ssl;", "listen 443")
         text = _rewrite(text, r"^(\s+)ssl_certificate \S+;", rf"\g<1>ssl_certificate {certificate};", "certificate")
         text = _rewrite(text, r"^(\s+)ssl_certificate_key \S+;", rf"\g<1>ssl_certificate_key {key};", "key")
+        text = _rewrite(text, r"^(\s*)access_log /var/log/nginx/access.log ", log, "access_log")  # the redirect's
     (tmp / site.name).write_text(text)
     for name, value in (directives or {}).items():
         found = [p for p in [tmp / site.name, *(tmp / "snippets").glob("*.conf")]
@@ -321,9 +334,8 @@ def render_nginx(tmp: Path, upstream: str, port: int, tls_port: int | None = Non
     user = "user root;\n" if os.geteuid() == 0 else ""
     (tmp / "nginx.conf").write_text(
         f"{user}worker_processes 1;\n"
-        "events { worker_connections 128; }\n"
+        "events { worker_connections 1024; }\n"
         "http {\n"
-        f"    access_log {tmp / 'access.log'};\n"
         f"{temp_paths}\n"
         f"    include {tmp / site.name};\n"
         "}\n"
@@ -332,15 +344,16 @@ def render_nginx(tmp: Path, upstream: str, port: int, tls_port: int | None = Non
 
 
 @contextmanager
-def nginx(tmp: Path, upstream: str, tls: tuple[Path, Path] | None = None,
-          directives: dict[str, str] | None = None) -> Iterator[Nginx]:
+def nginx(tmp: Path, upstream: str | list[str], tls: tuple[Path, Path] | None = None,
+          directives: dict[str, str] | None = None, rate_limit: bool = True) -> Iterator[Nginx]:
     """Run nginx with a shipped site in the foreground on free loopback ports, in front of
-    ``upstream`` (``host:port``): ``tagifai.conf``, or ``tagifai-tls.conf`` with ``tls``
-    (certificate, key)."""
+    ``upstream`` (``host:port``, or a list of them): ``tagifai.conf``, or ``tagifai-tls.conf`` with
+    ``tls`` (certificate, key). See :func:`render_nginx` for the rest."""
     binary = require_binary("nginx")
     tmp.mkdir(parents=True, exist_ok=True)
     port, tls_port = free_port(), (free_port() if tls else None)
-    conf = render_nginx(tmp, upstream, port, tls_port, *(tls or (None, None)), directives=directives)
+    conf = render_nginx(tmp, upstream, port, tls_port, *(tls or (None, None)), directives=directives,
+                        rate_limit=rate_limit)
     cmd = [binary, "-e", "stderr", "-c", str(conf), "-p", str(tmp),
            "-g", f"daemon off; pid {tmp / 'nginx.pid'}; error_log stderr;"]
     check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=20)

@@ -4,15 +4,25 @@ real Gunicorn: what a client behind the proxy sees."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
 
+import psutil
 import pytest
 import requests
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
+from benchmarks.client import KeepAliveClient
+from tagifai_api.store.database import Store
 from tests import helpers
 
 pytestmark = pytest.mark.integration
@@ -109,6 +119,238 @@ def test_upstream_down_answers_502_envelope(tmp_path):
         assert body["url"] == f"{base}/predict"
         assert body["method"] == "POST"
         assert body["request-id"] == "down-1"
+
+
+class Replica:
+    """A stand-in replica on 127.0.0.1 that records the request id of every request it reads, then
+    answers 200, or (``drop``) closes the connection without answering, as a worker killed
+    mid-request does."""
+
+    def __init__(self, drop: bool = False) -> None:
+        import http.server
+        import threading
+
+        self.seen: list[str] = []
+        replica = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_one_request(self):
+                self.raw_requestline = self.rfile.readline(65537)
+                if not self.raw_requestline or not self.parse_request():
+                    self.close_connection = True
+                    return
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                replica.seen.append(self.headers.get("X-Request-ID", ""))
+                if drop:
+                    self.close_connection = True
+                    return
+                body = b'{"status-code":200}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def access_lines(tmp: Path) -> list[dict]:
+    """nginx's access log (the shipped JSON format), one dict a request."""
+    return [json.loads(line) for line in (tmp / "access.log").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("method", "path", "retried"), [
+    ("POST", "/predict", True),
+    ("POST", "/predict?version=v1", True),
+    ("GET", "/health/ready", True),
+    ("GET", "/models", False),
+    ("PUT", "/models/default", False),
+    ("POST", "/models/default/rollback", False),
+    ("PUT", "/models/shadow", False),
+    ("DELETE", "/models/shadow", False),
+    ("POST", "/feedback", False),
+    ("GET", "/models/history", False),
+])
+def test_only_requests_that_change_nothing_are_retried_on_another_replica(tmp_path, method, path, retried):
+    """One replica drops every request it reads: a prediction or a read it dropped is answered by the
+    other (the access log names both); a write it dropped is answered 502, and never reaches the other."""
+    dead, live = Replica(drop=True), Replica()
+    try:
+        with helpers.nginx(tmp_path, [dead.address, live.address]) as proxy:
+            base = proxy.url
+            for i in range(3):  # round robin: the first, second or third request goes to the dropping one
+                rid = f"retry-{i}"
+                r = requests.request(method, f"{base}{path}", json={"texts": []}, headers={"X-Request-ID": rid},
+                                     timeout=10)
+                if rid in dead.seen:
+                    break
+            assert rid in dead.seen
+
+            def logged() -> list[dict]:
+                return [entry for entry in access_lines(tmp_path) if entry["request_id"] == rid]
+
+            helpers.wait_until(logged, timeout_s=5, what="the access line")  # written after the answer went out
+            (line,) = logged()
+    finally:
+        dead.close()
+        live.close()
+    if retried:
+        assert r.status_code == 200 and live.seen.count(rid) == 1, r.text
+        assert line["upstream_addr"] == f"{dead.address}, {live.address}"
+        assert line["upstream_status"] == "502, 200" and line["status"] == 200
+    else:
+        body = assert_envelope(r, 502)
+        assert body["request-id"] == rid and rid not in live.seen
+        assert line["upstream_addr"] == dead.address and line["upstream_status"] == "502"
+
+
+# --- two replicas behind nginx, under load, losing a worker, a whole replica, then reloading ----
+
+LOAD_CONNECTIONS = 64
+LOAD_S = 30.5
+PREDICT_BODY = json.dumps({"texts": [{"text": helpers.LESSON_TAGS["natural-language-processing"]}]}).encode()
+
+
+def _post_until(stop: threading.Event, port: int, index: int, outcomes: list, refused: list) -> None:
+    """One client: single-text /predict on its own kept-alive connection to nginx until ``stop``,
+    never resending (benchmarks/client.py); every request's id and outcome."""
+    client = KeepAliveClient("127.0.0.1", port)
+    n = 0
+    while not stop.is_set():
+        n += 1
+        rid = f"kill-{index}-{n}"
+        try:
+            outcomes.append((rid, client.request("POST", "/predict", PREDICT_BODY, {"X-Request-ID": rid})))
+        except ConnectionError:
+            refused.append(rid)
+            time.sleep(0.05)
+    client.close()
+
+
+def _workers(master: int) -> set[int]:
+    return {p.pid for p in psutil.Process(master).children()}
+
+
+def _busiest_worker(master: int, port: int) -> int:
+    """The worker holding most connections on ``port`` (nginx's, to this replica)."""
+    held = {pid: sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                     if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+            for pid in _workers(master)}
+    return max(held, key=held.get)
+
+
+def _counted(samples: list) -> tuple[float, float]:
+    """(/predict answered 200, predictions) in one replica's metrics."""
+    return helpers.value(samples, *helpers.PREDICT_COUNT), helpers.value(samples, "tagifai_predictions_total")
+
+
+def test_two_replicas_lose_a_worker_then_one_replica_then_reload_the_other_and_no_client_sees_it(
+        artifacts_dir, tmp_path):
+    """64 connections of single-text /predict through nginx to two Gunicorn replicas (2 workers each)
+    sharing one store, for 30 s: kill -9 of a worker of A; kill -9 of B's master and workers, once
+    nginx takes A back (the upstream's fail_timeout after the first kill); HUP of A. Every request
+    is answered 200, each retry shows in the access log, the metrics of both replicas count what the
+    clients received (B's read from the files it left), and the prediction log holds every request
+    but those a killed process had not written yet."""
+    fail_timeout = int(re.search(r"server tagifai:8000 .*fail_timeout=(\d+)s", helpers.nginx_text())[1])
+    store_url = helpers.private_store(artifacts_dir, tmp_path)
+    metrics_b = tmp_path / "metrics-b"
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(helpers.gunicorn(
+            artifacts_dir, workers=2, log_path=tmp_path / f"gunicorn-{name}.log",
+            env={"TAGIFAI_DATABASE_URL": store_url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{name}")}))
+            for name in ("a", "b"))
+        replicas = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        base = stack.enter_context(helpers.nginx(tmp_path / "nginx", replicas, rate_limit=False)).url
+        port = int(base.rsplit(":", 1)[1])
+        stop, outcomes, refused = threading.Event(), [], []
+        clients = [threading.Thread(target=_post_until, args=(stop, port, i, outcomes, refused), daemon=True)
+                   for i in range(LOAD_CONNECTIONS)]
+        began = time.monotonic()
+        for thread in clients:
+            thread.start()
+        time.sleep(3)
+        worker_killed_at = time.monotonic()
+        os.kill(_busiest_worker(a.proc.pid, a.port), signal.SIGKILL)
+        time.sleep(fail_timeout + 2)  # nginx has taken A back (three failures take it out for fail_timeout)
+        replica_killed_at = time.monotonic()
+        for pid in (b.proc.pid, *_workers(b.proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(5)
+        old = _workers(a.proc.pid)
+        reloaded_at = time.monotonic()
+        os.kill(a.proc.pid, signal.SIGHUP)
+        helpers.wait_until(lambda: len(_workers(a.proc.pid)) == 2 and not _workers(a.proc.pid) & old,
+                           timeout_s=20, what="A's workers replaced")
+        reload_s = time.monotonic() - reloaded_at
+        time.sleep(max(0.0, began + LOAD_S - time.monotonic()))
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+        elapsed = time.monotonic() - began
+        counted_a = _counted(helpers.scrape(a.url))
+    # A has stopped (TERM): its workers wrote what their prediction logs held as they exited
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_b))
+    counted_b = _counted([s for family in registry.collect() for s in family.samples])
+    store = Store(store_url)
+    try:
+        logged = Counter(row["request_id"] for row in store.predictions())
+    finally:
+        store.close()
+    lines = {line["request_id"]: line for line in access_lines(tmp_path / "nginx") if line["uri"] == "/predict"}
+
+    # every request answered 200, with its prediction, under its own request id
+    assert not refused
+    statuses = Counter(o.status for _, o in outcomes)
+    assert statuses == {200: len(outcomes)}, [(rid, o.status, o.error, o.body[:200]) for rid, o in outcomes
+                                              if o.status != 200][:5]
+    for rid, o in outcomes:
+        body = json.loads(o.body)
+        assert body["request-id"] == rid
+        assert body["data"]["predictions"][0]["predicted_tag"] == "natural-language-processing"
+    # nginx saw each once, and says which replicas it sent it to
+    assert sorted(lines) == sorted(rid for rid, _ in outcomes)
+    a_addr, b_addr = f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"
+    tried = {rid: line["upstream_addr"].split(", ") for rid, line in lines.items()}
+    retried = {rid for rid, addrs in tried.items() if len(addrs) > 1}
+    answered = Counter(addrs[-1] for addrs in tried.values())
+    failed_at = Counter(addr for addrs in tried.values() for addr in addrs[:-1])
+    assert set(answered) == {a_addr, b_addr}
+    assert failed_at[a_addr] and failed_at[b_addr]  # both kills caught requests in flight, which nginx retried
+    # what each replica counted: what it answered, plus at most what it answered to nginx too late
+    for (requests_counted, predictions), addr in ((counted_a, a_addr), (counted_b, b_addr)):
+        assert answered[addr] <= requests_counted <= answered[addr] + failed_at[addr], addr
+        assert predictions == requests_counted
+    # the prediction log: every answer, but the last ones of a process killed before writing them
+    ended = {rid: o.ended_at for rid, o in outcomes}
+    missing = [rid for rid in ended if not logged[rid]]
+    lost_to_a_kill = [rid for rid in missing if tried[rid][-1] == a_addr
+                      and worker_killed_at - 2 <= ended[rid] <= worker_killed_at + 1]
+    lost_to_b_kill = [rid for rid in missing if tried[rid][-1] == b_addr
+                      and replica_killed_at - 2 <= ended[rid] <= replica_killed_at + 1]
+    assert sorted(missing) == sorted(lost_to_a_kill + lost_to_b_kill)
+    assert all(logged[rid] for rid in retried)  # by the replica that answered, under the same request id
+    twice = [rid for rid, n in logged.items() if n > 1]
+    assert set(twice) <= retried  # logged by a replica that died before its answer reached nginx, too
+    print("REPLICAS-KILL", json.dumps({
+        "seconds": round(elapsed, 1), "requests": len(outcomes), "not_200": len(outcomes) - statuses[200],
+        "retried_by_nginx": len(retried), "answered": {"a": answered[a_addr], "b": answered[b_addr]},
+        "retried_from": {"a": failed_at[a_addr], "b": failed_at[b_addr]},
+        "counted": {"a": counted_a[0], "b": counted_b[0]},
+        "log_missing": {"a_worker_kill": len(lost_to_a_kill), "b_kill": len(lost_to_b_kill)}, "log_twice": len(twice),
+        "reload_s": round(reload_s, 1)}))
 
 
 def test_a_burst_over_the_rate_limit_gets_429_envelopes_and_the_service_stays_healthy(artifacts_dir, tmp_path):
