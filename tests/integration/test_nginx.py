@@ -330,9 +330,10 @@ def test_two_replicas_lose_a_worker_then_one_replica_then_reload_the_other_and_n
     assert set(answered) == {a_addr, b_addr}
     assert failed_at[a_addr] and failed_at[b_addr]  # both kills caught requests in flight, which nginx retried
     # what each replica counted: what it answered, plus at most what it answered to nginx too late
+    # (a worker killed between its prediction and request counters counted one and not the other)
     for (requests_counted, predictions), addr in ((counted_a, a_addr), (counted_b, b_addr)):
         assert answered[addr] <= requests_counted <= answered[addr] + failed_at[addr], addr
-        assert predictions == requests_counted
+        assert answered[addr] <= predictions <= answered[addr] + failed_at[addr], addr
     # the prediction log: every answer, but the last ones of a process killed before writing them
     ended = {rid: o.ended_at for rid, o in outcomes}
     missing = [rid for rid in ended if not logged[rid]]
