@@ -90,6 +90,7 @@ def create_app(config: Mapping[str, object] | None = None):
         metrics.add_scrape_collector(exporter, DriftCollector(monitor, versions_now))
     errors.register_error_handlers(app)
     register_access_log(app)
+    app.after_request(responses.secure_headers)
     guard.init_app(app, store)  # after the access log: a refused request still gets its id and access line
     default = service.model.version if service.ready else None
     others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]

@@ -72,6 +72,19 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "METRICS": (True, "Expose /metrics and record Prometheus metrics."),
     "AUTH": ("admin", "What needs an API key: `admin` (routes that change what is served), `all` (every route "
                       "but /, /health/*, /metrics and the docs) or `off`."),
+    "OIDC_ISSUER": ("", "Accept access tokens (JWTs) of this identity provider (its issuer URL, as in its tokens' "
+                        "`iss`), beside API keys; set with TAGIFAI_OIDC_AUDIENCE. Empty: API keys only."),
+    "OIDC_AUDIENCE": ("", "The audience (`aud`) the identity provider's tokens must name for this service."),
+    "OIDC_ROLES_CLAIM": ("roles", "The token claim holding the roles (a list or a space-separated string); a dotted "
+                                  "path such as `realm_access.roles` reaches into an object."),
+    "OIDC_PREDICT_ROLE": ("tagifai:predict", "The role value in tokens that grants the predict role."),
+    "OIDC_ADMIN_ROLE": ("tagifai:admin", "The role value in tokens that grants the admin role."),
+    "OIDC_ALGORITHMS": ("RS256,ES256", "Signature algorithms accepted in tokens, comma-separated; asymmetric ones "
+                                       "only (`none` and HMAC are always refused)."),
+    "OIDC_LEEWAY_S": (30.0, "Clock skew allowed when checking a token's `exp`, `nbf` and `iat`, in seconds."),
+    "OIDC_REFETCH_S": (5.0, "Least time between two fetches of the provider's signing keys by a worker (a token "
+                            "naming an unknown key id triggers one)."),
+    "OIDC_TIMEOUT_S": (2.0, "Timeout of each request to the identity provider (discovery document, keys)."),
     "API_KEYS_FILE": (str(ROOT / "config" / "api_keys.json"),
                       "The keys file of an install from before the store: imported into an empty store once, on "
                       "first start."),

@@ -11,6 +11,13 @@ from tagifai_api.ml.explain import Explainer
 from tagifai_api.ml.text import OTHER
 
 
+class Prediction(dict):
+    """One text's answer, as a dict (it goes into the response as it is), which also carries the
+    text's word counts for the prediction log: they are not part of the answer, so they are not keys."""
+
+    __slots__ = ("tokens", "unknown_tokens")
+
+
 class Predictor:
     """Tags texts with one model version, applying its low-confidence rule.
 
@@ -50,23 +57,22 @@ class Predictor:
         """
         if not cleaned:
             return []
-        return self._results(self._model.predict_proba(cleaned))
+        counts: list[tuple[int, int]] = []
+        return self._results(self._model.predict_proba(cleaned, counts), counts)
 
-    def _results(self, proba: np.ndarray) -> list[dict]:
+    def _results(self, proba: np.ndarray, counts: list[tuple[int, int]]) -> list[Prediction]:
         top = proba.argmax(axis=1)
         confidence = proba[np.arange(len(top)), top]
         classes = self._classes
         out = []
-        for row, j, conf in zip(proba.tolist(), top.tolist(), confidence.tolist(), strict=True):
+        for row, j, conf, (tokens, unknown) in zip(proba.tolist(), top.tolist(), confidence.tolist(), counts,
+                                                   strict=True):
             low = conf < self.threshold
-            out.append(
-                {
-                    "predicted_tag": OTHER if low else classes[j],
-                    "confidence": conf,
-                    "probabilities": dict(zip(classes, row, strict=True)),
-                    "low_confidence": low,
-                }
-            )
+            p = Prediction(predicted_tag=OTHER if low else classes[j], confidence=conf,
+                           probabilities=dict(zip(classes, row, strict=True)), low_confidence=low)
+            p.tokens = tokens
+            p.unknown_tokens = unknown
+            out.append(p)
         return out
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
@@ -85,7 +91,7 @@ class Predictor:
             return []
         scored = [self._explainer.score(t) for t in texts]
         proba = self._model.probabilities(np.vstack([s.scores for s in scored]))
-        out = self._results(proba)
+        out = self._results(proba, [self._model.token_stats(self.clean(t)) for t in texts])
         for result, s, top in zip(out, scored, proba.argmax(axis=1).tolist(), strict=True):
             explanation = self._explainer.explain_scored(s, top)
             if result["low_confidence"]:

@@ -48,13 +48,12 @@ LOG_ITEM = ("predicted", "confidence", "low_confidence", "shadow_predicted", "te
             "unknown_tokens", "text_sha256", "text")
 #: the columns of an exported text: the request's, then the text's
 LOG_COLUMNS = ("at", "request_id", "position", "model_version", "shadow_version", *LOG_ITEM)
-_BULK_LOG = {
-    "sqlite": "INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
-              "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value -> 5 FROM json_each(?)",
-    "postgresql": "INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
-                  "SELECT (r ->> 0)::float8, r ->> 1, r ->> 2, (r ->> 3)::int, r ->> 4, (r -> 5)::text "
-                  "FROM json_array_elements(%s::json) AS r",
-}
+# PostgreSQL takes the rows as one JSON document it takes apart itself (one round trip, in C).
+_BULK_LOG_POSTGRESQL = ("INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
+                        "SELECT (r ->> 0)::float8, r ->> 1, r ->> 2, (r ->> 3)::int, r ->> 4, (r -> 5)::text "
+                        "FROM json_array_elements(%s::json) AS r")
+_INSERT_LOG = ("INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
 
 #: a version's newest logged texts, each as (request id, at, position, predicted, confidence, tokens,
 #: unknown tokens): the database takes the items apart, so a text kept in ``texts`` mode never travels
@@ -509,22 +508,27 @@ class Store:
         """Append answered requests to the prediction log in one statement; each row is ``(at,
         request_id, model_version, shadow_version, items)``, ``items`` one :data:`LOG_ITEM` tuple per text.
 
-        The rows travel as one JSON document that the database takes apart itself (SQLite's
-        ``json_each``, PostgreSQL's ``json_array_elements``), in C: a worker that serves meanwhile
-        spends its time on little more than encoding it.
+        PostgreSQL gets the rows as one JSON document it takes apart itself (``json_array_elements``):
+        one round trip. SQLite is in-process, so there it is one ``executemany`` of rows whose items
+        are encoded once each: a worker that serves meanwhile spends its time on little more than
+        encoding them (SQLite's ``json_each`` would parse the document and write each row's items
+        out again, twice the CPU a text; ``benchmarks.predlog_cost`` measures it).
         """
         if not rows:
             return
-        payload = orjson.dumps([(at, rid, version, len(items), shadow, items) for at, rid, version, shadow, items
-                                in rows]).decode()
+        dumps = orjson.dumps
         with self._connect("log", write=True) as conn:
-            dialect = conn.dialect.name
-            if dialect in _BULK_LOG:
-                conn.exec_driver_sql(_BULK_LOG[dialect], (payload,))
+            if conn.dialect.name == "postgresql":
+                payload = dumps([(at, rid, version, len(items), shadow, items)
+                                 for at, rid, version, shadow, items in rows]).decode()
+                conn.exec_driver_sql(_BULK_LOG_POSTGRESQL, (payload,))
+            elif conn.dialect.name == "sqlite":
+                conn.exec_driver_sql(_INSERT_LOG, [(at, rid, version, len(items), shadow, dumps(items).decode())
+                                                   for at, rid, version, shadow, items in rows])
             else:
                 conn.execute(t.prediction_log.insert(), [
                     {"at": at, "request_id": rid, "model_version": version, "texts": len(items),
-                     "shadow_version": shadow, "items": orjson.dumps(items).decode()}
+                     "shadow_version": shadow, "items": dumps(items).decode()}
                     for at, rid, version, shadow, items in rows])
 
     def purge_predictions(self, before: float) -> int:

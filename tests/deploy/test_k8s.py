@@ -151,3 +151,38 @@ def test_an_init_container_prepares_the_store_from_the_image(deployment, contain
     assert init["securityContext"]["readOnlyRootFilesystem"] is True
     assert {r["configMapRef"]["name"] for r in init["envFrom"]} == {r["configMapRef"]["name"]
                                                                     for r in container["envFrom"]}
+
+
+def test_the_autoscaler_scales_on_the_cpu_each_pod_requests(deployment, container):
+    """CPU utilisation is measured against the container's request, which must therefore be set."""
+    hpa = load("hpa.yaml")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] < 100
+    assert container["resources"]["requests"]["cpu"]
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"]
+
+
+def test_the_disruption_budget_keeps_a_pod_serving_and_never_blocks_a_drain(deployment):
+    pdb = load("pdb.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"]
+    assert load("hpa.yaml")["spec"]["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 1
+
+
+def test_pods_spread_over_nodes_and_zones(deployment):
+    spec = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    spread = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    # a rule across nodes; across zones a preference (nodes without zone labels would refuse every pod)
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["kubernetes.io/hostname"]["nodeTaintsPolicy"] == "Honor"  # a cordoned node is no domain
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
