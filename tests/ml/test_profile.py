@@ -4,7 +4,6 @@ with its files at training and checksummed with them; computed alike later for a
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -71,15 +70,8 @@ def test_an_older_version_gets_the_same_profile_from_the_dataset(artifacts_dir, 
     assert training.version_profile(dataset, version.args, version.compiled) == artifacts.load_profile(version)
 
 
-@pytest.fixture
-def root(tmp_path, artifacts_dir):
-    dest = tmp_path / "artifacts"
-    shutil.copytree(artifacts_dir, dest)
-    return dest
-
-
-def test_a_damaged_profile_is_a_clear_error(root):
-    version = load_default(root)
+def test_a_damaged_profile_is_a_clear_error(artifacts_copy):
+    version = load_default(artifacts_copy)
     path = version.path / artifacts.PROFILE_FILE
     path.write_text(path.read_text().replace('"format": 1', '"format": 2'))
     with pytest.raises(ArtifactError, match="profile.json does not match its sha256"):
@@ -89,13 +81,13 @@ def test_a_damaged_profile_is_a_clear_error(root):
         artifacts.load_profile(version)
 
 
-def test_a_version_written_without_a_profile_has_none(root):
-    version = load_default(root)
+def test_a_version_written_without_a_profile_has_none(artifacts_copy):
+    version = load_default(artifacts_copy)
     (version.path / artifacts.PROFILE_FILE).unlink()
     manifest = dict(version.manifest, files={k: v for k, v in version.manifest["files"].items()
                                              if k != artifacts.PROFILE_FILE})
     (version.path / artifacts.MANIFEST).write_text(json.dumps(manifest))
-    older = load_default(root)
+    older = load_default(artifacts_copy)
     assert artifacts.load_profile(older) is None
     artifacts.verify_files(older)  # still a sound version
 

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagifai_api.store.database import Store, StoreError
-
-
-@pytest.fixture
-def store(store_url):
-    s = Store(store_url)
-    s.upgrade()
-    yield s
-    s.close()
+from tagifai_api.store.database import StoreError
 
 
 def _item(tag: str, confidence: float, tokens: int, unknown: int, text: str | None = None) -> tuple:
