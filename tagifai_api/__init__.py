@@ -19,6 +19,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api.ml import artifacts
     from tagifai_api.feedback import views as feedback_views
     from tagifai_api.registry import views as registry_views
+    from tagifai_api.retrain import views as retrain_views
     from tagifai_api.serving.predlog import PredictionLog
     from tagifai_api.serving.service import ModelService
     from tagifai_api.store import open_store
@@ -74,7 +75,8 @@ def create_app(config: Mapping[str, object] | None = None):
         exporter=exporter,
     )
 
-    for module in (index, performance, args, predict, health, docs, registry_views, feedback_views, demo):
+    for module in (index, performance, args, predict, health, docs, registry_views, retrain_views, feedback_views,
+                   demo):
         app.register_blueprint(module.bp)
     errors.register_error_handlers(app)
     register_access_log(app)

@@ -41,6 +41,15 @@ SETTINGS: dict[str, tuple[object, str]] = {
                                "hash, length and token counts, not the text), `texts` (the text too, which "
                                "feedback needs to become training data) or `off`."),
     "PREDICTION_LOG_DAYS": (30.0, "Prediction log rows older than this many days are deleted in the background."),
+    "RETRAIN_DATA": (str(DATA_FILE), "The labelled dataset a retrained candidate learns from, with the feedback."),
+    "RETRAIN_HOLDOUT": (0.2, "Share of the feedback, the newest by time, held out of retraining: the candidate and "
+                             "the default are judged on it."),
+    "GATE_MARGIN": (0.01, "Gate: a retrained candidate's weighted F1 on the held-out feedback must beat the "
+                          "default's by at least this much."),
+    "GATE_TOLERANCE": (0.01, "Gate: its weighted F1 on the test split may be at most this much below the default's."),
+    "GATE_MIN_HELD_OUT": (50, "Gate: the fewest held-out feedback texts the two may be judged on."),
+    "SHADOW_MIN_TEXTS": (500, "Live texts a shadowed candidate must have scored before `promote --if-better` (or "
+                              "POST /models/default/promote-shadow) promotes it."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),
