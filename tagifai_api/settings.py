@@ -50,6 +50,10 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "GATE_MIN_HELD_OUT": (50, "Gate: the fewest held-out feedback texts the two may be judged on."),
     "SHADOW_MIN_TEXTS": (500, "Live texts a shadowed candidate must have scored before `promote --if-better` (or "
                               "POST /models/default/promote-shadow) promotes it."),
+    "AUTO_ROLLBACK": (True, "After a promotion, roll back by itself when the new default's live accuracy is worse "
+                            "than the previous default's with 95 % confidence; `off` disables it."),
+    "AUTO_ROLLBACK_MIN_FEEDBACK": (100, "Corrections of each of the two versions' predictions needed before the "
+                                        "automatic rollback compares them."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),

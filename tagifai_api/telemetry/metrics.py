@@ -71,6 +71,8 @@ class ModelMetrics:
                                    "the store slow or down); the requests themselves were answered.", registry=r)
         self.store_errors = Counter("tagifai_store_errors", "Failed reads and writes of the state store, by operation.",
                                     ["operation"], registry=r)
+        self.auto_rollbacks = Counter("tagifai_auto_rollbacks", "Promoted defaults rolled back by themselves: live "
+                                      "feedback showed them worse than the version they replaced.", registry=r)
         self.cache_hits = Counter("tagifai_cache_hits", "Prediction cache hits.", registry=r)
         self.cache_misses = Counter("tagifai_cache_misses", "Prediction cache misses.", registry=r)
         self.model_info = Gauge("tagifai_model_info", "The model each live worker serves (value 1).",
@@ -199,6 +201,9 @@ class ModelMetrics:
 
     def store_error(self, operation: str) -> None:
         self.store_errors.labels(operation).inc()
+
+    def auto_rollback(self) -> None:
+        self.auto_rollbacks.inc()
 
     def error(self, kind: str) -> None:
         """An error answered to a client."""
