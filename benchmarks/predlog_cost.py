@@ -39,8 +39,10 @@ def _bodies(tmp: Path, texts: int) -> Path:
     return path
 
 
-def _wrk(url: str, seconds: float, bodies: Path) -> dict:
-    proc = subprocess.run(["wrk", "-t2", "-c64", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url],
+def wrk(url: str, seconds: float, bodies: Path, connections: int = 64) -> dict:
+    """wrk's figures for POST /predict with ``bodies`` (one JSON per line); any answer but 200 fails the run."""
+    proc = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                           "-s", str(LUA), url],
                           capture_output=True, text=True, timeout=seconds + 60,
                           env={**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)})
     if proc.returncode != 0 or "JSON" not in proc.stdout:
@@ -74,8 +76,8 @@ def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
                    "TAGIFAI_LOG_LEVEL": "WARNING"}
             with helpers.gunicorn(artifacts, workers=2, env=env) as server:
                 for texts, path in bodies.items():
-                    _wrk(server.url, 1.0, path)  # warm-up: both workers' model and connections
-                    result = _wrk(server.url, seconds, path)
+                    wrk(server.url, 1.0, path)  # warm-up: both workers' model and connections
+                    result = wrk(server.url, seconds, path)
                     rps[(side, texts)].append(result["requests"] / result["seconds"])
     store = Store(urls["on"])
     written = sum(1 for _ in store.predictions())
