@@ -53,7 +53,7 @@ def retrain(obj: dict, shadow: bool, data_path: Path | None, holdout: float | No
     are printed and recorded in the audit log (GET /models/history).
     """
     if nice:
-        os.nice(nice)
+        job_runs.lower_priority(os.getpid(), nice)
     values = settings.from_env()
     registry = open_registry(obj)
     jobs = Jobs(registry.store)

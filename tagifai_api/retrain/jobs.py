@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from tagifai_api import settings
 from tagifai_api.store.jobs import LEASE_S, Jobs, LeaseLostError
@@ -47,9 +48,21 @@ def spawn(job_id: str, config: Mapping[str, object]) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tagifai_api", "retrain", "--job", job_id, "--nice", str(NICE)],
         cwd=settings.ROOT, env=child_env(config), stdin=subprocess.DEVNULL, start_new_session=True)
+    lower_priority(proc.pid, NICE)  # now, not once its imports are done (it does it again itself)
     threading.Thread(target=proc.wait, name=f"tagifai-job-{job_id[:8]}", daemon=True).start()
     log.info("retrain job %s started in pid %d", job_id, proc.pid, extra={"event": "job_started", "job": job_id})
     return proc
+
+
+def lower_priority(pid: int, nice: int) -> None:
+    """Yield the CPU to serving. Linux schedules each session as a group first (autogroup) and applies a
+    process's nice value only within its group, so a job in a session of its own lowers its group's
+    priority too. Best effort: the process may have ended, and there may be no autogroup."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:
+        pass
 
 
 class Heartbeat:

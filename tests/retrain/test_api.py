@@ -137,3 +137,21 @@ def test_promoting_with_no_shadow_or_one_not_made_by_retraining_changes_nothing(
     hand_made = check_envelope(client.post("/models/default/promote-shadow", headers=headers), 409, "POST")
     assert "has no lineage" in hand_made["message"]
     assert app.extensions["tagifai"].service.registry.pointers() == (first, second)
+
+
+def test_a_jobs_process_yields_the_cpu_to_serving_from_its_start():
+    import subprocess
+    from pathlib import Path
+
+    from tagifai_api.retrain import jobs
+
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        jobs.lower_priority(proc.pid, jobs.NICE)
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == jobs.NICE == 19
+        autogroup = Path(f"/proc/{proc.pid}/autogroup")
+        if autogroup.exists():  # its session's group too, or nice would not count against the server's
+            assert autogroup.read_text().strip().endswith(f"nice {jobs.NICE}")
+    finally:
+        proc.kill()
+        proc.wait()
