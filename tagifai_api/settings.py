@@ -42,6 +42,8 @@ SETTINGS: dict[str, tuple[object, str]] = {
                                "feedback needs to become training data) or `off`."),
     "PREDICTION_LOG_DAYS": (30.0, "Prediction log rows older than this many days are deleted in the background."),
     "RETRAIN_DATA": (str(DATA_FILE), "The labelled dataset a retrained candidate learns from, with the feedback."),
+    "RETRAIN_NICE": (19, "Scheduling priority (nice, 0-19) of a retraining started over HTTP: 19, the lowest, leaves "
+                         "the CPU to serving; 0 on a host that only trains."),
     "RETRAIN_HOLDOUT": (0.2, "Share of the feedback, the newest by time, held out of retraining: the candidate and "
                              "the default are judged on it."),
     "GATE_MARGIN": (0.01, "Gate: a retrained candidate's weighted F1 on the held-out feedback must beat the "

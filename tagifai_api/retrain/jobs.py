@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 KIND = "retrain"
 #: how often a running job renews its lease (well inside :data:`LEASE_S`)
 RENEW_EVERY_S = 5.0
-#: the scheduler's priority of a job started over HTTP: serving comes first on a shared host
-NICE = 19
 
 
 def _env_value(value: object) -> str:
@@ -45,10 +43,12 @@ def child_env(config: Mapping[str, object]) -> dict[str, str]:
 def spawn(job_id: str, config: Mapping[str, object]) -> subprocess.Popen:
     """Start the job's process; a thread of this process waits for it, so it leaves no zombie. It runs
     in a session of its own: a worker recycled meanwhile does not take it down."""
+    nice = min(max(int(config["RETRAIN_NICE"]), 0), 19)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tagifai_api", "retrain", "--job", job_id, "--nice", str(NICE)],
+        [sys.executable, "-m", "tagifai_api", "retrain", "--job", job_id, "--nice", str(nice)],
         cwd=settings.ROOT, env=child_env(config), stdin=subprocess.DEVNULL, start_new_session=True)
-    lower_priority(proc.pid, NICE)  # now, not once its imports are done (it does it again itself)
+    if nice:
+        lower_priority(proc.pid, nice)  # now, not once its imports are done (it does it again itself)
     threading.Thread(target=proc.wait, name=f"tagifai-job-{job_id[:8]}", daemon=True).start()
     log.info("retrain job %s started in pid %d", job_id, proc.pid, extra={"event": "job_started", "job": job_id})
     return proc

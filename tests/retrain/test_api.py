@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tagifai_api import settings
 from tagifai_api.retrain import candidate
 from tagifai_api.store.jobs import Jobs
 from tests.helpers import add_key, check_envelope, wait_until
@@ -89,7 +90,7 @@ def test_the_lineage_is_shown_with_the_version(api, corrections, send, passing_g
     send(registry.store, corrections)
     version = candidate.retrain(registry, root / "small.csv", passing_gate, 0.2)["candidate"]
     shown = check_envelope(client.get(f"/models/{version}"), 200)["data"]
-    assert shown["lineage"]["parent"] == default and shown["lineage"]["feedback"]["held_out"] == 60
+    assert shown["lineage"]["parent"] == default and shown["lineage"]["feedback"]["held_out"] == 80
     assert check_envelope(client.get(f"/models/{default}"), 200)["data"]["lineage"] is None
 
 
@@ -118,7 +119,7 @@ def test_a_shadowed_candidate_is_promoted_only_after_enough_live_texts(make_app,
     assert promoted["decision"] == "promoted" and promoted["gate"]["passed"]
     scored = promoted["shadow"]
     assert scored["scored"] == 50 and 0 <= scored["agreed"] <= 50 and scored["rate"] == round(scored["agreed"] / 50, 4)
-    assert promoted["evaluations"]["held_out"]["texts"] == 60
+    assert promoted["evaluations"]["held_out"]["texts"] == 80
     assert registry.pointers() == (shadow, None) and service.default.version == shadow
     entry = registry.store.audit(1)[0]
     assert (entry["action"], entry["from"], entry["to"], entry["key_name"]) == ("promoted", default, shadow, "ops")
@@ -145,13 +146,14 @@ def test_a_jobs_process_yields_the_cpu_to_serving_from_its_start():
 
     from tagifai_api.retrain import jobs
 
+    nice = settings.DEFAULTS["RETRAIN_NICE"]
     proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        jobs.lower_priority(proc.pid, jobs.NICE)
-        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == jobs.NICE == 19
+        jobs.lower_priority(proc.pid, nice)
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == nice == 19
         autogroup = Path(f"/proc/{proc.pid}/autogroup")
         if autogroup.exists():  # its session's group too, or nice would not count against the server's
-            assert autogroup.read_text().strip().endswith(f"nice {jobs.NICE}")
+            assert autogroup.read_text().strip().endswith(f"nice {nice}")
     finally:
         proc.kill()
         proc.wait()

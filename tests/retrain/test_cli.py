@@ -40,7 +40,7 @@ def test_the_gate_can_be_set_on_the_command_line(loop, corrections, send):
     send(registry.store, corrections)
     result = json.loads(_run(root, "retrain", "--margin", "0.5", "--holdout", "0.1").output)
     assert result["decision"] == "kept" and result["gate"]["failed"] == ["min_held_out", "margin"]
-    assert result["lineage"]["feedback"]["held_out"] == 30
+    assert result["lineage"]["feedback"]["held_out"] == 40
 
 
 def test_promote_needs_if_better():

@@ -31,17 +31,17 @@ def test_a_candidate_better_on_held_out_feedback_is_promoted_with_its_lineage(lo
         artifacts.load(root, version).manifest["dataset_sha256"]
     assert lineage["dataset"]["fitted"] == 255 and lineage["dataset"]["test"] == 45
     feedback = lineage["feedback"]
-    assert (feedback["texts"], feedback["used"], feedback["held_out"], feedback["duplicates"]) == (300, 240, 60, 0)
+    assert (feedback["texts"], feedback["used"], feedback["held_out"], feedback["duplicates"]) == (400, 320, 80, 0)
     assert len(feedback["sha256"]) == 64
     held, test = lineage["evaluations"]["held_out"], lineage["evaluations"]["test"]
-    assert held["texts"] == 60 and held["candidate"] - held["default"] >= 0.01
+    assert held["texts"] == 80 and held["candidate"] - held["default"] >= 0.01
     assert test["texts"] == 45 and test["default"] == pytest.approx(
         artifacts.load(root, parent).performance["overall"]["f1"], abs=1e-6)  # the parent's own test split
 
     promoted, trained = registry.store.audit(2)
     assert (trained["action"], trained["from"], trained["to"], trained["key_name"]) == ("trained", parent, version,
                                                                                          "ops")
-    assert "240 feedback texts; 60 held out" in trained["reason"]
+    assert "320 feedback texts; 80 held out" in trained["reason"]
     assert (promoted["action"], promoted["from"], promoted["to"]) == ("promoted", parent, version)
     assert promoted["reason"] == result["gate"]["summary"] and f"{held['candidate']:.4f}" in promoted["reason"]
 
@@ -83,7 +83,7 @@ def test_feedback_overrides_the_dataset_where_they_disagree_and_never_trains_on_
     train_df, _, test_df = training.splits(by_time.iloc[:300], train_args)
 
     def relabelled(row) -> dict:
-        return {"text": row["text"], "tag": "other" if row["tag"] != "other" else "mlops"}
+        return {"text": row["text"], "tag": "other" if row["tag"] != "other" else "computer-vision"}
 
     replaced, withheld, tested = relabelled(train_df.iloc[0]), relabelled(train_df.iloc[1]), relabelled(test_df.iloc[0])
     duplicate = {**replaced, "text": replaced["text"].upper()}
@@ -91,7 +91,7 @@ def test_feedback_overrides_the_dataset_where_they_disagree_and_never_trains_on_
     send(registry.store, [replaced, duplicate, tested, *corrections, withheld])
     result = candidate.retrain(registry, root / "small.csv", passing_gate, 0.2)
     feedback, dataset = result["lineage"]["feedback"], result["lineage"]["dataset"]
-    assert (feedback["texts"], feedback["duplicates"], feedback["in_test"]) == (303, 1, 1)
+    assert (feedback["texts"], feedback["duplicates"], feedback["in_test"]) == (403, 1, 1)
     assert (dataset["replaced"], dataset["duplicates"], dataset["withheld"]) == (1, 0, 1)
     assert dataset["fitted"] == 255 - 2 and dataset["test"] == 45  # the test split stays whole
 
