@@ -18,6 +18,7 @@ from tagifai_api.registry.cli import open_registry
 from tagifai_api.retrain import jobs as job_runs
 from tagifai_api.retrain.gate import Gate
 from tagifai_api.retrain.promote import NothingToPromoteError, promote_if_better
+from tagifai_api.store.database import StoreError
 from tagifai_api.store.jobs import Jobs
 
 log = logging.getLogger("tagifai_api.retrain")
@@ -55,9 +56,12 @@ def retrain(obj: dict, shadow: bool, data_path: Path | None, holdout: float | No
     if nice:
         job_runs.lower_priority(os.getpid(), nice)
     values = settings.from_env()
+    data = data_path or Path(str(values["RETRAIN_DATA"]))
     registry = open_registry(obj)
     jobs = Jobs(registry.store)
     if job_id is None:
+        if not data.is_file():
+            raise click.BadParameter(f"{data} is not a file of labelled projects", param_hint="TAGIFAI_RETRAIN_DATA")
         job = jobs.start(job_runs.KIND, {"shadow": shadow})  # JobRunningError: one line, exit 2
     else:
         job = jobs.get(job_id)
@@ -69,7 +73,6 @@ def retrain(obj: dict, shadow: bool, data_path: Path | None, holdout: float | No
         logs.configure(str(values["LOG_LEVEL"]))  # beside the server's own lines, in their format
     gate = Gate.from_settings(values, margin=margin, tolerance=tolerance, min_held_out=min_held_out)
     split = float(values["RETRAIN_HOLDOUT"]) if holdout is None else holdout
-    data = data_path or Path(str(values["RETRAIN_DATA"]))
 
     def work(progress) -> dict:
         from tagifai_api.retrain.candidate import retrain as run_retrain
@@ -80,6 +83,10 @@ def retrain(obj: dict, shadow: bool, data_path: Path | None, holdout: float | No
     previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
         result = job_runs.run(jobs, job["id"], work)
+    except (StoreError, KeyboardInterrupt):
+        raise  # one line each from the command line's entry point
+    except Exception as exc:  # noqa: BLE001 - recorded as the job's error; one line here too
+        raise click.ClickException(f"retraining failed (job {job['id']}): {type(exc).__name__}: {exc}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     if job_id is None:

@@ -55,3 +55,17 @@ def test_a_second_retrain_while_one_runs_is_one_line_naming_it(loop):
                           capture_output=True, text=True, timeout=120, env={**os.environ, **cli_env(root)})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: a retrain is running already: job {running['id']} (queued, started ")
+
+
+def test_a_retraining_that_fails_is_one_line_and_its_jobs_error(loop, tmp_path):
+    root, default, registry = loop
+    broken = tmp_path / "broken.csv"
+    broken.write_text("id,title\n1,no tags here\n")
+    failed = _run(root, "retrain", "--data", str(broken))
+    assert failed.exit_code == 1 and failed.output.count("\n") == 1
+    assert failed.output.startswith("Error: retraining failed (job ") and "missing columns" in failed.output
+    (job,) = Jobs(registry.store).recent("retrain")
+    assert job["state"] == "failed" and "missing columns ['description', 'tag']" in job["error"]
+    gone = CliRunner().invoke(cli, ["--artifacts", str(root), "retrain"], env={
+        **cli_env(root), "TAGIFAI_RETRAIN_DATA": str(tmp_path / "nope.csv")})
+    assert gone.exit_code == 2 and "TAGIFAI_RETRAIN_DATA" in gone.output and "is not a file" in gone.output
