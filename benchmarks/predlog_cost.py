@@ -44,8 +44,10 @@ def _bodies(tmp: Path, texts: int) -> Path:
     return path
 
 
-def _wrk(url: str, seconds: float, bodies: Path) -> dict:
-    proc = subprocess.run(["wrk", "-t2", "-c64", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url],
+def wrk(url: str, seconds: float, bodies: Path, connections: int = 64) -> dict:
+    """wrk's figures for POST /predict with ``bodies`` (one JSON per line); any answer but 200 fails the run."""
+    proc = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                           "-s", str(LUA), url],
                           capture_output=True, text=True, timeout=seconds + 60,
                           env={**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)})
     if proc.returncode != 0 or "JSON" not in proc.stdout:
@@ -80,9 +82,9 @@ def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
                    "TAGIFAI_LOG_LEVEL": "WARNING"}
             with helpers.gunicorn(artifacts, workers=2, env=env) as server:
                 for texts, path in bodies.items():
-                    _wrk(server.url, 1.0, path)  # warm-up: both workers' model and connections
+                    wrk(server.url, 1.0, path)  # warm-up: both workers' model and connections
                     before = _cpu_seconds(server.proc.pid)
-                    result = _wrk(server.url, seconds, path)
+                    result = wrk(server.url, seconds, path)
                     after = _cpu_seconds(server.proc.pid)
                     used = sum(after.get(pid, 0.0) - before.get(pid, 0.0) for pid in after)
                     rps[(side, texts)].append(result["requests"] / result["seconds"])

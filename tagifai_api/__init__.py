@@ -22,6 +22,7 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api.monitoring.metrics import DriftCollector
     from tagifai_api.monitoring.service import DriftMonitor
     from tagifai_api.registry import views as registry_views
+    from tagifai_api.retrain import views as retrain_views
     from tagifai_api.serving.predlog import PredictionLog
     from tagifai_api.serving.service import ModelService
     from tagifai_api.store import open_store
@@ -77,7 +78,8 @@ def create_app(config: Mapping[str, object] | None = None):
         exporter=exporter,
     )
 
-    for module in (index, performance, args, predict, health, docs, registry_views, feedback_views, demo):
+    for module in (index, performance, args, predict, health, docs, registry_views, retrain_views, feedback_views,
+                   demo):
         app.register_blueprint(module.bp)
     monitor = DriftMonitor(store, service.artifacts_dir, window=int(app.config["DRIFT_WINDOW"]),
                            minimum=int(app.config["DRIFT_MIN"]), thresholds=settings.drift_thresholds(app.config),

@@ -21,6 +21,7 @@ from tagifai_api.store.legacy import LegacyFileError
 from tagifai_api.feedback import cli as feedback_cli
 from tagifai_api.monitoring import cli as drift_cli
 from tagifai_api.registry import cli as registry_cli
+from tagifai_api.retrain import cli as retrain_cli
 
 log = logging.getLogger("tagifai_api.cli")
 
@@ -41,7 +42,8 @@ def _echo_json(obj) -> None:
 
 
 #: commands that need model versions to exist (train and ensure-model create the directory)
-_READS_ARTIFACTS = frozenset({"evaluate", "predict", "versions", "set-default", "rollback", "score", "drift"})
+_READS_ARTIFACTS = frozenset({"evaluate", "predict", "versions", "set-default", "rollback", "score", "drift",
+                              "retrain", "promote"})
 
 
 def _named(obj: dict, version: str) -> str:
@@ -188,7 +190,7 @@ def upgrade() -> None:
     store = open_store({**settings.from_env(), "STORE_UPGRADE": True})
     before, after = store.revisions()
     _echo_json({"store": store.describe(), "schema": after})
-for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS, *drift_cli.COMMANDS):
+for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS, *drift_cli.COMMANDS, *retrain_cli.COMMANDS):
     cli.add_command(_command)
 
 

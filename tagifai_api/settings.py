@@ -56,6 +56,21 @@ SETTINGS: dict[str, tuple[object, str]] = {
                                      "length in tokens."),
     "DRIFT_OOV_INCREASE": ("0.1,0.2", "Warn and drift thresholds of the rise of the out-of-vocabulary rate over "
                                       "the reference's (0.1: ten points more of the words unknown)."),
+    "RETRAIN_DATA": (str(DATA_FILE), "The labelled dataset a retrained candidate learns from, with the feedback."),
+    "RETRAIN_NICE": (19, "Scheduling priority (nice, 0-19) of a retraining started over HTTP: 19, the lowest, leaves "
+                         "the CPU to serving; 0 on a host that only trains."),
+    "RETRAIN_HOLDOUT": (0.2, "Share of the feedback, the newest by time, held out of retraining: the candidate and "
+                             "the default are judged on it."),
+    "GATE_MARGIN": (0.01, "Gate: a retrained candidate's weighted F1 on the held-out feedback must beat the "
+                          "default's by at least this much."),
+    "GATE_TOLERANCE": (0.01, "Gate: its weighted F1 on the test split may be at most this much below the default's."),
+    "GATE_MIN_HELD_OUT": (50, "Gate: the fewest held-out feedback texts the two may be judged on."),
+    "SHADOW_MIN_TEXTS": (500, "Live texts a shadowed candidate must have scored before `promote --if-better` (or "
+                              "POST /models/default/promote-shadow) promotes it."),
+    "AUTO_ROLLBACK": (True, "After a promotion, roll back by itself when the new default's live accuracy is worse "
+                            "than the previous default's with 95 % confidence; `off` disables it."),
+    "AUTO_ROLLBACK_MIN_FEEDBACK": (100, "Corrections of each of the two versions' predictions needed before the "
+                                        "automatic rollback compares them."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),

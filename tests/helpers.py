@@ -19,7 +19,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -642,11 +642,19 @@ def store_outage(url: str, server: Postgres | None = None, stores: tuple[Store, 
 # --- keys for a real server ---------------------------------------------------------------------
 
 
-def private_store(artifacts_dir: Path, directory: Path) -> str:
+def private_store(artifacts_dir: Path, directory: Path, name: str = "state.db") -> str:
     """A copy of an artifacts folder's store in ``directory``; its URL. Keys made there stay out of the
-    folder's own store (the session's, which every other test copies)."""
-    shutil.copy(Path(artifacts_dir) / "state.db", Path(directory) / "state.db")
-    return f"sqlite:///{Path(directory) / 'state.db'}"
+    folder's own store (the session's, which every other test copies). The copy starts with an empty
+    prediction log and no feedback: servers that other tests ran on the session's folder logged there."""
+    import sqlite3
+
+    target = Path(directory) / name
+    shutil.copy(Path(artifacts_dir) / "state.db", target)
+    with closing(sqlite3.connect(target)) as db, db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in {"prediction_log", "feedback"} & tables:
+            db.execute(f"DELETE FROM {table}")  # noqa: S608 - two fixed names
+    return f"sqlite:///{target}"
 
 
 def keys_command(database_url: str, *args: str) -> str:

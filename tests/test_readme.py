@@ -42,7 +42,7 @@ def test_settings_table_lists_every_setting_with_its_default_and_meaning():
     assert set(rows) == {settings.ENV_PREFIX + key for key in settings.SETTINGS}
     for key, (default, meaning) in settings.SETTINGS.items():
         shown, described = rows[settings.ENV_PREFIX + key]
-        if key not in {"ARTIFACTS_DIR", "API_KEYS_FILE", "DATABASE_URL"}:  # absolute paths on each machine
+        if key not in {"ARTIFACTS_DIR", "API_KEYS_FILE", "DATABASE_URL", "RETRAIN_DATA"}:  # paths on each machine
             expected = str(default).lower() if isinstance(default, bool) else str(default)
             assert shown == f"`{expected}`", key
         assert described == meaning, key
@@ -272,3 +272,32 @@ def test_feedback_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_pat
     exported = [json.loads(line) for line in (helpers.ROOT / "feedback.jsonl").read_text().splitlines()]
     (helpers.ROOT / "feedback.jsonl").unlink()
     assert {(e["tag"], e["source"]) for e in exported} == {("mlops", "prediction"), ("computer-vision", "text")}
+
+
+@pytest.mark.integration
+def test_retrain_examples_work_verbatim_against_gunicorn(loop, corrections, send, tmp_path):
+    """The block runs as one shell script (it sets $ADMIN, $JOB and $CANDIDATE) against a service whose
+    store holds 400 corrections, so the candidate passes the gate and becomes the shadow."""
+    helpers.require_binary("curl")
+    root, default, registry = loop
+    send(registry.store, corrections)
+    env = {"TAGIFAI_DATABASE_URL": helpers.state_url(root), "TAGIFAI_ARTIFACTS_DIR": str(root),
+           "TAGIFAI_RETRAIN_DATA": str(root / "small.csv"), "TAGIFAI_RETRAIN_NICE": "0"}  # no wait behind others' work
+    steps = examples("retrain-examples")
+    paths = {p for c, _ in steps for p in re.findall(r"localhost:8000(/[\w/.-]*)", c)}
+    assert {"/models/retrain", "/jobs/", "/models/default/promote-shadow", "/models/history"} <= paths
+    with helpers.gunicorn(root, env=env) as server:
+        out, checks = run_as_one_script(steps, server.url, env, tmp_path)
+        assert out.returncode == 0, out.stderr
+    bodies = []
+    for i, command, expected in checks:
+        body = json.loads((tmp_path / f"out{i}.json").read_text())
+        assert body["status-code"] == expected, (command, body)
+        bodies.append((command, body))
+    started, refused, job, candidate, kept, history = (b for _, b in bodies)
+    assert refused["data"]["job"]["id"] == started["data"]["job"]["id"] == job["data"]["job"]["id"]
+    result = job["data"]["job"]["result"]
+    assert result["decision"] == "shadowed" and candidate["data"]["lineage"]["parent"] == default
+    assert kept["data"]["gate"]["failed"] == ["min_shadow_texts"]
+    assert [c["action"] for c in history["data"]["changes"]] == ["kept", "kept", "shadowed", "trained"]
+    assert registry.pointers() == (default, result["candidate"])

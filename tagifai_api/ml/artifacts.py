@@ -76,8 +76,11 @@ def new_version_name(now: datetime | None = None) -> str:
     return now.strftime("v%Y%m%dT%H%M%S%fZ")
 
 
-def save(root: Path, result, dataset_sha256: str) -> ModelVersion:
+def save(root: Path, result, dataset_sha256: str, lineage: dict | None = None) -> ModelVersion:
     """Write ``result`` (a :class:`~tagifai_api.ml.train.TrainResult`) as a new version under ``root``.
+
+    ``lineage`` (a retrained version's parent, data checksums and evaluations) goes into the manifest,
+    which the checksums of the other files make as trustworthy as they are.
 
     The version is written to a temporary directory and renamed into place, so a reader never
     sees half a version. Making it the default is the registry's business
@@ -109,6 +112,8 @@ def save(root: Path, result, dataset_sha256: str) -> ModelVersion:
         "dataset_sha256": dataset_sha256,
         "files": {name: sha256_file(tmp / name) for name in files},
     }
+    if lineage is not None:
+        manifest["lineage"] = lineage
     _write_json(tmp / MANIFEST, manifest)
     # mkdtemp makes the directory private (0700): a service running as another user, such as the
     # Docker image's, must be able to read the version

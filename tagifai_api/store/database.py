@@ -377,15 +377,56 @@ class Store:
             self._bump(conn)
         return previous, version
 
-    def rollback(self, verifier: Verifier, key_name: str | None = None,
-                 reason: str | None = None) -> tuple[str | None, str]:
-        """Make the newest earlier default the default again (verified first), dropping it from the history.
+    def promote(self, version: str, verifier: Verifier, expect: str | None, key_name: str | None = None,
+                reason: str | None = None) -> tuple[str | None, str]:
+        """Make ``version`` (verified first) the default as :meth:`set_default` does, but only while the
+        default is still ``expect`` (the version it was judged against), and stop shadowing it if it
+        was the shadow; recorded as ``promoted``.
 
         Raises:
-            ConflictError: there is no earlier default.
+            ConflictError: the default changed since the decision was taken; nothing changed.
+        """
+        verifier(version)
+        with self._connect("promote", write=True) as conn:
+            previous = self._pointer(conn, "default", lock=True)
+            if previous != expect:
+                raise ConflictError(f"the default is {previous} now, not {expect}, which {version} was judged "
+                                    "against")
+            if previous is not None:
+                self._push_history(conn, previous)
+            self._set_pointer(conn, "default", version)
+            if self._pointer(conn, "shadow", lock=True) == version:
+                self._set_pointer(conn, "shadow", None)
+            self._audit(conn, "promoted", previous, version, key_name, reason)
+            self._bump(conn)
+        return previous, version
+
+    def record(self, action: str, before: str | None, after: str | None, key_name: str | None = None,
+               reason: str | None = None) -> None:
+        """Add a decision that changes no pointer to the audit log (a candidate trained, or kept)."""
+        with self._connect("audit", write=True) as conn:
+            self._audit(conn, action, before, after, key_name, reason)
+
+    def last_default_change(self) -> dict | None:
+        """The newest audit entry that changed the default (a switch, rollback, promotion or import)."""
+        changes = self.audit(1, ("set_default", "rollback", "promoted", "auto_rollback", "import"))
+        return changes[0] if changes else None
+
+    def rollback(self, verifier: Verifier, key_name: str | None = None, reason: str | None = None, *,
+                 expect: str | None = None, action: str = "rollback") -> tuple[str | None, str]:
+        """Make the newest earlier default the default again (verified first), dropping it from the history.
+
+        Args:
+            expect: roll back only while ``expect`` is the default (a decision taken about it).
+            action: what the audit log calls it.
+
+        Raises:
+            ConflictError: there is no earlier default, or the default is not ``expect``.
         """
         with self._connect("rollback", write=True) as conn:
             current = self._pointer(conn, "default", lock=True)
+            if expect is not None and current != expect:
+                raise ConflictError(f"the default is {current} now, not {expect}")
             rows = conn.execute(sa.select(t.default_history.c.id, t.default_history.c.version)
                                 .order_by(t.default_history.c.id.desc())).all()
             stale = [i for i, v in rows]
@@ -398,18 +439,18 @@ class Store:
             dropped = stale[: stale.index(entry) + 1]
             conn.execute(t.default_history.delete().where(t.default_history.c.id.in_(dropped)))
             self._set_pointer(conn, "default", target)
-            self._audit(conn, "rollback", current, target, key_name, reason)
+            self._audit(conn, action, current, target, key_name, reason)
             self._bump(conn)
         return current, target
 
     def set_shadow(self, version: str, verifier: Verifier, key_name: str | None = None,
-                   reason: str | None = None) -> str | None:
+                   reason: str | None = None, *, action: str = "set_shadow") -> str | None:
         """Verify ``version`` and make it the shadow; returns the shadow it replaced."""
         verifier(version)
         with self._connect("set_shadow", write=True) as conn:
             previous = self._pointer(conn, "shadow", lock=True)
             self._set_pointer(conn, "shadow", version)
-            self._audit(conn, "set_shadow", previous, version, key_name, reason)
+            self._audit(conn, action, previous, version, key_name, reason)
             self._bump(conn)
         return previous
 
@@ -695,8 +736,36 @@ class Store:
         with self._connect("read") as conn:
             return {v: (int(n), int(ok or 0)) for v, n, ok in conn.execute(query).all()}
 
+    def shadow_outcomes(self, shadow: str, version: str) -> tuple[int, int]:
+        """``(texts the shadow scored, of which it agreed)`` among the logged answers of ``version``
+        that ``shadow`` shadowed (a text the shadow dropped has no shadow tag and is not counted)."""
+        scored = agreed = 0
+        last = 0
+        while True:
+            query = (sa.select(t.prediction_log.c.id, t.prediction_log.c["items"])
+                     .where(t.prediction_log.c.shadow_version == shadow, t.prediction_log.c.model_version == version,
+                            t.prediction_log.c.id > last)
+                     .order_by(t.prediction_log.c.id).limit(1000))
+            with self._connect("read") as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return scored, agreed
+            for _, items in rows:
+                for item in orjson.loads(items):
+                    if item[3] is not None:  # LOG_ITEM: predicted, ..., shadow_predicted
+                        scored += 1
+                        agreed += item[0] == item[3]
+            last = rows[-1][0]
+
+    def feedback_rows(self) -> tuple[int, int]:
+        """``(corrections, of which the text is kept)``: how much feedback could become training data."""
+        kept = sa.func.sum(sa.case((t.feedback.c.text.is_not(None), 1), else_=0))
+        with self._connect("read") as conn:
+            n, with_text = conn.execute(sa.select(sa.func.count(), kept).select_from(t.feedback)).one()
+        return int(n), int(with_text or 0)
+
     def labelled_texts(self, batch: int = 5000) -> Iterator[dict]:
-        """Every correction whose text is kept, oldest first: ``{text, tag, at, source, text_sha256}``."""
+        """Every correction whose text is kept, oldest first: ``{id, text, tag, at, source, text_sha256}``."""
         last = 0
         while True:
             query = (sa.select(t.feedback.c.id, t.feedback.c.text, t.feedback.c.tag, t.feedback.c.at,
@@ -708,5 +777,5 @@ class Store:
             if not rows:
                 return
             for row in rows:
-                yield {k: row[k] for k in ("text", "tag", "at", "source", "text_sha256")}
+                yield {k: row[k] for k in ("id", "text", "tag", "at", "source", "text_sha256")}
             last = rows[-1]["id"]

@@ -73,6 +73,8 @@ class ModelMetrics:
                                     ["operation"], registry=r)
         self.jwks_failures = Counter("tagifai_oidc_jwks_fetch_failures", "Failed fetches of the identity "
                                      "provider's discovery document or signing keys (JWKS).", registry=r)
+        self.auto_rollbacks = Counter("tagifai_auto_rollbacks", "Promoted defaults rolled back by themselves: live "
+                                      "feedback showed them worse than the version they replaced.", registry=r)
         self.cache_hits = Counter("tagifai_cache_hits", "Prediction cache hits.", registry=r)
         self.cache_misses = Counter("tagifai_cache_misses", "Prediction cache misses.", registry=r)
         self.model_info = Gauge("tagifai_model_info", "The model each live worker serves (value 1).",
@@ -204,6 +206,8 @@ class ModelMetrics:
 
     def jwks_fetch_failed(self) -> None:
         self.jwks_failures.inc()
+    def auto_rollback(self) -> None:
+        self.auto_rollbacks.inc()
 
     def error(self, kind: str) -> None:
         """An error answered to a client."""

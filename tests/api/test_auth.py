@@ -290,7 +290,9 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
         return out
 
     admin_only = {("put", "/models/default"), ("post", "/models/default/rollback"), ("put", "/models/shadow"),
-                  ("delete", "/models/shadow"), ("get", "/models/history")}  # the switches, and who made them
+                  ("delete", "/models/shadow"), ("get", "/models/history"),  # the switches, and who made them
+                  ("post", "/models/retrain"), ("get", "/models/retrain"), ("get", "/jobs/{job_id}"),
+                  ("post", "/models/default/promote-shadow")}
     any_key = {("post", "/feedback")}  # feedback becomes training data: never open
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
                               ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}"),

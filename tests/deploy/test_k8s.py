@@ -186,3 +186,94 @@ def test_pods_spread_over_nodes_and_zones(deployment):
         assert constraint["maxSkew"] == 1
         assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
         assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+# --- deploy/k8s/retrain: the base plus nightly retraining -------------------------------------------
+
+RETRAIN = K8S / "retrain"
+
+
+def load_retrain(name: str) -> dict:
+    (doc,) = [d for d in yaml.safe_load_all((RETRAIN / name).read_text()) if d]
+    return doc
+
+
+def merged(base, patch):
+    """``patch`` applied to ``base`` as kustomize's strategic merge does for these files: maps merge, lists
+    of named entries (containers, volumes, mounts) merge by name, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: merged(base[k], v) if k in base else v for k, v in patch.items()}}
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i
+                                                                   for i in base + patch):
+        named = {i["name"]: i for i in patch}
+        out = [merged(i, named.pop(i["name"])) if i["name"] in named else i for i in base]
+        return out + list(named.values())
+    return patch
+
+
+@pytest.fixture(scope="module")
+def overlay() -> dict:
+    """The overlay's kustomization and what it produces: ``{"kustomization", "deployment", "configmap",
+    "cronjob", "pvc"}``."""
+    kustomization = yaml.safe_load((RETRAIN / "kustomization.yaml").read_text())
+    patches = {load_retrain(p["path"])["kind"]: load_retrain(p["path"]) for p in kustomization["patches"]}
+    return {"kustomization": kustomization,
+            "deployment": merged(load("deployment.yaml"), patches["Deployment"]),
+            "configmap": merged(load("configmap.yaml"), patches["ConfigMap"]),
+            "cronjob": load_retrain("cronjob.yaml"), "pvc": load_retrain("versions-pvc.yaml")}
+
+
+def test_the_retraining_overlay_builds_valid_kubernetes(overlay):
+    kustomization = overlay["kustomization"]
+    listed = set(kustomization["resources"]) | {p["path"] for p in kustomization["patches"]}
+    assert listed == {"../"} | {p.name for p in RETRAIN.glob("*.yaml") if p.name != "kustomization.yaml"}
+    for kind in ("deployment", "configmap", "cronjob", "pvc"):
+        kubernetes_validate.validate(overlay[kind], kubernetes_validate.latest_version(), strict=True)
+    settings.from_env(overlay["configmap"]["data"])
+
+
+def test_the_cronjob_promotes_then_retrains_nightly_one_run_at_a_time(overlay, container):
+    cron = overlay["cronjob"]["spec"]
+    minute, hour, *rest = cron["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and rest == ["*", "*", "*"]  # once a night
+    assert cron["concurrencyPolicy"] == "Forbid"
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    (job,) = pod["containers"]
+    assert job["image"] == container["image"]
+    assert job["command"][:2] == ["sh", "-c"]
+    steps = [step.split() for step in job["command"][2].split("&&")]
+    assert steps == [["python", "-m", "tagifai_api", "promote", "--if-better"],
+                     ["python", "-m", "tagifai_api", "retrain", "--shadow"]]
+    from tagifai_api.cli import cli
+
+    for step in steps:  # real commands and options of this release
+        command = cli.commands[step[3]]
+        assert {o for p in command.params for o in p.opts} >= set(step[4:])
+    assert database_url_ref(job) == database_url_ref(container)
+    assert [r["configMapRef"]["name"] for r in job["envFrom"]] == [r["configMapRef"]["name"]
+                                                                   for r in container["envFrom"]]
+    assert pod["securityContext"]["runAsNonRoot"] is True and job["securityContext"]["readOnlyRootFilesystem"]
+    assert "/tmp" in [m["mountPath"] for m in job["volumeMounts"]]
+
+
+def test_the_pods_and_the_cronjob_share_one_volume_of_versions(overlay):
+    versions = overlay["configmap"]["data"]["TAGIFAI_ARTIFACTS_DIR"]
+    claim = overlay["pvc"]["metadata"]["name"]
+    assert overlay["pvc"]["spec"]["accessModes"] == ["ReadWriteMany"]  # written by one pod, read on any node
+    assert overlay["configmap"]["data"]["TAGIFAI_PREDICTION_LOG"] == "texts"  # corrections can be trained on
+
+    def mount(spec: dict, container: dict) -> dict:
+        (volume,) = [v for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim]
+        (found,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert found["mountPath"] == versions
+        return found
+
+    pods = overlay["deployment"]["spec"]["template"]["spec"]
+    (api,) = pods["containers"]
+    (init,) = pods["initContainers"]
+    assert mount(pods, api)["readOnly"] is True  # serving pods never train
+    assert not mount(pods, init).get("readOnly")  # seed copies the image's versions in
+    assert init["command"][-1] == "/app/artifacts" != versions
+    job_spec = overlay["cronjob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert not mount(job_spec, job_spec["containers"][0]).get("readOnly")
+    assert pods["securityContext"]["fsGroup"] == job_spec["securityContext"]["fsGroup"]
