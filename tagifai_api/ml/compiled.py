@@ -286,19 +286,28 @@ class CompiledModel:
         """Each document's ``(tokens, unknown)`` from its looked-up feature ids: with one word block a
         word is known exactly when its ids hold one of that block's (words under two characters
         have none, as :meth:`token_stats` counts them), so the known words are those ids counted."""
-        word_blocks = [b for b in self.blocks if b.kind == WORD]
-        if len(word_blocks) != 1:
+        span = self._word_span
+        if span is None:
             return [self.token_stats(doc) for doc in docs]
-        block = word_blocks[0]
-        in_block = ids >= block.offset
-        end = block.offset + len(block.vocabulary)
+        start, end = span
+        in_block = ids >= start
         if end < len(self.idf):
             in_block &= ids < end
+        if len(docs) == 1:  # the usual micro-batch under light load: one count, no running sums
+            return [(words_in[0], words_in[0] - int(np.count_nonzero(in_block)))]
         running = np.zeros(len(ids) + 1, dtype=np.intp)  # known words up to each id, documents in a row
         np.cumsum(in_block, out=running[1:])
         ends = np.cumsum(lengths)
         known = (running[ends] - running[ends - lengths]).tolist()
         return [(n, n - k) for n, k in zip(words_in, known, strict=True)]
+
+    @functools.cached_property
+    def _word_span(self) -> tuple[int, int] | None:
+        """The global feature ids ``[start, end)`` of the only word block; None unless there is exactly one."""
+        word_blocks = [b for b in self.blocks if b.kind == WORD]
+        if len(word_blocks) != 1:
+            return None
+        return word_blocks[0].offset, word_blocks[0].offset + len(word_blocks[0].vocabulary)
 
     def predict_proba(self, docs: Sequence[str], counts: list | None = None) -> np.ndarray:
         """Class probabilities ``(len(docs), n_classes)``, as the fitted estimator's ``predict_proba``
