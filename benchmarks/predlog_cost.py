@@ -7,6 +7,13 @@
   threads included): on a shared machine others' load swings requests per second by tens of per
   cent between rounds, while the CPU a request costs moves far less, and on a saturated server
   throughput is its inverse;
+- ``cpu``: in one process, the CPU a text costs to serve (clean, predict, the answer's dicts) beside
+  the CPU the log adds for it (queueing, the writer's rows, the write to SQLite), from
+  ``time.process_time`` over many batches of dataset texts: others' load on the machine barely moves
+  it, so it is the steadiest estimate of what the log leaves of a saturated server's throughput where
+  the model is most of a request's cost (100 texts): ``serve / (serve + log)``. For one text, HTTP
+  (parsing, routing, the envelope) costs the server about ten times the model, so compare the log's
+  figure with ``http``'s CPU a request instead;
 - ``write``: rows per second the store takes in the log writer's batches, on SQLite and, when a
   PostgreSQL server can be started here (``initdb``), on a scratch PostgreSQL.
 """
@@ -130,15 +137,56 @@ def write(tmp: Path) -> dict:
     return out
 
 
+def cpu(artifacts: Path, tmp: Path, repeats: int = 20) -> dict:
+    """CPU a text costs to serve and what the log adds, per request size, in this process."""
+    from tagifai_api.ml import artifacts as saved
+    from tagifai_api.ml.data import join_text, load_dataset
+    from tagifai_api.ml.predict import Predictor
+    from tagifai_api.serving.predlog import PredictionLog
+    from tagifai_api.store.registry import Registry as _Registry
+
+    url = _state(tmp, artifacts, "cpu")
+    store = Store(url)
+    predictor = Predictor(saved.load(artifacts, _Registry(store, artifacts).default_version()))
+    df = load_dataset(settings.DATA_FILE)
+    texts = [join_text(t, d) for t, d in zip(df["title"], df["description"], strict=True)][:700]
+    out = {}
+    for size in (1, 100):
+        batches = [texts[i:i + size] for i in range(0, len(texts), size)][:max(1, 700 // size)]
+        n = sum(len(b) for b in batches)
+        log = PredictionLog(store, interval_s=3600.0)
+        serve_s = log_s = 0.0
+        for r in range(repeats):
+            started = time.process_time()
+            answered = []
+            for i, batch in enumerate(batches):
+                cleaned = [predictor.clean(t) for t in batch]
+                answered.append((f"cpu-{r}-{i}", batch, cleaned, predictor.predict_clean(cleaned)))
+            serve_s += time.process_time() - started
+            started = time.process_time()
+            for rid, batch, cleaned, results in answered:
+                log.add(rid, predictor.version, batch, cleaned, results, predictor)
+            log.flush()
+            log_s += time.process_time() - started
+        log.close()
+        serve_us, log_us = serve_s / (repeats * n) * 1e6, log_s / (repeats * n) * 1e6
+        out[f"{size}_text"] = {"serve_cpu_us_per_text": round(serve_us, 2), "log_cpu_us_per_text": round(log_us, 2),
+                               "model_bound_throughput_left": round(serve_us / (serve_us + log_us), 3)}
+    store.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path(str(settings.DEFAULTS["ARTIFACTS_DIR"])))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--only", choices=["http", "write"], default=None)
+    parser.add_argument("--only", choices=["cpu", "http", "write"], default=None)
     opts = parser.parse_args()
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if opts.only in (None, "cpu"):
+            result["cpu"] = cpu(opts.artifacts, Path(tmp))
         if opts.only in (None, "write"):
             result["write"] = write(Path(tmp))
         if opts.only in (None, "http"):
