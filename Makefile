@@ -8,7 +8,7 @@ endif
 VENV := .venv
 BIN := $(VENV)/bin
 # three stamps: serving needs requirements.txt only; tests and benchmarks add requirements-dev.txt and
-# requirements-spark.txt (pyarrow, for Parquet: never for serve)
+# requirements-spark.txt (PySpark and pyarrow, about 660 MB: for those who score at scale, never for serve)
 STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 SPARK_STAMP := $(VENV)/.installed-spark
@@ -44,7 +44,7 @@ $(SPARK_STAMP): requirements-spark.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-spark.txt
 	touch $@
 
-install: $(DEV_STAMP) $(SPARK_STAMP) ## Create .venv and install the pinned dependencies, test tools included
+install: $(DEV_STAMP) $(SPARK_STAMP) ## Create .venv and install the pinned dependencies, test tools and Spark included
 
 model: $(STAMP) ## Train the default model version unless a usable one exists
 	$(BIN)/python -m tagifai_api ensure-model
@@ -70,7 +70,7 @@ serve-dev: model ## Run Flask's development server with reloading
 test: model $(DEV_STAMP) $(SPARK_STAMP) ## Set up and run the whole test suite
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP) $(SPARK_STAMP) ## Unit and API tests only (no real servers)
+test-fast: $(DEV_STAMP) $(SPARK_STAMP) ## Unit and API tests only (no real servers, no Spark)
 	$(BIN)/python -m pytest -m "not integration"
 
 BASELINE ?=
@@ -88,7 +88,7 @@ soak: model $(DEV_STAMP) ## 10 minutes of mixed traffic against 2 recycling work
 	$(BIN)/python -m benchmarks.soak
 
 PIN_PYTHONS ?= 3.12 3.13
-check-pins: | $(BIN)/python ## Every pinned package has a wheel for Python 3.12 and 3.13 too (needs PyPI)
+check-pins: | $(BIN)/python ## Every pinned package has a wheel for Python 3.12 and 3.13 too (PySpark: pure-Python source; needs PyPI)
 	@set -e; for v in $(PIN_PYTHONS); do \
 	  dir=$$(mktemp -d); \
 	  $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $$v \
