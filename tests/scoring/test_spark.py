@@ -262,3 +262,27 @@ def test_without_pyspark_the_spark_engine_says_how_to_install_it(artifacts_dir, 
     assert proc.returncode == 2
     assert proc.stderr == ("error: --engine spark needs PySpark, which is not installed: "
                            "pip install -r requirements-spark.txt\n")
+
+
+@pytest.mark.integration
+def test_an_executor_refuses_a_model_file_the_driver_did_not_verify(spark, artifacts_dir, version, tmp_path):
+    """A version on shared storage that changes after the driver verified it: the executor's load
+    fails on the sha256, and the failed job is one line naming that error."""
+    import shutil
+
+    from tagifai_api.scoring import spark as spark_scoring
+    from tagifai_api.scoring import spark_job
+    from tagifai_api.scoring.chunks import Columns
+
+    shutil.copytree(artifacts_dir / version, tmp_path / version)
+    ref = spark_scoring.model_ref(spark, tmp_path, version, ship=False)
+    with open(tmp_path / version / "model.npz", "ab") as fh:
+        fh.write(b"\0")
+    config = spark_scoring.scorer_config(ref, Columns(text=(0,), id=None, names=("text",)), max_text_length=MAX_TEXT,
+                                         id_type="int64")
+    df = spark.createDataFrame([("Object detection", 1)], "text string, _row long")
+    with pytest.raises(Exception) as failed:
+        spark_scoring.score_frame(df, ref, config).collect()
+    assert spark_job.reason(failed.value) == (
+        f"tagifai_api.ml.artifacts.ArtifactError: {tmp_path / version}: model.npz does not match its sha256 in "
+        "manifest.json; it was altered or damaged")
