@@ -20,7 +20,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak check-pins newman clean score bench-score
+.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak check-pins newman clean score bench-score bench-spark
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench: model $(DEV_STAMP) ## Benchmark in-process and over HTTP (results in repo
 
 bench-score: model $(DEV_STAMP) ## Benchmark `score` on 1,000,000 rows against the fast path (results in reports/bench/)
 	$(BIN)/python -m benchmarks.score
+
+bench-spark: model $(DEV_STAMP) $(SPARK_STAMP) ## Spark local[2] against the local scorer: 1M-row CSV, 10M-row Parquet, start-up (results in reports/bench/)
+	$(BIN)/python -m benchmarks.spark_score
 
 loadtest: model $(DEV_STAMP) ## Locust, headless and bounded, against a live server (reports in reports/locust/)
 	$(BIN)/python -m benchmarks.loadtest
