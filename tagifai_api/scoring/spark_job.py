@@ -141,16 +141,16 @@ def _run(spark, opts, model, in_format, out_format, output, errors_out, started,
         records = _spread(spark, *(_numbered(df, in_format) if opts.id_column is None else _records(df, in_format)))
     scored = spark_scoring.score_frame(records, ref, config, layout, nested=out_format == JSONL,
                                        counters=(scored_count, rejected_count))
+    written.append(output)  # from here the path is this run's: Spark refuses to write over one
     with _step("scoring and writing"):
         _write(scored, out_format, output, compress=is_gzip_name(output))
-    written.append(output)
     rejected = rejected_count.value
     if rejected:
+        written.append(errors_out)
         with _step("writing the rejected rows"):
             errors = spark_scoring.score_frame(_spread(spark, *_numbered(df, in_format)), ref, config, layout,
                                                rejected_only=True)
             _write(errors.orderBy("row"), JSONL, errors_out, compress=False, keep_nulls=True)
-        written.append(errors_out)
     scored_rows = scored_count.value
     return Summary(rows=scored_rows + rejected, scored=scored_rows, rejected=rejected, resumed_from=0,
                    seconds=time.monotonic() - started, output=Path(output) if _is_local(output) else output,
@@ -165,7 +165,7 @@ def session(master: str | None = None, quiet: bool = True, conf: dict[str, str] 
     started this process with.
 
     A local master binds to the loopback interface, without the web UI, and runs the Python workers
-    with this interpreter and this package importable; Spark's own log shows warnings only.
+    with this interpreter and this package importable; Spark's own log is quiet (-v: Spark's defaults).
 
     Raises:
         UsageError: PySpark or Java is missing, or Spark cannot start.
@@ -175,7 +175,12 @@ def session(master: str | None = None, quiet: bool = True, conf: dict[str, str] 
     except ImportError:
         raise UsageError("--engine spark needs PySpark, which is not installed: "
                          "pip install -r requirements-spark.txt") from None
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # it narrates every connection at INFO
+    if not log.isEnabledFor(logging.DEBUG):
+        # py4j narrates every connection at INFO, and a Ctrl-C during a call as tracebacks at ERROR,
+        # some of them through the root logger
+        logging.getLogger("py4j").setLevel(logging.CRITICAL)
+        if _not_py4j not in logging.getLogger().filters:
+            logging.getLogger().addFilter(_not_py4j)
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit owns the JVM, the master and the logs
     if not submitted:
         java_version()
@@ -204,6 +209,10 @@ def session(master: str | None = None, quiet: bool = True, conf: dict[str, str] 
         return builder.getOrCreate()
     except Exception as exc:  # noqa: BLE001 - whatever stops the JVM, the user gets one line
         raise UsageError(f"cannot start Spark: {_first_line(exc)}") from None
+
+
+def _not_py4j(record: logging.LogRecord) -> bool:
+    return f"{os.sep}py4j{os.sep}" not in record.pathname
 
 
 def java_version() -> int:
