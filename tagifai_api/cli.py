@@ -183,7 +183,7 @@ for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS):
 
 
 @cli.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("input_path", metavar="INPUT", type=click.Path(allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Output: .csv or .jsonl (or .ndjson), plus .gz to compress, or .parquet. With --engine spark, "
                    "a directory of part files.")
