@@ -3,6 +3,10 @@
 - ``http``: requests per second of ``/predict`` (wrk, 64 connections, 2 Gunicorn workers) with the
   log off and on (``meta``, SQLite), single-text and 100-text bodies, in alternating rounds (the
   machine's load moves; alternating puts the same load on both sides), the medians and their ratio;
+  beside throughput, the server's CPU seconds a request (master and workers, the log's writer
+  threads included): on a shared machine others' load swings requests per second by tens of per
+  cent between rounds, while the CPU a request costs moves far less, and on a saturated server
+  throughput is its inverse;
 - ``write``: rows per second the store takes in the log writer's batches, on SQLite and, when a
   PostgreSQL server can be started here (``initdb``), on a scratch PostgreSQL.
 """
@@ -26,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tagifai_api import settings  # noqa: E402
 from tagifai_api.store.database import Store  # noqa: E402
 from tagifai_api.store.registry import Registry  # noqa: E402
+from benchmarks.run import _cpu_seconds  # noqa: E402
 from tests import helpers  # noqa: E402
 
 LUA = ROOT / "benchmarks" / "predict.lua"
@@ -39,8 +44,10 @@ def _bodies(tmp: Path, texts: int) -> Path:
     return path
 
 
-def _wrk(url: str, seconds: float, bodies: Path) -> dict:
-    proc = subprocess.run(["wrk", "-t2", "-c64", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url],
+def wrk(url: str, seconds: float, bodies: Path, connections: int = 64) -> dict:
+    """wrk's figures for POST /predict with ``bodies`` (one JSON per line); any answer but 200 fails the run."""
+    proc = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                           "-s", str(LUA), url],
                           capture_output=True, text=True, timeout=seconds + 60,
                           env={**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)})
     if proc.returncode != 0 or "JSON" not in proc.stdout:
@@ -66,6 +73,7 @@ def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
     urls = {side: _state(tmp, artifacts, side) for side in sides}
     bodies = {texts: _bodies(tmp, texts) for texts in (1, 100)}
     rps: dict[tuple[str, int], list[float]] = {(s, t): [] for s in sides for t in bodies}
+    cpu: dict[tuple[str, int], list[float]] = {(s, t): [] for s in sides for t in bodies}
     written = 0
     for r in range(rounds):
         for side in (("off", "on") if r % 2 == 0 else ("on", "off")):
@@ -74,9 +82,13 @@ def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
                    "TAGIFAI_LOG_LEVEL": "WARNING"}
             with helpers.gunicorn(artifacts, workers=2, env=env) as server:
                 for texts, path in bodies.items():
-                    _wrk(server.url, 1.0, path)  # warm-up: both workers' model and connections
-                    result = _wrk(server.url, seconds, path)
+                    wrk(server.url, 1.0, path)  # warm-up: both workers' model and connections
+                    before = _cpu_seconds(server.proc.pid)
+                    result = wrk(server.url, seconds, path)
+                    after = _cpu_seconds(server.proc.pid)
+                    used = sum(after.get(pid, 0.0) - before.get(pid, 0.0) for pid in after)
                     rps[(side, texts)].append(result["requests"] / result["seconds"])
+                    cpu[(side, texts)].append(used / result["requests"])
     store = Store(urls["on"])
     written = sum(1 for _ in store.predictions())
     store.close()
@@ -86,6 +98,12 @@ def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
         out[f"{texts}_text"] = {"rps_off": round(off, 1), "rps_on": round(on, 1), "ratio": round(on / off, 3),
                                 "round_ratios": [round(b / a, 3) for a, b in zip(rps[("off", texts)],
                                                                                    rps[("on", texts)], strict=True)]}
+        cpu_off, cpu_on = statistics.median(cpu[("off", texts)]), statistics.median(cpu[("on", texts)])
+        out[f"{texts}_text"].update({
+            "cpu_ms_per_request_off": round(cpu_off * 1e3, 3), "cpu_ms_per_request_on": round(cpu_on * 1e3, 3),
+            # what the log leaves of a saturated server's throughput: CPU a request off over on
+            "cpu_ratio": round(cpu_off / cpu_on, 3),
+            "round_cpu_ratios": [round(a / b, 3) for a, b in zip(cpu[("off", texts)], cpu[("on", texts)], strict=True)]})
     return out
 
 

@@ -7,7 +7,9 @@ when absolute numbers drift with the machine's load. Results: a table on stdout 
 ``--baseline REV`` measures this working tree against the service as it was at git revision REV
 instead: REV is exported to a temporary directory and served from there (its own gunicorn.conf.py
 and wsgi.py, the same virtualenv, model versions and settings), and the chosen scenarios alternate
-between the two, round after round.
+between the two, round after round. ``--setting NAME=VALUE`` (repeatable) sets ``TAGIFAI_NAME`` for every
+served tree that knows the setting: ``--setting PREDICTION_LOG=off`` compares the state store alone
+with a revision from before the prediction log, which would refuse the setting.
 
 The default version is the one the state store records, as for the service: the store is
 ``TAGIFAI_DATABASE_URL`` (or the service's default), read here and handed to every server started.
@@ -260,6 +262,9 @@ def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = N
         cmd = [str(bindir / "gunicorn"), "-c", str(empty), "-w", "2", "-b", f"127.0.0.1:{port}", *target["args"],
                target["app"]]
     env.update(extra_env or {})
+    if target["conf"]:
+        known = (cwd / "tagifai_api" / "settings.py").read_text()
+        env.update({f"TAGIFAI_{k}": v for k, v in SETTINGS.items() if f'"{k}"' in known})
     log = tempfile.NamedTemporaryFile(prefix="tagifai-bench-", suffix=".log", delete=False)
     server = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     server.port = port
@@ -436,6 +441,7 @@ def ratios(result: dict) -> dict[str, str]:
 
 # --- against another revision ------------------------------------------------------------------
 
+SETTINGS: dict[str, str] = {}  # --setting NAME=VALUE, for every served tree whose settings know NAME
 SERVICE = "tagifai, batching on"  # the target both sides of a --baseline comparison serve
 HELD_TO = {"1 text, 64 conns": 0.97}  # a change keeps at least this share of the baseline's req/s
 
@@ -532,14 +538,28 @@ def main() -> None:
                         help="instead: this tree against git revision REV, the --scenario ones only")
     parser.add_argument("--scenario", action="append", metavar="NAME", choices=[name for name, *_ in HTTP_SCENARIOS],
                         help="with --baseline, a scenario to compare (repeat for more; default: 1 text, 64 conns)")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="set TAGIFAI_NAME for every served tree whose settings know NAME (repeatable)")
     opts = parser.parse_args()
     if opts.scenario and not opts.baseline:
         parser.error("--scenario goes with --baseline")
+    for item in opts.setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--setting {item!r}: expected NAME=VALUE, for example PREDICTION_LOG=off")
+        SETTINGS[name.upper().removeprefix("TAGIFAI_")] = value
+    result_settings = dict(SETTINGS)
 
     wrk = shutil.which("wrk")
     if not wrk:
         sys.exit("wrk is not installed: `apt-get install wrk` (Debian) and run `make bench` again")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from tagifai_api.store.database import StoreError
+
+    try:
+        default_version(opts.artifacts)
+    except StoreError as exc:  # a store never set up, or unreachable: one line, as the service says it
+        sys.exit(f"bench: {exc} (or `make model`, which does that and trains a default version)")
     started = time.time()
     result = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -547,6 +567,7 @@ def main() -> None:
                     "processor": platform.processor() or platform.machine()},
         "model_version": default_version(opts.artifacts),
         "rounds": opts.rounds,
+        "settings": result_settings,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min: others' work skews figures
     }
     if not opts.baseline:

@@ -18,7 +18,11 @@ def create_app(config: Mapping[str, object] | None = None):
     from tagifai_api.auth import guard
     from tagifai_api.ml import artifacts
     from tagifai_api.feedback import views as feedback_views
+    from tagifai_api.monitoring import views as drift_views
+    from tagifai_api.monitoring.metrics import DriftCollector
+    from tagifai_api.monitoring.service import DriftMonitor
     from tagifai_api.registry import views as registry_views
+    from tagifai_api.retrain import views as retrain_views
     from tagifai_api.serving.predlog import PredictionLog
     from tagifai_api.serving.service import ModelService
     from tagifai_api.store import open_store
@@ -74,10 +78,21 @@ def create_app(config: Mapping[str, object] | None = None):
         exporter=exporter,
     )
 
-    for module in (index, performance, args, predict, health, docs, registry_views, feedback_views, demo):
+    for module in (index, performance, args, predict, health, docs, registry_views, retrain_views, feedback_views,
+                   demo):
         app.register_blueprint(module.bp)
+    monitor = DriftMonitor(store, service.artifacts_dir, window=int(app.config["DRIFT_WINDOW"]),
+                           minimum=int(app.config["DRIFT_MIN"]), thresholds=settings.drift_thresholds(app.config),
+                           cache_s=float(app.config["DRIFT_CACHE_S"]))
+    drift_views.init_app(app, monitor)
+    if exporter is not None:
+        def versions_now() -> list[str]:  # read at each scrape: a version added since is covered
+            return artifacts.list_versions(monitor.artifacts_dir)
+
+        metrics.add_scrape_collector(exporter, DriftCollector(monitor, versions_now))
     errors.register_error_handlers(app)
     register_access_log(app)
+    app.after_request(responses.secure_headers)
     guard.init_app(app, store)  # after the access log: a refused request still gets its id and access line
     default = service.model.version if service.ready else None
     others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]

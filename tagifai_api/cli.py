@@ -19,7 +19,9 @@ from tagifai_api.ml import artifacts
 from tagifai_api.store.database import StoreError
 from tagifai_api.store.legacy import LegacyFileError
 from tagifai_api.feedback import cli as feedback_cli
+from tagifai_api.monitoring import cli as drift_cli
 from tagifai_api.registry import cli as registry_cli
+from tagifai_api.retrain import cli as retrain_cli
 
 log = logging.getLogger("tagifai_api.cli")
 
@@ -40,7 +42,8 @@ def _echo_json(obj) -> None:
 
 
 #: commands that need model versions to exist (train and ensure-model create the directory)
-_READS_ARTIFACTS = frozenset({"evaluate", "predict", "versions", "set-default", "rollback", "score"})
+_READS_ARTIFACTS = frozenset({"evaluate", "predict", "versions", "set-default", "rollback", "score", "drift",
+                              "retrain", "promote"})
 
 
 def _named(obj: dict, version: str) -> str:
@@ -90,14 +93,23 @@ def train(obj: dict, args_path: Path, data_path: Path, no_default: bool) -> None
 @cli.command("ensure-model")
 @click.pass_context
 def ensure_model(ctx: click.Context) -> None:
-    """Train the default version unless a usable one exists (used by `make serve`)."""
+    """Train the default version unless a usable one exists, and give it a drift reference profile if
+    it was written without one (used by `make serve`)."""
+    registry = registry_cli.open_registry(ctx.obj)
     try:
-        version = artifacts.load(ctx.obj["artifacts"], registry_cli.open_registry(ctx.obj).default_version())
+        version = artifacts.load(ctx.obj["artifacts"], registry.default_version())
     except artifacts.ArtifactError as exc:
         log.info("no usable default model (%s); training one", exc)
         ctx.invoke(train)
         return
     log.info("default model %s is usable", version.version)
+    try:
+        done = drift_cli.ensure_profile(registry.store, ctx.obj["artifacts"], version.version)
+    except artifacts.ArtifactError as exc:  # drift says `no_profile` until one is computed
+        log.warning("no drift reference profile for %s: %s", version.version, exc)
+        return
+    if done["computed"]:
+        log.info("computed the drift reference profile of %s (kept in the state store)", version.version)
 
 
 @cli.command()
@@ -178,7 +190,7 @@ def upgrade() -> None:
     store = open_store({**settings.from_env(), "STORE_UPGRADE": True})
     before, after = store.revisions()
     _echo_json({"store": store.describe(), "schema": after})
-for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS):
+for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS, *drift_cli.COMMANDS, *retrain_cli.COMMANDS):
     cli.add_command(_command)
 
 

@@ -41,6 +41,36 @@ SETTINGS: dict[str, tuple[object, str]] = {
                                "hash, length and token counts, not the text), `texts` (the text too, which "
                                "feedback needs to become training data) or `off`."),
     "PREDICTION_LOG_DAYS": (30.0, "Prediction log rows older than this many days are deleted in the background."),
+    "DRIFT_WINDOW": (1000, "Drift statistics compare a version's newest this many logged predictions with its "
+                           "reference profile."),
+    "DRIFT_MIN": (200, "Fewer logged predictions than this in the window: `not_enough_data`, never an alarm."),
+    "DRIFT_CACHE_S": (5.0, "Seconds a worker reuses the drift statistics it computed (scrapes, /models) before "
+                           "reading the log again."),
+    "DRIFT_CLASS_JS": ("0.1,0.2", "Warn and drift thresholds of the Jensen-Shannon distance (base 2) between the "
+                                  "predicted-class distributions."),
+    "DRIFT_CLASS_CHI2_P": ("0.001,0.0001", "Warn and drift thresholds of the chi-squared test's p-value on the "
+                                         "predicted classes (below is worse)."),
+    "DRIFT_CONFIDENCE_KS": ("0.1,0.2", "Warn and drift thresholds of the Kolmogorov-Smirnov statistic of the "
+                                       "top-class confidence (how much more of the window is unsure)."),
+    "DRIFT_LENGTH_PSI": ("0.1,0.25", "Warn and drift thresholds of the population stability index of the text "
+                                     "length in tokens."),
+    "DRIFT_OOV_INCREASE": ("0.1,0.2", "Warn and drift thresholds of the rise of the out-of-vocabulary rate over "
+                                      "the reference's (0.1: ten points more of the words unknown)."),
+    "RETRAIN_DATA": (str(DATA_FILE), "The labelled dataset a retrained candidate learns from, with the feedback."),
+    "RETRAIN_NICE": (19, "Scheduling priority (nice, 0-19) of a retraining started over HTTP: 19, the lowest, leaves "
+                         "the CPU to serving; 0 on a host that only trains."),
+    "RETRAIN_HOLDOUT": (0.2, "Share of the feedback, the newest by time, held out of retraining: the candidate and "
+                             "the default are judged on it."),
+    "GATE_MARGIN": (0.01, "Gate: a retrained candidate's weighted F1 on the held-out feedback must beat the "
+                          "default's by at least this much."),
+    "GATE_TOLERANCE": (0.01, "Gate: its weighted F1 on the test split may be at most this much below the default's."),
+    "GATE_MIN_HELD_OUT": (50, "Gate: the fewest held-out feedback texts the two may be judged on."),
+    "SHADOW_MIN_TEXTS": (500, "Live texts a shadowed candidate must have scored before `promote --if-better` (or "
+                              "POST /models/default/promote-shadow) promotes it."),
+    "AUTO_ROLLBACK": (True, "After a promotion, roll back by itself when the new default's live accuracy is worse "
+                            "than the previous default's with 95 % confidence; `off` disables it."),
+    "AUTO_ROLLBACK_MIN_FEEDBACK": (100, "Corrections of each of the two versions' predictions needed before the "
+                                        "automatic rollback compares them."),
     "MAX_TEXTS": (100, "Most texts in one /predict request."),
     "MAX_TEXT_LENGTH": (10_000, "Most characters in one text."),
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Most bytes in a request body; larger bodies get 413 unread."),
@@ -57,6 +87,19 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "METRICS": (True, "Expose /metrics and record Prometheus metrics."),
     "AUTH": ("admin", "What needs an API key: `admin` (routes that change what is served), `all` (every route "
                       "but /, /health/*, /metrics and the docs) or `off`."),
+    "OIDC_ISSUER": ("", "Accept access tokens (JWTs) of this identity provider (its issuer URL, as in its tokens' "
+                        "`iss`), beside API keys; set with TAGIFAI_OIDC_AUDIENCE. Empty: API keys only."),
+    "OIDC_AUDIENCE": ("", "The audience (`aud`) the identity provider's tokens must name for this service."),
+    "OIDC_ROLES_CLAIM": ("roles", "The token claim holding the roles (a list or a space-separated string); a dotted "
+                                  "path such as `realm_access.roles` reaches into an object."),
+    "OIDC_PREDICT_ROLE": ("tagifai:predict", "The role value in tokens that grants the predict role."),
+    "OIDC_ADMIN_ROLE": ("tagifai:admin", "The role value in tokens that grants the admin role."),
+    "OIDC_ALGORITHMS": ("RS256,ES256", "Signature algorithms accepted in tokens, comma-separated; asymmetric ones "
+                                       "only (`none` and HMAC are always refused)."),
+    "OIDC_LEEWAY_S": (30.0, "Clock skew allowed when checking a token's `exp`, `nbf` and `iat`, in seconds."),
+    "OIDC_REFETCH_S": (5.0, "Least time between two fetches of the provider's signing keys by a worker (a token "
+                            "naming an unknown key id triggers one)."),
+    "OIDC_TIMEOUT_S": (2.0, "Timeout of each request to the identity provider (discovery document, keys)."),
     "API_KEYS_FILE": (str(ROOT / "config" / "api_keys.json"),
                       "The keys file of an install from before the store: imported into an empty store once, on "
                       "first start."),
@@ -66,6 +109,15 @@ SETTINGS: dict[str, tuple[object, str]] = {
 CHOICES: dict[str, tuple[str, ...]] = {"AUTH": ("admin", "all", "off"), "PREDICTION_LOG": ("off", "meta", "texts")}
 
 DEFAULTS: dict[str, object] = {key: default for key, (default, _) in SETTINGS.items()}
+
+#: drift statistic -> its thresholds' setting, and whether a lower value is the worse one (a p-value)
+DRIFT_THRESHOLDS: dict[str, tuple[str, bool]] = {
+    "class_js": ("DRIFT_CLASS_JS", False),
+    "class_chi2_p": ("DRIFT_CLASS_CHI2_P", True),
+    "confidence_ks": ("DRIFT_CONFIDENCE_KS", False),
+    "length_psi": ("DRIFT_LENGTH_PSI", False),
+    "oov_increase": ("DRIFT_OOV_INCREASE", False),
+}
 
 
 class SettingError(ValueError):
@@ -119,6 +171,29 @@ def _check_choices(values: Mapping[str, object]) -> None:
     for key, allowed in CHOICES.items():
         if values[key] not in allowed:
             raise SettingError(f"{ENV_PREFIX}{key}: expected one of {', '.join(allowed)}, got {values[key]!r}")
+    drift_thresholds(values)
+    if int(values["DRIFT_MIN"]) < 1 or int(values["DRIFT_WINDOW"]) < int(values["DRIFT_MIN"]):
+        raise SettingError(f"{ENV_PREFIX}DRIFT_WINDOW and {ENV_PREFIX}DRIFT_MIN: expected 1 <= DRIFT_MIN <= "
+                           f"DRIFT_WINDOW, got {values['DRIFT_MIN']!r} and {values['DRIFT_WINDOW']!r}")
+
+
+def drift_thresholds(values: Mapping[str, object]) -> dict[str, tuple[float, float]]:
+    """``{statistic: (warn, drift)}`` from the ``DRIFT_*`` settings ("warn,drift" each); a pair in the
+    wrong order (a drift threshold milder than the warning) is refused."""
+    out = {}
+    for statistic, (key, lower_is_worse) in DRIFT_THRESHOLDS.items():
+        raw = values[key]
+        try:
+            warn, drift = (float(part) for part in str(raw).split(","))
+        except ValueError:
+            raise SettingError(f"{ENV_PREFIX}{key}: expected two numbers 'warn,drift' such as {DEFAULTS[key]!r}, "
+                               f"got {raw!r}") from None
+        ordered = 0 <= drift <= warn <= 1 if lower_is_worse else 0 <= warn <= drift
+        if not ordered:
+            rule = "0 <= drift <= warn <= 1 (p-values)" if lower_is_worse else "0 <= warn <= drift"
+            raise SettingError(f"{ENV_PREFIX}{key}: expected {rule}, got {raw!r}")
+        out[statistic] = (warn, drift)
+    return out
 
 
 def resolve(overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> dict:

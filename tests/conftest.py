@@ -6,14 +6,22 @@ import dataclasses
 import itertools
 import json
 import shutil
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy
 
 from tagifai_api import create_app, settings
+from tagifai_api.feedback.service import FeedbackService
 from tagifai_api.ml import artifacts, data
 from tagifai_api.ml import train as training
+from tagifai_api.ml.text import join_text
+from tagifai_api.retrain.gate import Gate
+from tagifai_api.store.database import Store
+from tagifai_api.store.registry import Registry
+from tests import helpers
 from tests.helpers import open_registry, postgres, state_url
 
 
@@ -55,9 +63,9 @@ def make_app(artifacts_dir, tmp_path):
     def factory(**overrides):
         root = Path(overrides.get("ARTIFACTS_DIR", artifacts_dir))
         if root == artifacts_dir:
-            if not private.exists():
-                shutil.copy(artifacts_dir / "state.db", private)
             url = f"sqlite:///{private}"
+            if not private.exists():
+                url = helpers.private_store(artifacts_dir, tmp_path, private.name)
         else:
             url = state_url(root)
         config = {"ARTIFACTS_DIR": str(artifacts_dir), "DATABASE_URL": url, "LOG_LEVEL": "WARNING",
@@ -151,7 +159,7 @@ def app_store(make_app, artifacts_dir, tmp_path):
 
     private = tmp_path / "session-state.db"
     if not private.exists():
-        shutil.copy(artifacts_dir / "state.db", private)
+        helpers.private_store(artifacts_dir, tmp_path, private.name)
     store = Store(f"sqlite:///{private}")
     yield store
     store.close()
@@ -164,3 +172,77 @@ def artifacts_copy(tmp_path, artifacts_dir) -> Path:
     root = tmp_path / "artifacts-copy"
     shutil.copytree(artifacts_dir, root)
     return root
+
+
+# --- a small world in which feedback helps: a default trained on the 300 oldest projects (its
+# dataset), and the next 400 projects, tagged right, as the feedback its users send ---------------
+
+
+@pytest.fixture(scope="session")
+def by_time(dataset) -> pd.DataFrame:
+    """The dataset, oldest project first."""
+    when = pd.to_datetime(dataset["created_on"])
+    return dataset.assign(_when=when).sort_values("_when", kind="stable").drop(columns="_when").reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def corrections(by_time, loop_template) -> list[dict]:
+    """Projects 300-699 as feedback items, each with its right tag as the loop's default can be told it:
+    one of its classes (its 300 projects hold too few mlops ones for that class, so those are ``other``)."""
+    root, version = loop_template
+    labels = set(artifacts.load(root, version, compiled=False).labels)
+    newer = by_time.iloc[300:700]
+    return [{"text": join_text(t, d), "tag": tag if tag in labels else "other"}
+            for t, d, tag in zip(newer["title"], newer["description"], newer["tag"], strict=True)]
+
+
+@pytest.fixture(scope="session")
+def loop_template(tmp_path_factory, by_time, train_args) -> tuple[Path, str]:
+    """A folder with ``small.csv`` (the 300 oldest projects), the default trained on it and its store."""
+    root = tmp_path_factory.mktemp("loop")
+    by_time.iloc[:300].to_csv(root / "small.csv", index=False)
+    store = Store(state_url(root))
+    store.upgrade()
+    version = Registry(store, root).save_version(training.train(by_time.iloc[:300], train_args),
+                                                 artifacts.sha256_file(root / "small.csv")).version
+    store.close()
+    return root, version
+
+
+@pytest.fixture
+def loop(tmp_path, loop_template) -> tuple[Path, str, Registry]:
+    """A private copy of the loop folder: ``(root, default, registry)``; ``root / "small.csv"`` is its dataset."""
+    template, version = loop_template
+    root = tmp_path / "loop"
+    shutil.copytree(template, root)
+    registry = Registry(Store(state_url(root)), root)
+    yield root, version, registry
+    registry.store.close()
+
+
+@pytest.fixture
+def send():
+    """``send(store, items)`` records feedback items a request at a time (100 each), in order, each request
+    a little later than the one before, as users would send them."""
+
+    def record(store: Store, items: list[dict], key_name: str = "tagger") -> None:
+        service = FeedbackService(store)
+        for i in range(0, len(items), 100):
+            service.record(items[i:i + 100], key_name)
+            time.sleep(0.002)
+
+    return record
+
+
+@pytest.fixture
+def passing_gate() -> Gate:
+    """The default thresholds: the loop's candidate passes them (+0.09 on the held-out feedback)."""
+    return Gate(margin=0.01, tolerance=0.01, min_held_out=50, min_shadow_texts=500)
+
+
+@pytest.fixture
+def loop_config(loop, tmp_path) -> dict:
+    """``make_app`` overrides that serve the loop folder and retrain from its dataset."""
+    root, _, _ = loop
+    return {"ARTIFACTS_DIR": str(root), "DATABASE_URL": state_url(root), "RETRAIN_DATA": str(root / "small.csv"),
+            "API_KEYS_FILE": str(tmp_path / "no-old-keys-file.json"), "RETRAIN_NICE": 0}

@@ -10,15 +10,17 @@ import importlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -267,6 +269,138 @@ def one_session_per_worker(url: str, workers: int = 2, timeout_s: float = 30.0) 
             return list(sessions.values())
         time.sleep(0.1)
     pytest.fail(f"for {timeout_s}s new connections reached only the workers {sorted(sessions)}")
+
+
+# --- nginx with the shipped sites (deploy/nginx) ---------------------------------------------------
+
+NGINX_DIR = ROOT / "deploy" / "nginx"
+
+
+def nginx_text(site: str = "tagifai.conf") -> str:
+    """A site of deploy/nginx as nginx reads it: its ``include snippets/...;`` lines replaced by the
+    snippets themselves (for checks of the whole text)."""
+    def expand(text: str) -> str:  # indented as the include line is, as if written in its place
+        return re.sub(r"^([ \t]*)include (snippets/[\w.-]+);$",
+                      lambda m: textwrap.indent(expand((NGINX_DIR / m[2]).read_text()), m[1]), text, flags=re.M)
+
+    return expand((NGINX_DIR / site).read_text())
+
+
+def _rewrite(text: str, pattern: str, replacement: str, what: str, count: int = 1) -> str:
+    text, n = re.subn(pattern, replacement, text, flags=re.M)
+    assert n == count, f"deploy/nginx has {n} {what} lines, not {count}"
+    return text
+
+
+@dataclass
+class Nginx:
+    """A running nginx: ``url`` its plain-HTTP base URL, ``tls_url`` its HTTPS one (TLS site only);
+    its access log is ``directory / "access.log"``."""
+
+    url: str
+    tls_url: str | None
+    directory: Path
+
+
+def render_nginx(tmp: Path, upstream: str | list[str], port: int, tls_port: int | None = None,
+                 certificate: Path | None = None, key: Path | None = None, directives: dict[str, str] | None = None,
+                 rate_limit: bool = True) -> Path:
+    """Copy a shipped site (``tagifai-tls.conf`` when ``tls_port`` is given, else ``tagifai.conf``)
+    and its snippets into ``tmp``, with this run's values, and a minimal nginx.conf around it.
+
+    Only the values the files mark as deployment-specific change: the listen addresses, the upstream
+    (one address, or a list: one ``server`` line each, with the shipped line's parameters), the access
+    log's path (``tmp / "access.log"``), the certificate paths; ``directives`` a test sets whole
+    (``{"client_max_body_size": "64k"}``); ``rate_limit=False`` drops the limit (one client address
+    sending a load). nginx resolves the includes itself, as it does once installed.
+    """
+    upstreams = [upstream] if isinstance(upstream, str) else upstream
+    (tmp / "snippets").mkdir(parents=True, exist_ok=True)
+    log = rf"\g<1>access_log {tmp / 'access.log'} "
+    for snippet in (NGINX_DIR / "snippets").glob("*.conf"):
+        text = snippet.read_text()
+        if snippet.name == "tagifai-http.conf":
+            line = re.search(r"^(\s+)server tagifai:8000\b(.*)$", text, flags=re.M)
+            assert line, "deploy/nginx lost its upstream line"
+            text = text.replace(line[0], "\n".join(f"{line[1]}server {address}{line[2]}" for address in upstreams))
+        if snippet.name == "tagifai-proxy.conf":
+            text = _rewrite(text, r"^(\s*)access_log /var/log/nginx/access.log ", log, "access_log")
+            if not rate_limit:
+                text = _rewrite(text, r"^\s*limit_req zone=.*\n", "", "limit_req")
+        (tmp / "snippets" / snippet.name).write_text(text)
+    site = NGINX_DIR / ("tagifai-tls.conf" if tls_port else "tagifai.conf")
+    text = _rewrite(site.read_text(), r"^(\s+)listen 80;", rf"\g<1>listen 127.0.0.1:{port};", "listen 80")
+    if tls_port:
+        text = _rewrite(text, r"^(\s+)listen 443 ssl;", rf"\g<1>listen 127.0.0.1:{tls_port} ssl;", "listen 443")
+        text = _rewrite(text, r"^(\s+)ssl_certificate \S+;", rf"\g<1>ssl_certificate {certificate};", "certificate")
+        text = _rewrite(text, r"^(\s+)ssl_certificate_key \S+;", rf"\g<1>ssl_certificate_key {key};", "key")
+        text = _rewrite(text, r"^(\s*)access_log /var/log/nginx/access.log ", log, "access_log")  # the redirect's
+    (tmp / site.name).write_text(text)
+    for name, value in (directives or {}).items():
+        found = [p for p in [tmp / site.name, *(tmp / "snippets").glob("*.conf")]
+                 if re.search(rf"^\s*{name}\s", p.read_text(), flags=re.M)]
+        assert len(found) == 1, f"{name} is not set in exactly one file"
+        found[0].write_text(_rewrite(found[0].read_text(), rf"^(\s*){name}\s+[^;]+;", rf"\g<1>{name} {value};", name))
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (tmp / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\n"
+        "events { worker_connections 1024; }\n"
+        "http {\n"
+        f"{temp_paths}\n"
+        f"    include {tmp / site.name};\n"
+        "}\n"
+    )
+    return tmp / "nginx.conf"
+
+
+@contextmanager
+def nginx(tmp: Path, upstream: str | list[str], tls: tuple[Path, Path] | None = None,
+          directives: dict[str, str] | None = None, rate_limit: bool = True) -> Iterator[Nginx]:
+    """Run nginx with a shipped site in the foreground on free loopback ports, in front of
+    ``upstream`` (``host:port``, or a list of them): ``tagifai.conf``, or ``tagifai-tls.conf`` with
+    ``tls`` (certificate, key). See :func:`render_nginx` for the rest."""
+    binary = require_binary("nginx")
+    tmp.mkdir(parents=True, exist_ok=True)
+    port, tls_port = free_port(), (free_port() if tls else None)
+    conf = render_nginx(tmp, upstream, port, tls_port, *(tls or (None, None)), directives=directives,
+                        rate_limit=rate_limit)
+    cmd = [binary, "-e", "stderr", "-c", str(conf), "-p", str(tmp),
+           "-g", f"daemon off; pid {tmp / 'nginx.pid'}; error_log stderr;"]
+    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=20)
+    assert check.returncode == 0, check.stderr
+    log = open(tmp / "nginx.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    running = Nginx(f"http://127.0.0.1:{port}", f"https://127.0.0.1:{tls_port}" if tls else None, tmp)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(tmp / 'nginx.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", tls_port or port), timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield running
+    finally:
+        stop(proc)
+        log.close()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and ``127.0.0.1`` and its key, made with ``openssl req -x509``
+    (the certificate is its own CA: ``curl --cacert`` it)."""
+    openssl = require_binary("openssl")
+    certificate, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+                   check=True, capture_output=True, timeout=60)
+    return certificate, key
 
 
 # --- headless Chromium, driven over the Chrome DevTools protocol -------------------------------
@@ -521,11 +655,19 @@ def store_outage(url: str, server: Postgres | None = None, stores: tuple[Store, 
 # --- keys for a real server ---------------------------------------------------------------------
 
 
-def private_store(artifacts_dir: Path, directory: Path) -> str:
+def private_store(artifacts_dir: Path, directory: Path, name: str = "state.db") -> str:
     """A copy of an artifacts folder's store in ``directory``; its URL. Keys made there stay out of the
-    folder's own store (the session's, which every other test copies)."""
-    shutil.copy(Path(artifacts_dir) / "state.db", Path(directory) / "state.db")
-    return f"sqlite:///{Path(directory) / 'state.db'}"
+    folder's own store (the session's, which every other test copies). The copy starts with an empty
+    prediction log and no feedback: servers that other tests ran on the session's folder logged there."""
+    import sqlite3
+
+    target = Path(directory) / name
+    shutil.copy(Path(artifacts_dir) / "state.db", target)
+    with closing(sqlite3.connect(target)) as db, db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in {"prediction_log", "feedback"} & tables:
+            db.execute(f"DELETE FROM {table}")  # noqa: S608 - two fixed names
+    return f"sqlite:///{target}"
 
 
 def keys_command(database_url: str, *args: str) -> str:
@@ -567,3 +709,163 @@ def store_errors(client) -> dict:
     families = text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
     return {s.labels["operation"]: s.value for family in families for s in family.samples
             if s.name == "tagifai_store_errors_total"}
+
+
+# --- an identity provider, for the token tests -------------------------------------------------
+
+
+class IdentityProvider:
+    """A stand-in OpenID Connect provider on 127.0.0.1 for tests: a discovery document and a key set
+    (JWKS) served by a stdlib HTTP server in a thread, signing keys made here, tokens signed with them.
+
+    ``rotate()`` publishes a new key (old ones stay unless ``drop_old``); ``down = True`` makes every
+    request fail with 503; ``hits`` counts requests per path.
+    """
+
+    def __init__(self, audience: str = "tagifai-api") -> None:
+        import http.server
+        import threading
+
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        self._rsa, self._ec = rsa, ec
+        self.audience = audience
+        self.down = False
+        self.delay_s = 0.0
+        self.hits: dict[str, int] = {}
+        self.keys: dict[str, object] = {}  # kid -> private key
+        self.published: list[str] = []
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                provider.hits[self.path] = provider.hits.get(self.path, 0) + 1
+                if provider.delay_s:
+                    time.sleep(provider.delay_s)
+                if provider.down:
+                    self.send_error(503)
+                    return
+                if self.path == "/.well-known/openid-configuration":
+                    body = {"issuer": provider.issuer, "jwks_uri": provider.issuer + "/jwks"}
+                elif self.path == "/jwks":
+                    body = provider.jwks()
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except OSError:  # the client gave up waiting (a test of a slow provider)
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.rotate("rsa-1")
+
+    def rotate(self, kid: str, kind: str = "rsa", drop_old: bool = False) -> str:
+        key = (self._rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
+               else self._ec.generate_private_key(self._ec.SECP256R1()))
+        self.keys[kid] = key
+        self.published = ([] if drop_old else self.published) + [kid]
+        return kid
+
+    def jwks(self) -> dict:
+        from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+        out = []
+        for kid in self.published:
+            key = self.keys[kid].public_key()
+            algorithm = RSAAlgorithm if isinstance(key, self._rsa.RSAPublicKey) else ECAlgorithm
+            jwk = algorithm.to_jwk(key, as_dict=True)
+            out.append({**jwk, "kid": kid, "use": "sig",
+                        "alg": "RS256" if algorithm is RSAAlgorithm else "ES256"})
+        return {"keys": out}
+
+    def claims(self, **overrides) -> dict:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": self.audience, "sub": "alice", "iat": now, "nbf": now,
+                  "exp": now + 300, "roles": ["tagifai:predict"]}
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, kid: str | None = None, alg: str | None = None, headers: dict | None = None, **claims) -> str:
+        import jwt
+
+        kid = kid or self.published[-1]
+        key = self.keys[kid]
+        alg = alg or ("RS256" if isinstance(key, self._rsa.RSAPrivateKey) else "ES256")
+        return jwt.encode(self.claims(**claims), key, algorithm=alg, headers={"kid": kid, **(headers or {})})
+
+    def public_pem(self, kid: str) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.keys[kid].public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def settings(self, **extra) -> dict:
+        """``create_app`` overrides that make an app accept this provider's tokens."""
+        return {"OIDC_ISSUER": self.issuer, "OIDC_AUDIENCE": self.audience, **extra}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- traffic for the drift statistics ------------------------------------------------------------
+
+#: texts of other domains and languages, written for the drift tests (tests/monitoring/traffic.json)
+DRIFT_DOMAINS = ("cooking", "sports", "german", "french")
+
+
+def held_out(args: dict):
+    """The test split (``text``, ``title``, ``tag``) a version with these args never trained on: the
+    in-distribution traffic of the drift tests, and the source of the shifts built from projects."""
+    from tagifai_api import settings
+    from tagifai_api.ml import data
+    from tagifai_api.ml import train as training
+
+    df = data.prepare(data.load_dataset(settings.DATA_FILE), args["accepted_tags"], args["min_tag_freq"],
+                      training.stopwords_for(args))
+    return data.split(df, args["val_size"], args["test_size"], args["seed"])[2]
+
+
+def drift_traffic(kind: str, n: int, seed: int, projects) -> list[str]:
+    """``n`` texts of one kind, drawn with replacement (seeded), ``projects`` being :func:`held_out`'s:
+
+    - ``in_distribution``: held-out projects as they are;
+    - ``one_class:<tag>``: held-out projects of that tag only;
+    - a :data:`DRIFT_DOMAINS` name: a title and a description of that domain or language;
+    - ``short``: held-out projects' titles alone (a client that sends no description);
+    - ``long``: five held-out projects run together (within the 10,000-character limit);
+    - ``mixed:<domain>:<share>``: that share of the domain's texts among held-out projects.
+    """
+    import random
+
+    rng = random.Random(f"{kind}/{seed}")
+    texts, titles = list(projects["text"]), list(projects["title"])
+    if kind == "in_distribution":
+        return [rng.choice(texts) for _ in range(n)]
+    if kind.startswith("one_class:"):
+        of_tag = list(projects[projects["tag"] == kind.split(":", 1)[1]]["text"])
+        return [rng.choice(of_tag) for _ in range(n)]
+    if kind in DRIFT_DOMAINS:
+        domain = json.loads((ROOT / "tests" / "monitoring" / "traffic.json").read_text(encoding="utf-8"))[kind]
+        return [f"{rng.choice(domain['titles'])}. {rng.choice(domain['descriptions'])}" for _ in range(n)]
+    if kind == "short":
+        return [rng.choice(titles) for _ in range(n)]
+    if kind == "long":
+        return [" ".join(rng.choice(texts) for _ in range(5))[:10_000] for _ in range(n)]
+    if kind.startswith("mixed:"):
+        _, domain, share = kind.split(":")
+        shifted = iter(drift_traffic(domain, n, seed, projects))
+        return [next(shifted) if rng.random() < float(share) else rng.choice(texts) for _ in range(n)]
+    raise ValueError(f"unknown kind of traffic {kind!r}")

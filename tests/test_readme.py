@@ -42,7 +42,7 @@ def test_settings_table_lists_every_setting_with_its_default_and_meaning():
     assert set(rows) == {settings.ENV_PREFIX + key for key in settings.SETTINGS}
     for key, (default, meaning) in settings.SETTINGS.items():
         shown, described = rows[settings.ENV_PREFIX + key]
-        if key not in {"ARTIFACTS_DIR", "API_KEYS_FILE", "DATABASE_URL"}:  # absolute paths on each machine
+        if key not in {"ARTIFACTS_DIR", "API_KEYS_FILE", "DATABASE_URL", "RETRAIN_DATA"}:  # paths on each machine
             expected = str(default).lower() if isinstance(default, bool) else str(default)
             assert shown == f"`{expected}`", key
         assert described == meaning, key
@@ -123,8 +123,9 @@ def test_curl_examples_work_verbatim_against_gunicorn(artifacts_dir):
                 assert body["data"]["errors"]["texts"]["0"]["text"], body
 
 
-def run_as_one_script(steps, url: str, env: dict, tmp_path) -> tuple[subprocess.CompletedProcess, list]:
-    """Run a README block as one bash script against ``url``; each checked curl's output goes to a file.
+def run_as_one_script(steps, url: str, env: dict, tmp_path, cwd=helpers.ROOT) -> tuple[subprocess.CompletedProcess,
+                                                                                           list]:
+    """Run a README block as one bash script (in ``cwd``) against ``url``; each checked curl's output goes to a file.
 
     Returns the finished process and ``(index, command, expected status)`` for every checked step,
     whose body is in ``tmp_path / f"out{index}.json"``.
@@ -138,7 +139,7 @@ def run_as_one_script(steps, url: str, env: dict, tmp_path) -> tuple[subprocess.
             script.append(f"{{ {run}}} > {tmp_path / f'out{i}.json'}")
             checks.append((i, command, expected))
     out = subprocess.run(["bash", "-c", "".join(line if line.endswith("\n") else line + "\n" for line in script)],
-                         cwd=helpers.ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+                         cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     return out, checks
 
 
@@ -158,6 +159,61 @@ def test_access_control_examples_work_verbatim_against_gunicorn(artifacts_dir, t
         body = json.loads((tmp_path / f"out{i}.json").read_text())
         assert body["status-code"] == expected, (command, body)
         assert body["url"].startswith(server.url)
+        if "-X DELETE" in command and expected == 401:  # the session's store has no admin key
+            assert "none exists yet" in body["message"] and "keys create" in body["message"], body
+
+
+@pytest.mark.integration
+def test_token_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_path):
+    """Against Gunicorn accepting the tokens of a provider started on loopback; ``$TOKEN`` is one it
+    signed, holding the ``tagifai:predict`` role."""
+    helpers.require_binary("curl")
+    provider = helpers.IdentityProvider()
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_OIDC_ISSUER": provider.issuer, "TAGIFAI_OIDC_AUDIENCE": provider.audience}
+    try:
+        with helpers.gunicorn(artifacts_dir, workers=1, env=env) as server:
+            out, checks = run_as_one_script(examples("token-examples"), server.url,
+                                            {"TOKEN": provider.token(sub="batch-job")}, tmp_path)
+            assert out.returncode == 0, out.stderr
+    finally:
+        provider.stop()
+    assert [expected for _, _, expected in checks] == [200, 403, 401]
+    for i, command, expected in checks:
+        body = json.loads((tmp_path / f"out{i}.json").read_text())
+        assert body["status-code"] == expected, (command, body)
+        assert body["url"].startswith(server.url)
+
+
+@pytest.mark.integration
+def test_tls_examples_work_verbatim_against_nginx(artifacts_dir, tmp_path):
+    """The certificate the block makes, in tagifai-tls.conf, in front of Gunicorn; the block then runs
+    as one script with the ports of this test's nginx for 443 and 80."""
+    helpers.require_binary("curl")
+    helpers.require_binary("openssl")
+    (make, _), *steps = examples("tls-examples")
+    assert make.startswith("openssl req -x509 ")
+    made = subprocess.run(["bash", "-c", make], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    certificate = (tmp_path / "fullchain.pem", tmp_path / "privkey.pem")
+    with helpers.gunicorn(artifacts_dir, workers=1, env={"TAGIFAI_PROXY_COUNT": "1"}) as api, \
+            helpers.nginx(tmp_path / "nginx", f"127.0.0.1:{api.port}", tls=certificate) as proxy:
+        tls_port = proxy.tls_url.rsplit(":", 1)[1]
+        here = [("set +o pipefail\n", None)]  # a refused handshake fails openssl; the grep after it says so
+        here += [(c.replace("https://localhost/", f"{proxy.tls_url}/").replace("http://localhost/", f"{proxy.url}/")
+                 .replace("-connect localhost:443", f"-connect 127.0.0.1:{tls_port}"), e) for c, e in steps]
+        out, checks = run_as_one_script(here, proxy.tls_url, {}, tmp_path, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    assert [expected for _, _, expected in checks] == [200, "text", "text"]
+    predicted, redirect, headers = ((tmp_path / f"out{i}.json").read_text() for i, _, _ in checks)
+    body = json.loads(predicted)
+    assert body["status-code"] == 200 and body["url"] == f"{proxy.tls_url}/predict"
+    assert [p["predicted_tag"] for p in body["data"]["predictions"]] == ["natural-language-processing"]
+    assert redirect == "301 https://127.0.0.1/predict\n"
+    assert sorted(headers.lower().split()) == sorted(["strict-transport-security:", "max-age=63072000",
+                                                      "x-content-type-options:", "nosniff"])
+    assert [line for line in out.stdout.splitlines() if "Protocol version" in line] == [
+        "Protocol version: TLSv1.2", "Protocol version: TLSv1.3"]
+    assert sum("alert protocol version" in line for line in out.stdout.splitlines()) == 2
 
 
 @pytest.mark.integration
@@ -216,6 +272,35 @@ def test_feedback_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_pat
     exported = [json.loads(line) for line in (helpers.ROOT / "feedback.jsonl").read_text().splitlines()]
     (helpers.ROOT / "feedback.jsonl").unlink()
     assert {(e["tag"], e["source"]) for e in exported} == {("mlops", "prediction"), ("computer-vision", "text")}
+
+
+@pytest.mark.integration
+def test_retrain_examples_work_verbatim_against_gunicorn(loop, corrections, send, tmp_path):
+    """The block runs as one shell script (it sets $ADMIN, $JOB and $CANDIDATE) against a service whose
+    store holds 400 corrections, so the candidate passes the gate and becomes the shadow."""
+    helpers.require_binary("curl")
+    root, default, registry = loop
+    send(registry.store, corrections)
+    env = {"TAGIFAI_DATABASE_URL": helpers.state_url(root), "TAGIFAI_ARTIFACTS_DIR": str(root),
+           "TAGIFAI_RETRAIN_DATA": str(root / "small.csv"), "TAGIFAI_RETRAIN_NICE": "0"}  # no wait behind others' work
+    steps = examples("retrain-examples")
+    paths = {p for c, _ in steps for p in re.findall(r"localhost:8000(/[\w/.-]*)", c)}
+    assert {"/models/retrain", "/jobs/", "/models/default/promote-shadow", "/models/history"} <= paths
+    with helpers.gunicorn(root, env=env) as server:
+        out, checks = run_as_one_script(steps, server.url, env, tmp_path)
+        assert out.returncode == 0, out.stderr
+    bodies = []
+    for i, command, expected in checks:
+        body = json.loads((tmp_path / f"out{i}.json").read_text())
+        assert body["status-code"] == expected, (command, body)
+        bodies.append((command, body))
+    started, refused, job, candidate, kept, history = (b for _, b in bodies)
+    assert refused["data"]["job"]["id"] == started["data"]["job"]["id"] == job["data"]["job"]["id"]
+    result = job["data"]["job"]["result"]
+    assert result["decision"] == "shadowed" and candidate["data"]["lineage"]["parent"] == default
+    assert kept["data"]["gate"]["failed"] == ["min_shadow_texts"]
+    assert [c["action"] for c in history["data"]["changes"]] == ["kept", "kept", "shadowed", "trained"]
+    assert registry.pointers() == (default, result["candidate"])
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""API keys and the request check.
+"""API keys, identity-provider tokens, and the request check.
 
 Keys: ``python -m tagifai_api keys create --name NAME --role predict|admin`` prints a new key once;
 the state store (``TAGIFAI_DATABASE_URL``) keeps only its SHA-256, with its name, role and creation
@@ -17,9 +17,16 @@ needs one:
 - ``off``: nothing needs a key, admin routes included (an explicit choice, e.g. behind a gateway
   that authenticates; logged as a warning at start).
 
-Failures answer in the envelope: no key or an unknown one is 401 with ``WWW-Authenticate: Bearer``;
-a key whose role is too low is 403; an admin route while no admin key exists is 403 saying so.
-The access line records the key's name (``key_name``), never the key.
+Tokens: with ``TAGIFAI_OIDC_ISSUER`` and ``TAGIFAI_OIDC_AUDIENCE`` set, a bearer value that is a JWT
+(two dots; keys start with ``tagifai_``) is checked against the issuer's published signing keys
+(:mod:`tagifai_api.auth.oidc`); its role comes from the ``TAGIFAI_OIDC_ROLES_CLAIM`` claim. Tokens go
+in ``Authorization`` only.
+
+Failures answer in the envelope, 401 before 403: no credentials, an unknown key or a token not
+accepted is 401 with ``WWW-Authenticate: Bearer`` (also while no admin key exists: the message then
+says how to create one); valid credentials whose role is too low are 403; a token while the
+provider's keys were never fetched is 503 with ``Retry-After``. The access line and the audit log
+record the key's name or the token's subject (``key_name``), never the credential.
 
 Interface for views (:mod:`tagifai_api.auth.guard`)::
 
@@ -34,7 +41,8 @@ Interface for views (:mod:`tagifai_api.auth.guard`)::
     def demo(): ...
 
 ``check_role("admin")`` does the same check inside a view (for a route whose methods differ), and
-``g.api_key`` is the :class:`~tagifai_api.auth.keys.ApiKey` that passed (None where no key was
-needed). ``create_app`` calls :func:`~tagifai_api.auth.guard.init_app`; tests build apps with
+``g.api_key`` is the :class:`~tagifai_api.auth.keys.ApiKey` or
+:class:`~tagifai_api.auth.oidc.TokenIdentity` that passed (both have ``name`` and ``role``; None
+where no credentials were needed). ``create_app`` calls :func:`~tagifai_api.auth.guard.init_app`; tests build apps with
 ``AUTH`` in the config mapping and put keys in the app's store (``DATABASE_URL``).
 """

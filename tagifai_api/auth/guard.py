@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from flask import Flask, current_app, g, request
 
-from tagifai_api.auth.keys import ROLES, ApiKey, KeyRing, role_allows
+from tagifai_api.auth.keys import PREFIX, ROLES, ApiKey, KeyRing, role_allows
+from tagifai_api.auth.oidc import (ProviderUnavailableError, TokenError, TokenIdentity, Verifier, from_settings,
+                                   looks_like_jwt)
 from tagifai_api.store.database import Store
 from tagifai_api.web.errors import TagifaiError
 
@@ -27,7 +29,7 @@ OPEN_ENDPOINTS = frozenset({"index.index", "health.live", "health.ready", "prome
 
 
 class UnauthorizedError(TagifaiError):
-    """No key, or one the service does not know (revoked, mistyped)."""
+    """No credentials, or ones the service does not accept (an unknown or revoked key, a bad token)."""
 
     status = 401
     message = "This route needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
@@ -38,68 +40,109 @@ class UnauthorizedError(TagifaiError):
 
 
 class ForbiddenError(TagifaiError):
-    """A known key whose role is too low for the route."""
+    """Valid credentials whose role is too low for the route."""
 
     status = 403
     message = "This API key's role may not use this route."
 
 
-class AuthState:
-    """Per-app state: the mode and the keys in force."""
+class ProviderDownError(TagifaiError):
+    """A token arrived while the identity provider's signing keys were never fetched."""
 
-    def __init__(self, mode: str, store: Store, poll_s: float) -> None:
+    status = 503
+    message = "The identity provider's signing keys could not be fetched yet; retry shortly."
+
+
+class AuthState:
+    """Per-app state: the mode, the keys in force and, where tokens are accepted, their verifier."""
+
+    def __init__(self, mode: str, store: Store, poll_s: float, verifier: Verifier | None = None) -> None:
         self.mode = mode
         self.store = store
         self.ring = KeyRing(store, poll_s if mode != "off" else 0)
+        self.verifier = verifier if mode != "off" else None
 
 
 def _state() -> AuthState:
     return current_app.extensions[EXTENSION]
 
 
-def _presented_key() -> str | None:
+def _presented() -> tuple[str | None, str | None]:
+    """The credential this request carries and the header it came in (``authorization`` or
+    ``x-api-key``); ``(None, None)`` when there is none."""
     header = request.headers.get("Authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    return request.headers.get("X-API-Key", "").strip() or None
+            return value.strip(), "authorization"
+    value = request.headers.get("X-API-Key", "").strip()
+    return (value, "x-api-key") if value else (None, None)
 
 
-def authenticate() -> ApiKey:
-    """The key this request carries, checked against the keys in force; 401 if missing or unknown.
+def _missing_message(role: str | None) -> str:
+    state = _state()
+    if role == "admin" and state.verifier is None and not state.ring.has_role("admin"):
+        return ("This route needs an admin API key, and none exists yet: create one with `python -m tagifai_api "
+                "keys create --name NAME --role admin` and send it as 'Authorization: Bearer <key>'.")
+    if state.verifier is not None:
+        return ("This route needs credentials: send 'Authorization: Bearer <token>' with an access token from "
+                "the identity provider, or an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+    return UnauthorizedError.message
 
-    Sets ``g.api_key_name``, which the access line records (the key itself is never logged).
+
+def authenticate(role: str | None = None) -> ApiKey | TokenIdentity:
+    """Who this request's credentials stand for: an API key in force, or a valid identity-provider
+    token; 401 (with ``WWW-Authenticate``) when there are none or they are not accepted, 503 for a
+    token while the provider's keys were never fetched. ``role`` (the route's need) only shapes the
+    401's message.
+
+    Sets ``g.api_key_name`` (a key's name or a token's subject), which the access line records;
+    the credential itself is never logged.
     """
-    key = _presented_key()
-    if key is None:
-        raise UnauthorizedError()
-    found = _state().ring.lookup(key)
-    if found is None:
-        raise UnauthorizedError("The API key is not valid (unknown or revoked).", error="invalid_token")
+    value, source = _presented()
+    if value is None:
+        raise UnauthorizedError(_missing_message(role))
+    state = _state()
+    if not value.startswith(PREFIX) and looks_like_jwt(value):
+        if source != "authorization":
+            raise UnauthorizedError("An access token goes in 'Authorization: Bearer <token>', not in X-API-Key.",
+                                    error="invalid_request")
+        if state.verifier is None:
+            raise UnauthorizedError("This service accepts API keys only, not tokens.", error="invalid_token")
+        try:
+            found = state.verifier.verify(value)
+        except TokenError as exc:
+            raise UnauthorizedError(str(exc), error="invalid_token") from None
+        except ProviderUnavailableError as exc:
+            raise ProviderDownError(str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    else:
+        found = state.ring.lookup(value)
+        if found is None:
+            raise UnauthorizedError("The API key is not valid (unknown or revoked).", error="invalid_token")
     g.api_key_name = found.name
     return found
 
 
-def check_role(role: str) -> ApiKey | None:
-    """Let the request through only with a key of ``role`` or stronger (unless the mode is ``off``).
+def check_role(role: str) -> ApiKey | TokenIdentity | None:
+    """Let the request through only with credentials of ``role`` or stronger (unless the mode is ``off``).
 
-    401 without a valid key, 403 when its role is too low, and 403 saying so when no key of
-    ``role`` or stronger exists at all (a fresh install: such routes are never open by default).
+    401 without valid credentials (also while no key of ``role`` exists: the message then says how
+    to create one), 403 only for valid credentials whose role is too low.
     """
     state = _state()
     if state.mode == "off":
         return None
-    if not state.ring.has_role(role):
-        raise ForbiddenError(
-            f"No {role} API key is configured, so this route is closed. Create one with "
-            f"`python -m tagifai_api keys create --name NAME --role {role}`.")
-    key = g.get("api_key") or authenticate()
-    g.api_key = key
-    if not role_allows(key.role, role):
-        raise ForbiddenError(f"This route needs a key with the {role} role; the key '{key.name}' has the "
-                             f"{key.role} role.")
-    return key
+    who = g.get("api_key") or authenticate(role)
+    g.api_key = who
+    if who.role is None or not role_allows(who.role, role):
+        what = f"the key '{who.name}'" if isinstance(who, ApiKey) else f"the token of '{who.name}'"
+        has = f"has the {who.role} role" if who.role else "holds none of this service's roles"
+        message = f"This route needs a key with the {role} role; {what} {has}."
+        if role == "admin" and state.verifier is None and not state.ring.has_role(role):
+            message += (" No admin API key exists yet: create one with `python -m tagifai_api keys create "
+                        "--name NAME --role admin`.")
+        raise ForbiddenError(message)
+    return who
 
 
 def require_role(role: str) -> Callable:
@@ -144,23 +187,31 @@ def needed_role(app: Flask, endpoint: str | None, mode: str) -> str | None:
 
 
 def _check_request() -> None:
-    """Mode ``all``: every route not open needs a valid key (its role is checked by the view's
-    :func:`require_role`, if it has one)."""
-    if needed_role(current_app, request.endpoint, "all"):
-        g.api_key = authenticate()
+    """Mode ``all``: every route not open needs valid credentials of at least the predict role
+    (an admin route's role is checked here too)."""
+    role = needed_role(current_app, request.endpoint, "all")
+    if role:
+        check_role(role)  # a token may hold none of the roles: it is refused here, as a key never is
 
 
 def init_app(app: Flask, store: Store) -> AuthState:
     """Read the keys from ``store`` (and follow them) and, in mode ``all``, check every request.
     Register after the access log, so refusals carry a request id."""
-    state = AuthState(str(app.config["AUTH"]), store, float(app.config["REGISTRY_POLL_S"]))
+    mode = str(app.config["AUTH"])
+    metrics = getattr(app.extensions.get("tagifai"), "metrics", None)
+    verifier = from_settings(app.config, metrics.jwks_fetch_failed if metrics is not None else None)
+    state = AuthState(mode, store, float(app.config["REGISTRY_POLL_S"]), verifier)
     app.extensions[EXTENSION] = state
+    if state.verifier is not None:
+        state.verifier.start()
+        log.info("accepting tokens of the identity provider %s for the audience %s", verifier.issuer,
+                 verifier.audience)
     if state.mode == "all":
         app.before_request(_check_request)
     if state.mode == "off":
         log.warning("TAGIFAI_AUTH=off: every route is open, those that change what is served included")
-    elif not state.ring.has_role("admin"):
-        log.warning("no admin API key in the state store %s: admin routes answer 403 until one is created",
+    elif not state.ring.has_role("admin") and state.verifier is None:
+        log.warning("no admin API key in the state store %s: admin routes answer 401 until one is created",
                     store.describe())
     return state
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from tagifai_api.feedback import rollback
 from tagifai_api.feedback.quality import quality
 from tagifai_api.serving.predlog import text_sha256
+from tagifai_api.serving.service import ModelService
 from tagifai_api.store.database import Store
 
 
@@ -60,3 +62,12 @@ class FeedbackService:
             "recent": {"days": days, **quality(self.store.feedback_outcomes(version, time.time() - days * 86400),
                                                labels)},
         }
+
+    def watch_default(self, service: ModelService, min_feedback: int) -> dict | None:
+        """Roll the default back if it was promoted and live feedback now shows it worse than the version
+        it replaced (see :mod:`tagifai_api.feedback.rollback`); what was done, if anything."""
+
+        def back(promoted: str, reason: str) -> tuple[str | None, str]:
+            return service.rollback(None, reason, expect=promoted, action="auto_rollback")
+
+        return rollback.watch(self.store, back, min_feedback)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
 from flask import Blueprint, current_app, g, request
@@ -11,8 +12,13 @@ from tagifai_api.auth.guard import require_role
 from tagifai_api.feedback.schemas import FeedbackRequestSchema, QualityQuerySchema
 from tagifai_api.feedback.service import FeedbackService
 from tagifai_api.ml import versions
+from tagifai_api.ml.artifacts import ArtifactError
+from tagifai_api.serving.service import SwitchRefusedError
+from tagifai_api.store.database import StoreError
 from tagifai_api.web.context import get_service, state
 from tagifai_api.web.responses import construct_response
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("feedback", __name__)
 
@@ -92,7 +98,22 @@ def post_feedback():
             if report["status"] in ("created", "updated") and "predicted" in report:
                 metrics.feedback(report["model_version"], report["predicted"], item["tag"])
     recorded = sum(r["status"] in ("created", "updated") for r in reports)
+    if recorded and current_app.config["AUTO_ROLLBACK"]:
+        _watch_default()
     return construct_response(HTTPStatus.OK, data={"recorded": recorded, "items": reports})
+
+
+def _watch_default() -> None:
+    """After new corrections, the automatic rollback's check (a promoted default that live feedback shows
+    worse); it never fails the request that recorded them."""
+    try:
+        rolled = _feedback().watch_default(get_service(), int(current_app.config["AUTO_ROLLBACK_MIN_FEEDBACK"]))
+    except (StoreError, ArtifactError, SwitchRefusedError) as exc:
+        log.warning("the automatic rollback's check did not run: %s", exc)
+        return
+    metrics = state().metrics
+    if rolled is not None and metrics is not None:
+        metrics.auto_rollback()
 
 
 @bp.get("/models/<version>/quality")

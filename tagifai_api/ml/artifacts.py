@@ -1,8 +1,9 @@
 """Versioned model artifacts: writing a version, loading it with verification.
 
 A version directory holds the fitted pipeline (``model.joblib``), its numpy export
-(``model.npz``, what workers serve), ``args.json``, ``performance.json``, ``labels.json`` and
-``manifest.json`` with every file's sha256 and the library versions that wrote them. Nothing is
+(``model.npz``, what workers serve), ``args.json``, ``performance.json``, ``labels.json``, the
+reference profile of the drift statistics (``profile.json``; versions written before it have none)
+and ``manifest.json`` with every file's sha256 and the library versions that wrote them. Nothing is
 unpickled before its checksum and the scikit-learn version have been checked.
 """
 
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from tagifai_api.ml import profile as profiles
 from tagifai_api.ml.compiled import CompiledModel
 
 FORMAT = 1
@@ -24,6 +26,8 @@ MANIFEST = "manifest.json"
 PIPELINE_FILE = "model.joblib"
 COMPILED_FILE = "model.npz"
 JSON_FILES = ("args.json", "performance.json", "labels.json")
+#: optional: a version written before profiles has none (its profile is then kept in the state store)
+PROFILE_FILE = "profile.json"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -72,8 +76,11 @@ def new_version_name(now: datetime | None = None) -> str:
     return now.strftime("v%Y%m%dT%H%M%S%fZ")
 
 
-def save(root: Path, result, dataset_sha256: str) -> ModelVersion:
+def save(root: Path, result, dataset_sha256: str, lineage: dict | None = None) -> ModelVersion:
     """Write ``result`` (a :class:`~tagifai_api.ml.train.TrainResult`) as a new version under ``root``.
+
+    ``lineage`` (a retrained version's parent, data checksums and evaluations) goes into the manifest,
+    which the checksums of the other files make as trustworthy as they are.
 
     The version is written to a temporary directory and renamed into place, so a reader never
     sees half a version. Making it the default is the registry's business
@@ -93,6 +100,9 @@ def save(root: Path, result, dataset_sha256: str) -> ModelVersion:
     _write_json(tmp / "performance.json", result.performance)
     _write_json(tmp / "labels.json", result.labels)
     files = [PIPELINE_FILE, COMPILED_FILE, *JSON_FILES]
+    if getattr(result, "profile", None) is not None:
+        _write_json(tmp / PROFILE_FILE, result.profile)
+        files.append(PROFILE_FILE)
     manifest = {
         "format": FORMAT,
         "version": version,
@@ -102,6 +112,8 @@ def save(root: Path, result, dataset_sha256: str) -> ModelVersion:
         "dataset_sha256": dataset_sha256,
         "files": {name: sha256_file(tmp / name) for name in files},
     }
+    if lineage is not None:
+        manifest["lineage"] = lineage
     _write_json(tmp / MANIFEST, manifest)
     # mkdtemp makes the directory private (0700): a service running as another user, such as the
     # Docker image's, must be able to read the version
@@ -199,6 +211,22 @@ def verify_files(version: ModelVersion) -> None:
     """Check every file the manifest lists (the pipeline too, which serving never reads)."""
     _verified_manifest(version.path, tuple(dict.fromkeys((*JSON_FILES, COMPILED_FILE, PIPELINE_FILE,
                                                          *version.manifest["files"]))))
+
+
+def load_profile(version: ModelVersion) -> dict | None:
+    """The reference profile written with ``version`` (after checking its sha256), or None when the
+    version was written without one.
+
+    Raises:
+        ArtifactError: the file is listed but missing, altered or not a profile.
+    """
+    if PROFILE_FILE not in version.manifest.get("files", {}):
+        return None
+    _verified_manifest(version.path, (PROFILE_FILE,))
+    try:
+        return profiles.check(json.loads((version.path / PROFILE_FILE).read_text(encoding="utf-8")))
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"{version.path}: cannot read {PROFILE_FILE} ({exc})") from None
 
 
 def load_pipeline(version: ModelVersion):

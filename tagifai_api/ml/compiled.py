@@ -210,25 +210,36 @@ class CompiledModel:
         self._word_ids[word] = ids
         return ids
 
-    def decision_function(self, docs: Sequence[str]) -> np.ndarray:
-        """Linear scores ``(len(docs), n_classes)`` for cleaned texts."""
+    def decision_function(self, docs: Sequence[str], counts: list | None = None) -> np.ndarray:
+        """Linear scores ``(len(docs), n_classes)`` for cleaned texts.
+
+        Args:
+            counts: when a list, it gets each text's :meth:`token_stats` appended, counted from the
+                feature ids this pass looks up anyway (the prediction log records them for every text;
+                counting them again would cost it a second pass over the words).
+        """
         # One pass of Python over the words (feature ids are cached per word), then a fixed set of
         # numpy calls for the whole batch: a batch costs little more than a single text.
         n_docs = len(docs)
         n_features = len(self.idf)
         cols: list[int] = []
         lengths: list[int] = []
+        words_in: list[int] = []
         ids_of_word = self._ids_of_word
         for doc in docs:
             before = len(cols)
-            for word in doc.split():
+            words = doc.split()
+            for word in words:
                 cols.extend(ids_of_word(word))
             lengths.append(len(cols) - before)
+            words_in.append(len(words))
         scores = np.empty((n_docs, len(self.intercept)))
         scores[:] = self.intercept
+        keys = np.array(cols, dtype=np.intp)
+        if counts is not None:
+            counts.extend(self._counts(docs, keys, lengths, words_in))
         if not cols:
             return scores
-        keys = np.array(cols, dtype=np.intp)
         if n_docs > 1:
             keys += np.repeat(np.arange(n_docs, dtype=np.intp) * n_features, lengths)
         keys.sort()
@@ -270,9 +281,38 @@ class CompiledModel:
         scores[r[starts]] += np.add.reduceat(self.coef[c] * w[:, None], starts, axis=0)
         return scores
 
-    def predict_proba(self, docs: Sequence[str]) -> np.ndarray:
-        """Class probabilities ``(len(docs), n_classes)``, as the fitted estimator's ``predict_proba``."""
-        return self.probabilities(self.decision_function(docs))
+    def _counts(self, docs: Sequence[str], ids: np.ndarray, lengths: list[int],
+                words_in: list[int]) -> list[tuple[int, int]]:
+        """Each document's ``(tokens, unknown)`` from its looked-up feature ids: with one word block a
+        word is known exactly when its ids hold one of that block's (words under two characters
+        have none, as :meth:`token_stats` counts them), so the known words are those ids counted."""
+        span = self._word_span
+        if span is None:
+            return [self.token_stats(doc) for doc in docs]
+        start, end = span
+        in_block = ids >= start
+        if end < len(self.idf):
+            in_block &= ids < end
+        if len(docs) == 1:  # the usual micro-batch under light load: one count, no running sums
+            return [(words_in[0], words_in[0] - int(np.count_nonzero(in_block)))]
+        running = np.zeros(len(ids) + 1, dtype=np.intp)  # known words up to each id, documents in a row
+        np.cumsum(in_block, out=running[1:])
+        ends = np.cumsum(lengths)
+        known = (running[ends] - running[ends - lengths]).tolist()
+        return [(n, n - k) for n, k in zip(words_in, known, strict=True)]
+
+    @functools.cached_property
+    def _word_span(self) -> tuple[int, int] | None:
+        """The global feature ids ``[start, end)`` of the only word block; None unless there is exactly one."""
+        word_blocks = [b for b in self.blocks if b.kind == WORD]
+        if len(word_blocks) != 1:
+            return None
+        return word_blocks[0].offset, word_blocks[0].offset + len(word_blocks[0].vocabulary)
+
+    def predict_proba(self, docs: Sequence[str], counts: list | None = None) -> np.ndarray:
+        """Class probabilities ``(len(docs), n_classes)``, as the fitted estimator's ``predict_proba``
+        (``counts``: see :meth:`decision_function`)."""
+        return self.probabilities(self.decision_function(docs, counts))
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Class probabilities from decision values ``(n, n_classes)``, computed in place."""

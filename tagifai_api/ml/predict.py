@@ -11,6 +11,13 @@ from tagifai_api.ml.explain import Explainer
 from tagifai_api.ml.text import OTHER
 
 
+class Prediction(dict):
+    """One text's answer, as a dict (it goes into the response as it is), which also carries the
+    text's word counts for the prediction log: they are not part of the answer, so they are not keys."""
+
+    __slots__ = ("tokens", "unknown_tokens")
+
+
 class Predictor:
     """Tags texts with one model version, applying its low-confidence rule.
 
@@ -50,7 +57,8 @@ class Predictor:
         """
         if not cleaned:
             return []
-        return self._results(self._model.predict_proba(cleaned))
+        counts: list[tuple[int, int]] = []
+        return self._results(self._model.predict_proba(cleaned, counts), counts)
 
     def decide(self, proba: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
         """The low-confidence rule over probabilities ``(n, n_classes)``: ``(tags, confidence, low)``,
@@ -64,18 +72,18 @@ class Predictor:
         tags = [OTHER if is_low else classes[j] for j, is_low in zip(top.tolist(), low.tolist(), strict=True)]
         return tags, confidence, low
 
-    def _results(self, proba: np.ndarray) -> list[dict]:
+    def _results(self, proba: np.ndarray, counts: list[tuple[int, int]]) -> list[Prediction]:
         tags, confidence, low = self.decide(proba)
         classes = self._classes
-        return [
-            {
-                "predicted_tag": tag,
-                "confidence": conf,
-                "probabilities": dict(zip(classes, row, strict=True)),
-                "low_confidence": is_low,
-            }
-            for row, tag, conf, is_low in zip(proba.tolist(), tags, confidence.tolist(), low.tolist(), strict=True)
-        ]
+        out = []
+        for row, tag, conf, is_low, (tokens, unknown) in zip(proba.tolist(), tags, confidence.tolist(), low.tolist(),
+                                                             counts, strict=True):
+            p = Prediction(predicted_tag=tag, confidence=conf, probabilities=dict(zip(classes, row, strict=True)),
+                           low_confidence=is_low)
+            p.tokens = tokens
+            p.unknown_tokens = unknown
+            out.append(p)
+        return out
 
     def predict_clean_columns(self, cleaned: Sequence[str], batch_size: int = 100) -> tuple[list[str], np.ndarray,
                                                                                             np.ndarray, np.ndarray]:
@@ -108,7 +116,7 @@ class Predictor:
             return []
         scored = [self._explainer.score(t) for t in texts]
         proba = self._model.probabilities(np.vstack([s.scores for s in scored]))
-        out = self._results(proba)
+        out = self._results(proba, [self._model.token_stats(self.clean(t)) for t in texts])
         for result, s, top in zip(out, scored, proba.argmax(axis=1).tolist(), strict=True):
             explanation = self._explainer.explain_scored(s, top)
             if result["low_confidence"]:

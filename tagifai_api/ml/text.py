@@ -4,6 +4,7 @@ workers stay small)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 #: the tag of a project no accepted tag fits: a rare tag at training, a low-confidence answer at serving
 OTHER = "other"
@@ -36,3 +37,10 @@ def clean_text(text: str, stopwords: frozenset[str] = frozenset()) -> str:
     if stopwords:
         words = [w for w in words if w not in stopwords]
     return " ".join(words)
+
+
+def text_key(text: str) -> str:
+    """What makes two texts "the same text" when feedback is deduplicated or overrides the dataset:
+    Unicode-normalised (NFKC), case-folded and with whitespace runs collapsed, so a correction sent
+    with other spacing or capitals replaces the earlier one instead of adding a second row."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())

@@ -128,7 +128,8 @@ def describe_all(root: Path) -> list[dict]:
 
 
 def describe(root: Path, version: str) -> dict:
-    """One sound version in full: its listing entry, manifest, args and performance.
+    """One sound version in full: its listing entry, manifest, args and performance, and its lineage
+    (None for a version not made by retraining).
 
     Raises:
         UnknownVersionError: there is no such version.
@@ -142,4 +143,5 @@ def describe(root: Path, version: str) -> dict:
     except ArtifactError as exc:
         raise InvalidVersionError(version, str(exc)) from None
     return {**_summary(root, version), "manifest": model.manifest, "args": model.args,
-            "performance": model.performance, "labels": model.labels}
+            "performance": model.performance, "labels": model.labels,
+            "lineage": model.manifest.get("lineage")}

@@ -15,6 +15,7 @@ from flask import Blueprint, g, request
 
 from tagifai_api.auth.guard import require_role
 from tagifai_api.ml import versions
+from tagifai_api.monitoring.views import drift_monitor
 from tagifai_api.registry.schemas import HistoryQuerySchema, ReasonSchema, VersionRequestSchema
 from tagifai_api.web.context import get_service, state
 from tagifai_api.web.errors import NotFoundError
@@ -44,12 +45,19 @@ def _live(counts: tuple[int, int] | None) -> dict:
     return {"feedback": n, "accuracy": round(right / n, 4) if n else None}
 
 
+def _drift(report: dict | None) -> dict | None:
+    """A version's drift status and how many logged predictions it rests on (GET /models/<v>/drift for the rest)."""
+    return None if report is None else {"status": report["status"], "texts": report["window"]["texts"]}
+
+
 @bp.get("")
 def list_models():
     """Return every version, newest first (damaged ones with ``valid: false``), the default and the shadow.
     ---
     get:
-      summary: Every model version (newest first), the default, the shadow and its agreement so far
+      summary: >-
+        Every model version (newest first) with its live accuracy and drift status, the default, the shadow
+        and its agreement so far
       tags: [registry]
       responses:
         200: OK
@@ -61,9 +69,11 @@ def list_models():
     shadow = service.shadow_name()
     previous = [e["version"] for e in reversed(service.registry.history())]
     live = service.registry.store.feedback_summary()
+    described = versions.describe_all(root)
+    drift = drift_monitor().reports(e["version"] for e in described if e["valid"])
     models = [{**entry, "default": entry["version"] == default, "shadow": entry["version"] == shadow,
-               "live": _live(live.get(entry["version"]))}
-              for entry in versions.describe_all(root)]
+               "live": _live(live.get(entry["version"])), "drift": _drift(drift.get(entry["version"]))}
+              for entry in described]
     return construct_response(HTTPStatus.OK, data={
         "default": default,
         "fallback": service.fallback,  # this worker's: it serves another version than the default

@@ -24,6 +24,8 @@ def write_error(sock, status_int: int, reason: str, mesg: str) -> None:
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
+        "X-Content-Type-Options: nosniff\r\n"  # as every answer of the app (web/responses.py)
+        "Cache-Control: no-store\r\n"
         f"X-Request-ID: {request_id}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )

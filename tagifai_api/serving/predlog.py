@@ -4,10 +4,13 @@ A request only appends one tuple to a bounded in-memory queue; a background thre
 gathered into rows (hash, length, tokens, the words the model does not know) and writes them in one
 statement every ``interval_s``. A slow or unreachable store, or a full queue, drops rows and counts
 them; it never slows or fails a request. Rows past the retention are deleted by the same thread.
+A process that exits (a Gunicorn worker stopping after a reload, a recycle or a TERM) writes what
+it still holds first; one killed outright loses it (at most ``interval_s`` of answers).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import threading
@@ -48,6 +51,8 @@ class PredictionLog:
         self.on_drop = on_drop
         self._reset()
         reset_after_fork(self._reset)
+        # registered before the service's batchers, so it runs after them: what they finish is written
+        atexit.register(self.close)
 
     def _reset(self) -> None:
         self._queue: deque = deque()
@@ -94,10 +99,15 @@ class PredictionLog:
         sha256 = hashlib.sha256
         for at, request_id, version, texts, cleaned, results, predictor, shadow in entries:
             shadow_version, shadow_tags = shadow if shadow is not None else (None, None)
-            stats = predictor.token_stats
-            items = [(r["predicted_tag"], r["confidence"], r["low_confidence"], None, len(text), *stats(clean),
-                      sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), text if keep else None)
-                     for text, clean, r in zip(texts, cleaned, results, strict=True)]
+            items = []
+            for text, clean, r in zip(texts, cleaned, results, strict=True):
+                try:  # a Prediction brings the counts the model made on the way
+                    tokens, unknown = r.tokens, r.unknown_tokens
+                except AttributeError:
+                    tokens, unknown = predictor.token_stats(clean)
+                items.append((r["predicted_tag"], r["confidence"], r["low_confidence"], None, len(text), tokens,
+                              unknown, sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+                              text if keep else None))
             if shadow_tags is not None:
                 items = [(*item[:3], tag, *item[4:]) for item, tag in zip(items, shadow_tags, strict=True)]
             rows.append((at, request_id, version, shadow_version, items))

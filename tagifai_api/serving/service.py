@@ -449,18 +449,29 @@ class ModelService:
         self.refresh()
         return switched
 
-    def rollback(self, key_name: str | None = None, reason: str | None = None) -> tuple[str | None, str]:
-        """Make the previous default the default again (verified first); ``(previous, new)``."""
+    def rollback(self, key_name: str | None = None, reason: str | None = None,
+                 **only_if) -> tuple[str | None, str]:
+        """Make the previous default the default again (verified first); ``(previous, new)``.
+        ``only_if``: ``expect`` and ``action`` (see :meth:`Registry.rollback`)."""
         self.check_switchable()
-        switched = self.registry.rollback(self.verify, key_name, reason)
+        switched = self.registry.rollback(self.verify, key_name, reason, **only_if)
         self.refresh()
         return switched
 
-    def set_shadow(self, version: str, key_name: str | None = None, reason: str | None = None) -> str | None:
+    def promote(self, version: str, expect: str | None, key_name: str | None = None,
+                reason: str | None = None) -> tuple[str | None, str]:
+        """Verify ``version`` and make it the default while ``expect`` still is; ``(previous, new)``."""
+        self.check_switchable()
+        switched = self.registry.promote(version, expect, self.verify, key_name, reason)
+        self.refresh()
+        return switched
+
+    def set_shadow(self, version: str, key_name: str | None = None, reason: str | None = None,
+                   action: str = "set_shadow") -> str | None:
         """Verify ``version`` and have it shadow the default; returns the shadow it replaced."""
         if version == self.default_name():
             raise SwitchRefusedError(f"{version} is the default already; a shadow is scored against the default.")
-        previous = self.registry.set_shadow(version, self.verify, key_name, reason)
+        previous = self.registry.set_shadow(version, self.verify, key_name, reason, action)
         self.refresh()
         return previous
 

@@ -48,12 +48,25 @@ LOG_ITEM = ("predicted", "confidence", "low_confidence", "shadow_predicted", "te
             "unknown_tokens", "text_sha256", "text")
 #: the columns of an exported text: the request's, then the text's
 LOG_COLUMNS = ("at", "request_id", "position", "model_version", "shadow_version", *LOG_ITEM)
-_BULK_LOG = {
-    "sqlite": "INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
-              "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value -> 5 FROM json_each(?)",
-    "postgresql": "INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
-                  "SELECT (r ->> 0)::float8, r ->> 1, r ->> 2, (r ->> 3)::int, r ->> 4, (r -> 5)::text "
-                  "FROM json_array_elements(%s::json) AS r",
+# PostgreSQL takes the rows as one JSON document it takes apart itself (one round trip, in C).
+_BULK_LOG_POSTGRESQL = ("INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
+                        "SELECT (r ->> 0)::float8, r ->> 1, r ->> 2, (r ->> 3)::int, r ->> 4, (r -> 5)::text "
+                        "FROM json_array_elements(%s::json) AS r")
+_INSERT_LOG = ("INSERT INTO prediction_log (at, request_id, model_version, texts, shadow_version, items) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
+
+#: a version's newest logged texts, each as (request id, at, position, predicted, confidence, tokens,
+#: unknown tokens): the database takes the items apart, so a text kept in ``texts`` mode never travels
+#: (PostgreSQL as jsonb: parsed once, where json would be parsed again by each ->>; 3.5x faster with
+#: 2,000-character texts kept)
+_WINDOW = {
+    "sqlite": "SELECT p.id, p.at, j.key, j.value ->> 0, j.value ->> 1, j.value ->> 5, j.value ->> 6 "
+              "FROM prediction_log AS p, json_each(p.items) AS j "
+              "WHERE p.model_version = ? AND p.id BETWEEN ? AND ? ORDER BY p.id DESC, j.key",
+    "postgresql": "SELECT p.id, p.at, e.ord, e.item ->> 0, (e.item ->> 1)::float8, (e.item ->> 5)::int, "
+                  "(e.item ->> 6)::int FROM prediction_log AS p "
+                  "CROSS JOIN LATERAL jsonb_array_elements(p.items::jsonb) WITH ORDINALITY AS e(item, ord) "
+                  "WHERE p.model_version = %s AND p.id BETWEEN %s AND %s ORDER BY p.id DESC, e.ord",
 }
 
 
@@ -364,15 +377,56 @@ class Store:
             self._bump(conn)
         return previous, version
 
-    def rollback(self, verifier: Verifier, key_name: str | None = None,
-                 reason: str | None = None) -> tuple[str | None, str]:
-        """Make the newest earlier default the default again (verified first), dropping it from the history.
+    def promote(self, version: str, verifier: Verifier, expect: str | None, key_name: str | None = None,
+                reason: str | None = None) -> tuple[str | None, str]:
+        """Make ``version`` (verified first) the default as :meth:`set_default` does, but only while the
+        default is still ``expect`` (the version it was judged against), and stop shadowing it if it
+        was the shadow; recorded as ``promoted``.
 
         Raises:
-            ConflictError: there is no earlier default.
+            ConflictError: the default changed since the decision was taken; nothing changed.
+        """
+        verifier(version)
+        with self._connect("promote", write=True) as conn:
+            previous = self._pointer(conn, "default", lock=True)
+            if previous != expect:
+                raise ConflictError(f"the default is {previous} now, not {expect}, which {version} was judged "
+                                    "against")
+            if previous is not None:
+                self._push_history(conn, previous)
+            self._set_pointer(conn, "default", version)
+            if self._pointer(conn, "shadow", lock=True) == version:
+                self._set_pointer(conn, "shadow", None)
+            self._audit(conn, "promoted", previous, version, key_name, reason)
+            self._bump(conn)
+        return previous, version
+
+    def record(self, action: str, before: str | None, after: str | None, key_name: str | None = None,
+               reason: str | None = None) -> None:
+        """Add a decision that changes no pointer to the audit log (a candidate trained, or kept)."""
+        with self._connect("audit", write=True) as conn:
+            self._audit(conn, action, before, after, key_name, reason)
+
+    def last_default_change(self) -> dict | None:
+        """The newest audit entry that changed the default (a switch, rollback, promotion or import)."""
+        changes = self.audit(1, ("set_default", "rollback", "promoted", "auto_rollback", "import"))
+        return changes[0] if changes else None
+
+    def rollback(self, verifier: Verifier, key_name: str | None = None, reason: str | None = None, *,
+                 expect: str | None = None, action: str = "rollback") -> tuple[str | None, str]:
+        """Make the newest earlier default the default again (verified first), dropping it from the history.
+
+        Args:
+            expect: roll back only while ``expect`` is the default (a decision taken about it).
+            action: what the audit log calls it.
+
+        Raises:
+            ConflictError: there is no earlier default, or the default is not ``expect``.
         """
         with self._connect("rollback", write=True) as conn:
             current = self._pointer(conn, "default", lock=True)
+            if expect is not None and current != expect:
+                raise ConflictError(f"the default is {current} now, not {expect}")
             rows = conn.execute(sa.select(t.default_history.c.id, t.default_history.c.version)
                                 .order_by(t.default_history.c.id.desc())).all()
             stale = [i for i, v in rows]
@@ -385,18 +439,18 @@ class Store:
             dropped = stale[: stale.index(entry) + 1]
             conn.execute(t.default_history.delete().where(t.default_history.c.id.in_(dropped)))
             self._set_pointer(conn, "default", target)
-            self._audit(conn, "rollback", current, target, key_name, reason)
+            self._audit(conn, action, current, target, key_name, reason)
             self._bump(conn)
         return current, target
 
     def set_shadow(self, version: str, verifier: Verifier, key_name: str | None = None,
-                   reason: str | None = None) -> str | None:
+                   reason: str | None = None, *, action: str = "set_shadow") -> str | None:
         """Verify ``version`` and make it the shadow; returns the shadow it replaced."""
         verifier(version)
         with self._connect("set_shadow", write=True) as conn:
             previous = self._pointer(conn, "shadow", lock=True)
             self._set_pointer(conn, "shadow", version)
-            self._audit(conn, "set_shadow", previous, version, key_name, reason)
+            self._audit(conn, action, previous, version, key_name, reason)
             self._bump(conn)
         return previous
 
@@ -495,22 +549,27 @@ class Store:
         """Append answered requests to the prediction log in one statement; each row is ``(at,
         request_id, model_version, shadow_version, items)``, ``items`` one :data:`LOG_ITEM` tuple per text.
 
-        The rows travel as one JSON document that the database takes apart itself (SQLite's
-        ``json_each``, PostgreSQL's ``json_array_elements``), in C: a worker that serves meanwhile
-        spends its time on little more than encoding it.
+        PostgreSQL gets the rows as one JSON document it takes apart itself (``json_array_elements``):
+        one round trip. SQLite is in-process, so there it is one ``executemany`` of rows whose items
+        are encoded once each: a worker that serves meanwhile spends its time on little more than
+        encoding them (SQLite's ``json_each`` would parse the document and write each row's items
+        out again, twice the CPU a text; ``benchmarks.predlog_cost`` measures it).
         """
         if not rows:
             return
-        payload = orjson.dumps([(at, rid, version, len(items), shadow, items) for at, rid, version, shadow, items
-                                in rows]).decode()
+        dumps = orjson.dumps
         with self._connect("log", write=True) as conn:
-            dialect = conn.dialect.name
-            if dialect in _BULK_LOG:
-                conn.exec_driver_sql(_BULK_LOG[dialect], (payload,))
+            if conn.dialect.name == "postgresql":
+                payload = dumps([(at, rid, version, len(items), shadow, items)
+                                 for at, rid, version, shadow, items in rows]).decode()
+                conn.exec_driver_sql(_BULK_LOG_POSTGRESQL, (payload,))
+            elif conn.dialect.name == "sqlite":
+                conn.exec_driver_sql(_INSERT_LOG, [(at, rid, version, len(items), shadow, dumps(items).decode())
+                                                   for at, rid, version, shadow, items in rows])
             else:
                 conn.execute(t.prediction_log.insert(), [
                     {"at": at, "request_id": rid, "model_version": version, "texts": len(items),
-                     "shadow_version": shadow, "items": orjson.dumps(items).decode()}
+                     "shadow_version": shadow, "items": dumps(items).decode()}
                     for at, rid, version, shadow, items in rows])
 
     def purge_predictions(self, before: float) -> int:
@@ -575,6 +634,74 @@ class Store:
         found = {(r["request_id"], r["position"]): r for row in rows for r in self._texts(row)}
         return {k: found[k] for k in keys if k in found}
 
+    def drift_window(self, version: str, limit: int) -> dict:
+        """A version's newest ``limit`` logged texts, as the drift statistics read them: ``tags``,
+        ``confidence``, ``tokens`` and ``unknown`` (one entry per text, newest request first) and the
+        time span ``first_at`` .. ``last_at`` (unix seconds; None with no text).
+
+        Two reads along the (version, id) index: the newest ``limit`` requests' ids and text counts,
+        which say where the window starts, then only the four fields of each of the window's texts.
+        """
+        out: dict = {"tags": [], "confidence": [], "tokens": [], "unknown": [], "first_at": None, "last_at": None}
+        log = t.prediction_log
+        with self._connect("drift") as conn:
+            heads = conn.execute(sa.select(log.c.id, log.c.texts).where(log.c.model_version == version)
+                                 .order_by(log.c.id.desc()).limit(limit)).all()
+            if not heads:
+                return out
+            newest, oldest, counted = heads[0][0], heads[-1][0], 0
+            for row_id, texts in heads:
+                counted += texts
+                if counted >= limit:
+                    oldest = row_id
+                    break
+            dialect = conn.dialect.name
+            if dialect in _WINDOW:
+                rows = conn.exec_driver_sql(_WINDOW[dialect], (version, oldest, newest)).all()
+            else:
+                rows = [(r.id, r.at, i, item[0], item[1], item[5], item[6])
+                        for r in conn.execute(sa.select(log.c.id, log.c.at, log.c.items)
+                                              .where(log.c.model_version == version, log.c.id.between(oldest, newest))
+                                              .order_by(log.c.id.desc()))
+                        for i, item in enumerate(orjson.loads(r.items))]
+        rows = rows[:limit]
+        out["tags"] = [r[3] for r in rows]
+        out["confidence"] = [float(r[4]) for r in rows]
+        out["tokens"] = [int(r[5]) for r in rows]
+        out["unknown"] = [int(r[6]) for r in rows]
+        out["first_at"], out["last_at"] = rows[-1][1], rows[0][1]
+        return out
+
+    # -- reference profiles of older versions --------------------------------------------------------
+
+    def drift_profile(self, version: str) -> dict | None:
+        """The profile kept for ``version`` (after checking its sha256), or None.
+
+        Raises:
+            StoreError: the stored text does not match its sha256.
+        """
+        with self._connect("read") as conn:
+            row = conn.execute(sa.select(t.drift_profiles.c.profile, t.drift_profiles.c.sha256)
+                               .where(t.drift_profiles.c.version == version)).first()
+        if row is None:
+            return None
+        if hashlib.sha256(row.profile.encode("utf-8")).hexdigest() != row.sha256:
+            raise StoreError(f"the stored reference profile of {version} does not match its sha256; compute it "
+                             f"again with `python -m tagifai_api drift profile {version}`")
+        return json.loads(row.profile)
+
+    def save_drift_profile(self, version: str, profile: dict, dataset_sha256: str) -> None:
+        """Keep ``profile`` as ``version``'s (replacing one kept before)."""
+        text = json.dumps(profile, sort_keys=True)
+        values = {"created_at": _now(), "dataset_sha256": dataset_sha256,
+                  "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "profile": text}
+        with self._connect("save_profile", write=True) as conn:
+            table = t.drift_profiles
+            if conn.execute(sa.select(table.c.version).where(table.c.version == version).with_for_update()).first():
+                conn.execute(table.update().where(table.c.version == version).values(**values))
+            else:
+                conn.execute(table.insert().values(version=version, **values))
+
     # -- feedback ----------------------------------------------------------------------------------
 
     def record_feedback(self, items: list[dict]) -> list[str]:
@@ -609,8 +736,36 @@ class Store:
         with self._connect("read") as conn:
             return {v: (int(n), int(ok or 0)) for v, n, ok in conn.execute(query).all()}
 
+    def shadow_outcomes(self, shadow: str, version: str) -> tuple[int, int]:
+        """``(texts the shadow scored, of which it agreed)`` among the logged answers of ``version``
+        that ``shadow`` shadowed (a text the shadow dropped has no shadow tag and is not counted)."""
+        scored = agreed = 0
+        last = 0
+        while True:
+            query = (sa.select(t.prediction_log.c.id, t.prediction_log.c["items"])
+                     .where(t.prediction_log.c.shadow_version == shadow, t.prediction_log.c.model_version == version,
+                            t.prediction_log.c.id > last)
+                     .order_by(t.prediction_log.c.id).limit(1000))
+            with self._connect("read") as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return scored, agreed
+            for _, items in rows:
+                for item in orjson.loads(items):
+                    if item[3] is not None:  # LOG_ITEM: predicted, ..., shadow_predicted
+                        scored += 1
+                        agreed += item[0] == item[3]
+            last = rows[-1][0]
+
+    def feedback_rows(self) -> tuple[int, int]:
+        """``(corrections, of which the text is kept)``: how much feedback could become training data."""
+        kept = sa.func.sum(sa.case((t.feedback.c.text.is_not(None), 1), else_=0))
+        with self._connect("read") as conn:
+            n, with_text = conn.execute(sa.select(sa.func.count(), kept).select_from(t.feedback)).one()
+        return int(n), int(with_text or 0)
+
     def labelled_texts(self, batch: int = 5000) -> Iterator[dict]:
-        """Every correction whose text is kept, oldest first: ``{text, tag, at, source, text_sha256}``."""
+        """Every correction whose text is kept, oldest first: ``{id, text, tag, at, source, text_sha256}``."""
         last = 0
         while True:
             query = (sa.select(t.feedback.c.id, t.feedback.c.text, t.feedback.c.tag, t.feedback.c.at,
@@ -622,5 +777,5 @@ class Store:
             if not rows:
                 return
             for row in rows:
-                yield {k: row[k] for k in ("text", "tag", "at", "source", "text_sha256")}
+                yield {k: row[k] for k in ("id", "text", "tag", "at", "source", "text_sha256")}
             last = rows[-1]["id"]

@@ -112,29 +112,37 @@ class Registry:
         """
         return self.store.set_default(version, self._verifier(verifier), key_name, reason)
 
+    def promote(self, version: str, expect: str | None, verifier: Verifier | None = None,
+                key_name: str | None = None, reason: str | None = None) -> tuple[str | None, str]:
+        """Verify ``version`` and make it the default while ``expect`` still is (see :meth:`Store.promote`)."""
+        return self.store.promote(version, self._verifier(verifier), expect, key_name, reason)
+
     def rollback(self, verifier: Verifier | None = None, key_name: str | None = None,
-                 reason: str | None = None) -> tuple[str | None, str]:
+                 reason: str | None = None, **only_if) -> tuple[str | None, str]:
         """Make the latest earlier default the default again (verified first), dropping it from the history.
+
+        ``only_if``: ``expect`` and ``action``, as :meth:`Store.rollback` takes them.
 
         Raises:
             RegistryConflictError: there is no earlier default.
             VerificationError: the earlier default fails verification; nothing changes.
         """
-        return self.store.rollback(self._verifier(verifier), key_name, reason)
+        return self.store.rollback(self._verifier(verifier), key_name, reason, **only_if)
 
     def set_shadow(self, version: str, verifier: Verifier | None = None, key_name: str | None = None,
-                   reason: str | None = None) -> str | None:
+                   reason: str | None = None, action: str = "set_shadow") -> str | None:
         """Verify ``version`` and make it the shadow; returns the shadow it replaced."""
-        return self.store.set_shadow(version, self._verifier(verifier), key_name, reason)
+        return self.store.set_shadow(version, self._verifier(verifier), key_name, reason, action=action)
 
     def clear_shadow(self, key_name: str | None = None, reason: str | None = None) -> str | None:
         """Stop shadow scoring; returns the shadow it removed (``None`` when there was none)."""
         return self.store.clear_shadow(key_name, reason)
 
-    def save_version(self, result, dataset_sha256: str, make_default: bool = True) -> ModelVersion:
+    def save_version(self, result, dataset_sha256: str, make_default: bool = True,
+                     lineage: dict | None = None) -> ModelVersion:
         """Write a trained ``result`` as a new version (:func:`~tagifai_api.ml.artifacts.save`) and,
         with ``make_default``, make it the default."""
-        saved = artifacts.save(self.root, result, dataset_sha256)
+        saved = artifacts.save(self.root, result, dataset_sha256, lineage)
         if make_default:
             # the files were just written and load() checked them: no second verification
             self.set_default(saved.version, verifier=lambda _: None, reason="trained")

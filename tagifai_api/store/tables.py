@@ -64,6 +64,7 @@ prediction_log = Table(
     Column("shadow_version", String(128)),
     Column("items", Text, nullable=False),
     Index("ix_prediction_log_version_id", "model_version", "id"),
+    Index("ix_prediction_log_shadow_version", "shadow_version"),
 )
 
 #: corrections: one row per corrected prediction (``p:<request id>:<position>``) or per text
@@ -82,4 +83,46 @@ feedback = Table(
     Column("text_sha256", String(64), nullable=False),
     Column("text", Text),
     Column("key_name", String(64)),
+)
+
+#: reference profiles of versions written before a profile was part of a version's files: computed
+#: later from the dataset (``drift profile``), kept here because a version's directory never changes.
+#: ``sha256`` is the profile text's, checked on every read, as a version's files are
+drift_profiles = Table(
+    "drift_profiles", metadata,
+    Column("version", String(128), primary_key=True),
+    Column("created_at", String(40), nullable=False),
+    Column("dataset_sha256", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("profile", Text, nullable=False),
+)
+
+#: work that runs in a process of its own (retraining): its state, progress and result, whoever started
+#: it (over HTTP or on the command line) and whichever replica it runs on
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("heartbeat_at", Float),
+    Column("stage", String(64)),
+    Column("progress", Float, nullable=False),
+    Column("params", Text, nullable=False),
+    Column("result", Text),
+    Column("error", Text),
+    Column("key_name", String(64)),
+    Column("runner", String(200)),
+    Index("ix_jobs_kind_created_at", "kind", "created_at"),
+)
+
+#: one row per kind of job that runs one at a time across every replica: the job holding it and until
+#: when (the database's clock); the holder renews it while it works, so a crashed one's lapses
+leases = Table(
+    "leases", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(32)),
+    Column("expires_at", Float, nullable=False),
 )

@@ -71,6 +71,10 @@ class ModelMetrics:
                                    "the store slow or down); the requests themselves were answered.", registry=r)
         self.store_errors = Counter("tagifai_store_errors", "Failed reads and writes of the state store, by operation.",
                                     ["operation"], registry=r)
+        self.jwks_failures = Counter("tagifai_oidc_jwks_fetch_failures", "Failed fetches of the identity "
+                                     "provider's discovery document or signing keys (JWKS).", registry=r)
+        self.auto_rollbacks = Counter("tagifai_auto_rollbacks", "Promoted defaults rolled back by themselves: live "
+                                      "feedback showed them worse than the version they replaced.", registry=r)
         self.cache_hits = Counter("tagifai_cache_hits", "Prediction cache hits.", registry=r)
         self.cache_misses = Counter("tagifai_cache_misses", "Prediction cache misses.", registry=r)
         self.model_info = Gauge("tagifai_model_info", "The model each live worker serves (value 1).",
@@ -200,6 +204,11 @@ class ModelMetrics:
     def store_error(self, operation: str) -> None:
         self.store_errors.labels(operation).inc()
 
+    def jwks_fetch_failed(self) -> None:
+        self.jwks_failures.inc()
+    def auto_rollback(self) -> None:
+        self.auto_rollbacks.inc()
+
     def error(self, kind: str) -> None:
         """An error answered to a client."""
         self.errors.labels(kind).inc()
@@ -273,12 +282,43 @@ def _collect(registry: CollectorRegistry | None, own: tuple) -> list:
 PREFIX = "tagifai"
 
 
+class _MultiprocessExporter(MultiprocessInternalPrometheusMetrics):
+    """The exporter under Gunicorn: every scrape reads all workers' files, as the library's does,
+    and also asks the collectors added with :func:`add_scrape_collector` (the library builds each
+    scrape's registry itself, leaving no place to register one)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scrape_collectors: list = []
+
+    def generate_metrics(self, accept_header=None, names=None):
+        from prometheus_client.exposition import choose_encoder
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        for collector in self.scrape_collectors:
+            registry.register(collector)
+        encode, content_type = choose_encoder(accept_header)
+        return encode(registry.restricted_registry(names) if names else registry).decode("utf-8"), content_type
+
+
+def add_scrape_collector(exporter: PrometheusMetrics, collector) -> None:
+    """Have every scrape of ``/metrics`` also collect ``collector`` (a prometheus_client collector,
+    with a ``describe()`` that reads nothing), in this process, at scrape time: for values computed
+    from shared state (the store) rather than counted by each worker."""
+    if isinstance(exporter, _MultiprocessExporter):
+        exporter.scrape_collectors.append(collector)
+    else:
+        exporter.registry.register(collector)
+
+
 def init_metrics(app: Flask) -> tuple[ModelMetrics, HttpMetrics, PrometheusMetrics]:
     """Attach the exporter (``/metrics``) to ``app``; return the model and HTTP metrics (the access
     hook, :mod:`tagifai_api.web.access`, records the HTTP ones) and the exporter."""
     if multiprocess():
-        exporter = MultiprocessInternalPrometheusMetrics(app=None, export_defaults=False, registry=None,
-                                                         metrics_decorator=read_locked)
+        exporter = _MultiprocessExporter(app=None, export_defaults=False, registry=None,
+                                         metrics_decorator=read_locked)
         registry = None  # samples go to the multiprocess files; /metrics reads them all
     else:
         registry = CollectorRegistry(auto_describe=True)

@@ -17,6 +17,7 @@ from tagifai_api.ml.versions import InvalidVersionError, UnknownVersionError
 from tagifai_api.serving.batcher import BatchFailedError, ClosedError, DeadlineError, QueueFullError
 from tagifai_api.serving.service import ModelUnavailableError, SwitchRefusedError, VersionLoadError
 from tagifai_api.store.database import StoreUnavailableError
+from tagifai_api.store.jobs import JobRunningError
 from tagifai_api.store.registry import RegistryConflictError, VerificationError
 from tagifai_api.web.responses import construct_response
 
@@ -113,6 +114,7 @@ DOMAIN_ERRORS: dict[type[Exception], Callable[[Exception], TagifaiError]] = {
     VerificationError: lambda e: ConflictError(f"Nothing changed: the version failed verification: {e}",
                                                data={"reason": str(e)}),
     RegistryConflictError: lambda e: ConflictError(f"Nothing changed: {e}."),
+    JobRunningError: lambda e: ConflictError(f"Nothing started: {e}.", data={"job": e.job}),
     StoreUnavailableError: lambda e: StoreDownError(data={"reason": str(e)}, headers=_RETRY_AFTER),
     SwitchRefusedError: lambda e: ConflictError(str(e)),
     QueueFullError: lambda e: OverloadedError(headers=_RETRY_AFTER),

@@ -95,9 +95,9 @@ class _ShortForms(BasePlugin):
                                       for code, r in operation.get("responses", {}).items()}
             operation = operations[method] = self._fill(operation)  # a copy: PARAMETERS are shared
             if role:
-                operation["responses"]["401"] = _envelope("No API key, or an unknown one (see WWW-Authenticate)")
+                operation["responses"]["401"] = _envelope("No API key or token, or one not accepted (see WWW-Authenticate)")
                 if role != "predict":
-                    operation["responses"]["403"] = _envelope(f"The key is not a {role} key, or no {role} key exists")
+                    operation["responses"]["403"] = _envelope(f"The key or token does not have the {role} role")
                 operation["security"] = [{"bearerAuth": []}]
 
 
@@ -129,5 +129,7 @@ def build_spec(app: Flask, max_texts: int, max_text_length: int, example_version
         spec.path(view=view, app=app, methods=methods, role=requirements.get(endpoint))
     spec.components.security_scheme("bearerAuth", {
         "type": "http", "scheme": "bearer",
-        "description": "An API key from `python -m tagifai_api keys create` (also accepted as `X-API-Key`)."})
+        "description": "An API key from `python -m tagifai_api keys create` (also accepted as `X-API-Key`), or, "
+                       "where the service accepts its identity provider's tokens (`TAGIFAI_OIDC_ISSUER`), an "
+                       "access token (a JWT) from it: paste either here."})
     return spec.to_dict()

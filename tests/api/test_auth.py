@@ -119,18 +119,29 @@ def test_mode_role_and_key_decide_the_answer(auth_app, keyset, mode, route, who,
 
 @pytest.mark.parametrize("mode", ["admin", "all"])
 def test_admin_routes_are_closed_while_no_admin_key_exists(auth_app, app_store, mode):
+    """401 before 403: no credentials is 401 with WWW-Authenticate whether or not an admin key exists
+    (the message says none does, and how to make one); a valid key whose role is too low is 403."""
     reader = KeyStore(app_store).create("reader", "predict")
     client = auth_app(mode).test_client()
     r = client.put("/test/admin", headers={"Authorization": f"Bearer {reader}"})
-    assert r.status_code == 403
-    assert r.get_json()["message"].startswith("No admin API key is configured")
-    assert client.put("/test/admin").status_code == (401 if mode == "all" else 403)
+    assert r.status_code == 403 and "WWW-Authenticate" not in r.headers
+    assert r.get_json()["message"] == (
+        "This route needs a key with the admin role; the key 'reader' has the predict role. No admin API key "
+        "exists yet: create one with `python -m tagifai_api keys create --name NAME --role admin`.")
+    r = client.put("/test/admin")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="tagifai"'
+    assert "none exists yet" in r.get_json()["message"] and "keys create" in r.get_json()["message"]
+    r = client.put("/test/admin", headers={"X-API-Key": UNKNOWN})
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
 
 
-def test_admin_routes_are_closed_with_no_key_in_the_store_at_all(auth_app, app_store):
+def test_admin_routes_answer_401_with_no_key_in_the_store_at_all(auth_app, app_store):
+    """A fresh install: nothing in the store, and a request with no credentials is a 401 (what HTTP
+    says for missing credentials), never a 403."""
     assert app_store.keys() == []
     r = auth_app("admin").test_client().put("/test/admin")
-    assert r.status_code == 403 and "No admin API key" in r.get_json()["message"]
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert r.get_json()["message"].startswith("This route needs an admin API key, and none exists yet")
 
 
 def test_off_leaves_even_admin_routes_open_and_says_so(auth_app, caplog):
@@ -279,12 +290,15 @@ def test_openapi_marks_exactly_the_routes_that_need_a_key(auth_app):
         return out
 
     admin_only = {("put", "/models/default"), ("post", "/models/default/rollback"), ("put", "/models/shadow"),
-                  ("delete", "/models/shadow"), ("get", "/models/history")}  # the switches, and who made them
+                  ("delete", "/models/shadow"), ("get", "/models/history"),  # the switches, and who made them
+                  ("post", "/models/retrain"), ("get", "/models/retrain"), ("get", "/jobs/{job_id}"),
+                  ("post", "/models/default/promote-shadow")}
     any_key = {("post", "/feedback")}  # feedback becomes training data: never open
     assert secured("all") == {("get", "/performance"), ("get", "/args"), ("get", "/args/{arg}"),
                               ("post", "/predict"), ("get", "/models"), ("get", "/models/{version}"),
                               ("get", "/models/default"), ("get", "/models/shadow"),
-                              ("get", "/models/{version}/quality")} | admin_only | any_key
+                              ("get", "/models/{version}/quality"), ("get", "/models/{version}/drift")} \
+        | admin_only | any_key
     assert secured("admin") == admin_only | any_key
     assert secured("off") == set()
 
@@ -370,3 +384,17 @@ def test_metrics_stay_open_in_mode_all(make_app, keyset):
     client = make_app(AUTH="all").test_client()
     r = client.get("/metrics")
     assert r.status_code == 200 and b"# HELP" in r.data
+
+
+@pytest.mark.parametrize("mode", ["admin", "all"])
+def test_every_answer_says_nosniff_and_how_to_cache_it(auth_app, keyset, mode):
+    client = auth_app(mode).test_client()
+    answers = [client.get("/args"), client.put("/test/admin"), client.get("/nope"),
+               client.post("/predict", json=PREDICT_BODY, headers=credentials(keyset, "predict", "bearer")),
+               client.get("/health/ready"), client.get("/docs"), client.get("/openapi.json")]
+    for r in answers:
+        assert r.headers["X-Content-Type-Options"] == "nosniff", r.request.path
+        assert r.headers["Cache-Control"] == "no-store", r.request.path
+    asset = client.get("/docs/static/swagger-ui.css")
+    assert asset.headers["X-Content-Type-Options"] == "nosniff" and "max-age" in asset.headers["Cache-Control"]
+    asset.close()  # a file response: close it, as a server does

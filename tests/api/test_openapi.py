@@ -16,7 +16,8 @@ from tagifai_api.web.responses import construct_response
 
 DOCUMENTED = {"/", "/health/live", "/health/ready", "/performance", "/args", "/args/{arg}", "/predict", "/models",
               "/models/{version}", "/models/default", "/models/default/rollback", "/models/shadow",
-              "/models/history", "/models/{version}/quality", "/feedback"}
+              "/models/history", "/models/{version}/quality", "/models/{version}/drift", "/feedback",
+              "/models/retrain", "/jobs/{job_id}", "/models/default/promote-shadow"}
 ENVELOPE = {"$ref": "#/components/schemas/Envelope"}
 
 

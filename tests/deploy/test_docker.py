@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import yaml
 
 from tagifai_api import settings
-from tests.helpers import ROOT, gunicorn_default
+from tests.helpers import ROOT, gunicorn_default, nginx_text
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -234,12 +234,30 @@ def test_compose_bind_mounts_exist(compose):
 def test_compose_nginx_uses_the_shipped_config_and_reaches_the_api(compose):
     mounts = [v.split(":") for v in compose["services"]["nginx"]["volumes"]]
     assert ["./deploy/nginx/tagifai.conf", "/etc/nginx/conf.d/default.conf", "ro"] in mounts
-    conf = (ROOT / "deploy/nginx/tagifai.conf").read_text()
+    assert ["./deploy/nginx/snippets", "/etc/nginx/snippets", "ro"] in mounts  # what the site includes
+    conf = nginx_text("tagifai.conf")
     upstream = re.search(r"^\s+server (\S+?):(\d+)\b", conf, flags=re.M)
     assert upstream[1] in compose["services"], "the nginx upstream is not a compose service"
     assert upstream[2] in [str(p) for p in compose["services"][upstream[1]]["expose"]]
     # nginx resolves the service's name to every replica's address when it starts
     assert compose["services"][upstream[1]]["deploy"]["replicas"] >= 2
+
+
+def test_the_tls_override_swaps_in_the_tls_site_and_its_certificates(compose):
+    """docker-compose.tls.yml over docker-compose.yml: the same mount target, so the TLS site replaces
+    the plain one; the certificates' directory where the site reads them; 443 and 80 published."""
+    nginx = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())["services"]["nginx"]
+    site, certificates = (v.rsplit(":", 2) for v in nginx["volumes"])
+    assert site == ["./deploy/nginx/tagifai-tls.conf", "/etc/nginx/conf.d/default.conf", "ro"]
+    assert (ROOT / site[0]).is_file()
+    assert re.fullmatch(r"\$\{TAGIFAI_TLS_DIR:\?[^}]+\}", certificates[0]) and certificates[1:] == ["/etc/nginx/tls", "ro"]
+    tls = nginx_text("tagifai-tls.conf")
+    for name in ("ssl_certificate", "ssl_certificate_key"):
+        (path,) = re.findall(rf"^\s*{name} ([^;]+);", tls, flags=re.M)
+        assert path.startswith("/etc/nginx/tls/"), name
+    assert set(nginx["ports"]) == {"80:80", "443:443"}
+    assert "https://127.0.0.1/health/live" in nginx["healthcheck"]["test"]
+    assert any(v.startswith("./deploy/nginx/snippets:") for v in compose["services"]["nginx"]["volumes"])
 
 
 def test_compose_stop_grace_outlasts_gunicorn(compose):

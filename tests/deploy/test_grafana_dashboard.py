@@ -177,6 +177,14 @@ def test_dashboard_has_live_accuracy_per_version_and_a_confusion_matrix():
     assert variable["query"]["query"] == "label_values(tagifai_feedback_outcomes_total, model_version)"
 
 
+def promtool_test_rules(promtool: str, tmp_path: Path, tests: dict) -> None:
+    """Run ``promtool test rules`` on ``tests`` (its unit-test file format); fail with its output."""
+    tests_file = tmp_path / "rules_test.yml"
+    tests_file.write_text(yaml.safe_dump(tests))
+    result = subprocess.run([promtool, "test", "rules", str(tests_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_prometheus_config_scrapes_the_service():
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -192,7 +200,7 @@ def test_promtool_accepts_the_config_and_the_queries(tmp_path):
     result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 rule files found" in result.stdout and "5 rules found" in result.stdout  # rules.yml, loaded
+    assert "1 rule files found" in result.stdout and "6 rules found" in result.stdout  # rules.yml, loaded
 
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:query_{i}", "expr": as_promql(expr)} for i, expr in enumerate(expressions())
@@ -234,10 +242,7 @@ def test_recording_rules_give_accuracy_per_version(tmp_path):
             ]},
         ],
     }]}
-    tests_file = tmp_path / "rules_test.yml"
-    tests_file.write_text(yaml.safe_dump(tests))
-    result = subprocess.run([promtool, "test", "rules", str(tests_file)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    promtool_test_rules(promtool, tmp_path, tests)
 
 
 def test_the_fallback_alert_fires_while_a_worker_falls_back_and_stops_after(tmp_path):
@@ -260,7 +265,45 @@ def test_the_fallback_alert_fires_while_a_worker_falls_back_and_stops_after(tmp_
             {"eval_time": "7m", "alertname": "TagifaiModelFallback", "exp_alerts": []},
         ],
     }]}
-    tests_file = tmp_path / "alert_test.yml"
-    tests_file.write_text(yaml.safe_dump(tests))
-    result = subprocess.run([promtool, "test", "rules", str(tests_file)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    promtool_test_rules(promtool, tmp_path, tests)
+
+
+def test_dashboard_has_a_drift_row():
+    (dashboard,) = [json.loads(path.read_text()) for path in dashboards()]
+    by_title = {p["title"]: p for p in panels(dashboard)}
+    status = by_title["Drift status by version"]
+    assert [t["expr"] for t in status["targets"]] == ["max by (model_version) (tagifai_drift_status)"]
+    (mapping,) = status["fieldConfig"]["defaults"]["mappings"]
+    assert {k: v["text"] for k, v in mapping["options"].items()} == {"-1": "unknown", "0": "ok", "1": "warn",
+                                                                     "2": "drift"}
+    statistics = by_title["Drift statistics by version"]
+    assert [t["expr"] for t in statistics["targets"]] == ["max by (model_version, statistic) (tagifai_drift)"]
+
+
+def test_the_drift_alert_fires_after_ten_minutes_of_drift_and_stops_after(tmp_path):
+    """``promtool test rules``: two replicas report status 2 for a version for 15 minutes; the alert
+    is pending, then fires after its 10 minutes, and ends when the status is back to 0 (ok). A warn
+    (1) and an unknown (-1) version never alert."""
+    promtool = helpers.require_binary("promtool")
+    status = 'tagifai_drift_status{{model_version="{}", instance="{}"}}'
+    tests = {"rule_files": [str(RULES_YML)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": status.format("v1", "a"), "values": "0 0 2x15 0 0"},
+            {"series": status.format("v1", "b"), "values": "0 0 2x15 0 0"},
+            {"series": status.format("v2", "a"), "values": "1x20"},
+            {"series": status.format("v3", "a"), "values": "-1x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "TagifaiDrift", "exp_alerts": []},
+            {"eval_time": "13m", "alertname": "TagifaiDrift", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "model_version": "v1"},
+                "exp_annotations": {
+                    "summary": "The inputs of v1 drifted from its training texts",
+                    "description": "GET /models/v1/drift lists each statistic with its value and threshold. New "
+                                   "topics, another language or much shorter or longer texts: check what clients "
+                                   "send, label some of it (POST /feedback) and retrain."}}]},
+            {"eval_time": "19m", "alertname": "TagifaiDrift", "exp_alerts": []},
+        ],
+    }]}
+    promtool_test_rules(promtool, tmp_path, tests)

@@ -151,3 +151,129 @@ def test_an_init_container_prepares_the_store_from_the_image(deployment, contain
     assert init["securityContext"]["readOnlyRootFilesystem"] is True
     assert {r["configMapRef"]["name"] for r in init["envFrom"]} == {r["configMapRef"]["name"]
                                                                     for r in container["envFrom"]}
+
+
+def test_the_autoscaler_scales_on_the_cpu_each_pod_requests(deployment, container):
+    """CPU utilisation is measured against the container's request, which must therefore be set."""
+    hpa = load("hpa.yaml")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] < 100
+    assert container["resources"]["requests"]["cpu"]
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"]
+
+
+def test_the_disruption_budget_keeps_a_pod_serving_and_never_blocks_a_drain(deployment):
+    pdb = load("pdb.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"]
+    assert load("hpa.yaml")["spec"]["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 1
+
+
+def test_pods_spread_over_nodes_and_zones(deployment):
+    spec = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    spread = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    # a rule across nodes; across zones a preference (nodes without zone labels would refuse every pod)
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["kubernetes.io/hostname"]["nodeTaintsPolicy"] == "Honor"  # a cordoned node is no domain
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+# --- deploy/k8s/retrain: the base plus nightly retraining -------------------------------------------
+
+RETRAIN = K8S / "retrain"
+
+
+def load_retrain(name: str) -> dict:
+    (doc,) = [d for d in yaml.safe_load_all((RETRAIN / name).read_text()) if d]
+    return doc
+
+
+def merged(base, patch):
+    """``patch`` applied to ``base`` as kustomize's strategic merge does for these files: maps merge, lists
+    of named entries (containers, volumes, mounts) merge by name, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: merged(base[k], v) if k in base else v for k, v in patch.items()}}
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i
+                                                                   for i in base + patch):
+        named = {i["name"]: i for i in patch}
+        out = [merged(i, named.pop(i["name"])) if i["name"] in named else i for i in base]
+        return out + list(named.values())
+    return patch
+
+
+@pytest.fixture(scope="module")
+def overlay() -> dict:
+    """The overlay's kustomization and what it produces: ``{"kustomization", "deployment", "configmap",
+    "cronjob", "pvc"}``."""
+    kustomization = yaml.safe_load((RETRAIN / "kustomization.yaml").read_text())
+    patches = {load_retrain(p["path"])["kind"]: load_retrain(p["path"]) for p in kustomization["patches"]}
+    return {"kustomization": kustomization,
+            "deployment": merged(load("deployment.yaml"), patches["Deployment"]),
+            "configmap": merged(load("configmap.yaml"), patches["ConfigMap"]),
+            "cronjob": load_retrain("cronjob.yaml"), "pvc": load_retrain("versions-pvc.yaml")}
+
+
+def test_the_retraining_overlay_builds_valid_kubernetes(overlay):
+    kustomization = overlay["kustomization"]
+    listed = set(kustomization["resources"]) | {p["path"] for p in kustomization["patches"]}
+    assert listed == {"../"} | {p.name for p in RETRAIN.glob("*.yaml") if p.name != "kustomization.yaml"}
+    for kind in ("deployment", "configmap", "cronjob", "pvc"):
+        kubernetes_validate.validate(overlay[kind], kubernetes_validate.latest_version(), strict=True)
+    settings.from_env(overlay["configmap"]["data"])
+
+
+def test_the_cronjob_promotes_then_retrains_nightly_one_run_at_a_time(overlay, container):
+    cron = overlay["cronjob"]["spec"]
+    minute, hour, *rest = cron["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and rest == ["*", "*", "*"]  # once a night
+    assert cron["concurrencyPolicy"] == "Forbid"
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    (job,) = pod["containers"]
+    assert job["image"] == container["image"]
+    assert job["command"][:2] == ["sh", "-c"]
+    steps = [step.split() for step in job["command"][2].split("&&")]
+    assert steps == [["python", "-m", "tagifai_api", "promote", "--if-better"],
+                     ["python", "-m", "tagifai_api", "retrain", "--shadow"]]
+    from tagifai_api.cli import cli
+
+    for step in steps:  # real commands and options of this release
+        command = cli.commands[step[3]]
+        assert {o for p in command.params for o in p.opts} >= set(step[4:])
+    assert database_url_ref(job) == database_url_ref(container)
+    assert [r["configMapRef"]["name"] for r in job["envFrom"]] == [r["configMapRef"]["name"]
+                                                                   for r in container["envFrom"]]
+    assert pod["securityContext"]["runAsNonRoot"] is True and job["securityContext"]["readOnlyRootFilesystem"]
+    assert "/tmp" in [m["mountPath"] for m in job["volumeMounts"]]
+
+
+def test_the_pods_and_the_cronjob_share_one_volume_of_versions(overlay):
+    versions = overlay["configmap"]["data"]["TAGIFAI_ARTIFACTS_DIR"]
+    claim = overlay["pvc"]["metadata"]["name"]
+    assert overlay["pvc"]["spec"]["accessModes"] == ["ReadWriteMany"]  # written by one pod, read on any node
+    assert overlay["configmap"]["data"]["TAGIFAI_PREDICTION_LOG"] == "texts"  # corrections can be trained on
+
+    def mount(spec: dict, container: dict) -> dict:
+        (volume,) = [v for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim]
+        (found,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert found["mountPath"] == versions
+        return found
+
+    pods = overlay["deployment"]["spec"]["template"]["spec"]
+    (api,) = pods["containers"]
+    (init,) = pods["initContainers"]
+    assert mount(pods, api)["readOnly"] is True  # serving pods never train
+    assert not mount(pods, init).get("readOnly")  # seed copies the image's versions in
+    assert init["command"][-1] == "/app/artifacts" != versions
+    job_spec = overlay["cronjob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert not mount(job_spec, job_spec["containers"][0]).get("readOnly")
+    assert pods["securityContext"]["fsGroup"] == job_spec["securityContext"]["fsGroup"]

@@ -103,6 +103,7 @@ def test_requests_gunicorn_cannot_parse_get_the_json_envelope(artifacts_dir, dat
         envelope = json.loads(body)
         assert got == envelope["status-code"] >= status
         assert headers["Content-Type"] == "application/json"
+        assert (headers["X-Content-Type-Options"], headers["Cache-Control"]) == ("nosniff", "no-store")
         assert envelope["request-id"] == headers["X-Request-ID"]
         assert {"message", "method", "timestamp", "url"} <= set(envelope)
         # and the worker is still there

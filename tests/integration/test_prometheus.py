@@ -1,5 +1,6 @@
-"""A real Prometheus scrapes real Gunicorn: the exposition parses, the counts arrive intact, and the
-recording rules give each version's live accuracy from the corrections users send."""
+"""A real Prometheus scrapes real Gunicorn: the exposition parses, the counts arrive intact, the
+recording rules give each version's live accuracy from the corrections users send, and the drift
+alert fires on shifted traffic only."""
 
 from __future__ import annotations
 
@@ -13,10 +14,21 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tagifai_api.auth.keys import KeyStore
 from tagifai_api.store.database import Store
-from tests.helpers import free_port, gunicorn, require_binary, state_url, stop, wait_http
+from tests.helpers import (
+    drift_traffic,
+    free_port,
+    gunicorn,
+    held_out,
+    one_session_per_worker,
+    require_binary,
+    state_url,
+    stop,
+    wait_http,
+)
 
 TEXTS = ["Transfer learning with transformers for text classification.", "GANs that generate faces.",
          "Serving models with Kubernetes and monitoring drift."]
@@ -161,3 +173,62 @@ def test_recording_rule_gives_live_accuracy_per_version(artifacts_dir, tmp_path)
                         for predicted, n in row.items()}
             eventually(lambda: {(m["actual"], m["predicted"]): v for m, v in query_all(base, promql)}, expected,
                        log=log)
+
+
+def _rule_state(base: str, name: str) -> str | None:
+    """The state of alerting rule ``name`` as Prometheus evaluates it: inactive, pending or firing."""
+    groups = requests.get(f"{base}/api/v1/rules", params={"type": "alert"}, timeout=5).json()["data"]["groups"]
+    return next((r["state"] for g in groups for r in g["rules"] if r["name"] == name), None)
+
+
+def _send(url: str, texts: list[str]) -> str:
+    for start in range(0, len(texts), 100):
+        r = requests.post(f"{url}/predict", json={"texts": [{"text": t} for t in texts[start:start + 100]]},
+                          headers={"Connection": "close"}, timeout=30)
+        assert r.status_code == 200, r.text
+    return r.json()["data"]["model_version"]
+
+
+@pytest.mark.integration
+def test_the_drift_alert_fires_on_shifted_traffic_and_not_on_in_distribution_traffic(artifacts_dir, train_args,
+                                                                                     tmp_path):
+    """Two Gunicorn workers, a Prometheus evaluating deploy/prometheus/rules.yml (the drift alert's
+    10 minutes made 3 seconds in its copy): 1,000 held-out projects leave the alert inactive; 1,000
+    German texts make it pending, then firing. Both workers give the same gauges, those of the route."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(artifacts_dir, root)  # the logged predictions stay this test's
+    rules = tmp_path / "rules.yml"
+    text = RULES_YML.read_text()
+    assert text.count("for: 10m") == 1
+    rules.write_text(text.replace("for: 10m", "for: 3s"))
+    projects = held_out(train_args)
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "TAGIFAI_DRIFT_CACHE_S": "0.5"}
+    with gunicorn(root, workers=2, env=env) as server, prometheus(tmp_path, server.port, (rules,)) as base:
+        log = tmp_path / "prometheus.log"
+        version = _send(server.url, drift_traffic("in_distribution", 1000, 0, projects))
+        status = f'max(tagifai_drift_status{{model_version="{version}"}})'
+        eventually(lambda: query(base, f'max(tagifai_drift_window_texts{{model_version="{version}"}})'), 1000, log=log)
+        assert query(base, status) == 0
+        started = time.monotonic()
+        while time.monotonic() - started < 6:  # twice the alert's 3 s, evaluated every second
+            assert _rule_state(base, "TagifaiDrift") == "inactive"
+            assert query(base, status) == 0
+            time.sleep(0.5)
+
+        _send(server.url, drift_traffic("german", 1000, 0, projects))
+        eventually(lambda: query(base, status), 2, log=log)
+        seen = {eventually(lambda: _rule_state(base, "TagifaiDrift"), lambda s: s in ("pending", "firing"), log=log)}
+        seen.add(eventually(lambda: _rule_state(base, "TagifaiDrift"), "firing", timeout_s=30, log=log))
+        assert seen == {"pending", "firing"}  # pending for its 3 s first, polled every 0.25 s
+        alerts = query_all(base, 'ALERTS{alertname="TagifaiDrift", alertstate="firing"}')
+        assert [labels["model_version"] for labels, _ in alerts] == [version]
+
+        # every worker gives the same gauges, the route's values; no worker counts them itself
+        report = requests.get(f"{server.url}/models/{version}/drift", timeout=10).json()["data"]
+        assert report["status"] == "drift" and report["statistics"]["oov_increase"]["status"] == "drift"
+        expected = {name: s["value"] for name, s in report["statistics"].items()}
+        for session in one_session_per_worker(server.url):
+            body = session.get(f"{server.url}/metrics", timeout=10).text
+            gauges = {s.labels["statistic"]: s.value for f in text_string_to_metric_families(body) for s in f.samples
+                      if s.name == "tagifai_drift" and s.labels["model_version"] == version}
+            assert gauges == pytest.approx(expected, rel=1e-9)

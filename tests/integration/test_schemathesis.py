@@ -54,7 +54,7 @@ def test_service_conforms_to_its_openapi_document(artifacts_dir, tmp_path):
         f'[parameters]\n"path.version" = "{registry.default_version()}"\n')
     key = KeyStore(registry.store).create("schemathesis", "admin")
     registry.store.close()
-    env = {"TAGIFAI_AUTH": "all"}
+    env = {"TAGIFAI_AUTH": "all", "TAGIFAI_RETRAIN_NICE": "0"}  # its retrainings need not wait behind others' work
     with gunicorn(models, workers=2, env=env) as server:
         result = run_schemathesis(server.url, tmp_path, {"Authorization": f"Bearer {key}"})
         still_ready = requests.get(f"{server.url}/health/ready", timeout=5).status_code
@@ -70,3 +70,26 @@ def test_service_conforms_to_its_openapi_document(artifacts_dir, tmp_path):
     tested = re.search(r"Tested: (\d+)", result.stdout)
     assert selected and tested and selected[1] == selected[2] == tested[1], summary
     assert still_ready == 200
+
+
+def test_a_fresh_install_with_no_keys_conforms_too(artifacts_dir, tmp_path):
+    """What `make serve` starts on a fresh install: mode admin, no key at all in the store. Every admin
+    route answers 401 with WWW-Authenticate to a request without credentials (never 403), so
+    schemathesis, every check and every phase, finds nothing."""
+    models = tmp_path / "artifacts"
+    shutil.copytree(artifacts_dir, models, symlinks=True)
+    registry = open_registry(models)
+    assert registry.store.keys() == []
+    (tmp_path / "schemathesis.toml").write_text(
+        f'[parameters]\n"path.version" = "{registry.default_version()}"\n')
+    registry.store.close()
+    with gunicorn(models, workers=2, env={"TAGIFAI_AUTH": "admin"}) as server:
+        closed = requests.put(f"{server.url}/models/default", json={"version": "x"}, timeout=5)
+        result = run_schemathesis(server.url, tmp_path)
+    assert closed.status_code == 401 and closed.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "none exists yet" in closed.json()["message"]
+    summary = result.stdout[-3000:]
+    print(summary)
+    assert result.returncode == 0, summary
+    generated = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert generated and generated[1] == generated[2], summary

@@ -22,7 +22,8 @@ def root(tmp_path, artifacts_dir):
 def test_layout_and_manifest(root):
     version = load_default(root)
     names = {p.name for p in version.path.iterdir()}
-    assert names == {"model.joblib", "model.npz", "args.json", "performance.json", "labels.json", "manifest.json"}
+    assert names == {"model.joblib", "model.npz", "args.json", "performance.json", "labels.json", "profile.json",
+                     "manifest.json"}
     manifest = version.manifest
     assert manifest["sklearn_version"] == artifacts.sklearn_version()
     assert manifest["dataset_sha256"] == artifacts.sha256_file(settings.DATA_FILE)

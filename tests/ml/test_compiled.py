@@ -106,3 +106,21 @@ def test_other_feature_sets_match_one_text_at_a_time_and_in_batches(dataset, tra
     assert np.abs(compiled.predict_proba(cleaned) - expected).max() < 1e-9
     single = np.vstack([compiled.predict_proba([c]) for c in cleaned])
     assert np.abs(single - expected).max() < 1e-9
+    counts: list = []
+    compiled.predict_proba(cleaned, counts)
+    assert counts == [compiled.token_stats(c) for c in cleaned]
+
+
+def test_word_counts_made_on_the_way_are_token_stats(trained, texts):
+    """The counts a prediction brings for the log equal a second pass's, in a batch and one at a time."""
+    compiled = trained.compiled
+    cleaned = [compiled.clean(t) for t in texts] + ["", "a b", "transformers transformers qqqzzz"]
+    counts: list = []
+    compiled.predict_proba(cleaned, counts)
+    expected = [compiled.token_stats(c) for c in cleaned]
+    assert counts == expected
+    assert any(unknown for _, unknown in expected) and any(tokens > unknown for tokens, unknown in expected)
+    for c, want in zip(cleaned[-20:], expected[-20:]):
+        one: list = []
+        compiled.predict_proba([c], one)
+        assert one == [want]

@@ -10,6 +10,7 @@ def test_training_is_deterministic(dataset, train_args, trained):
     assert json.dumps(again.performance, sort_keys=True) == json.dumps(trained.performance, sort_keys=True)
     texts = ["transformers for text", "object detection", "feature store"]
     assert np.array_equal(again.pipeline.predict_proba(texts), trained.pipeline.predict_proba(texts))
+    assert again.profile == trained.profile
 
 
 def test_args_record_the_threshold(trained, train_args):
@@ -45,3 +46,29 @@ def test_unknown_classifier_is_refused(train_args):
 
     with pytest.raises(ValueError, match="unknown classifier"):
         training.build_pipeline({**train_args, "classifier": "tree"})
+
+
+def test_extra_texts_replace_the_dataset_projects_with_their_text_and_never_touch_the_test_split(dataset, train_args,
+                                                                                                trained):
+    import pandas as pd
+
+    from tagifai_api.ml.text import text_key
+
+    train_df, val_df, test_df = training.splits(dataset, train_args)
+    relabelled = train_df.iloc[0]
+    same = val_df.iloc[0]
+    tested = test_df.iloc[0]
+    flipped = "other" if relabelled["tag"] != "other" else "mlops"
+    extra = pd.DataFrame({
+        "text": [relabelled["text"].upper() + "  ", same["text"], tested["text"], "Serving models with Kubeflow."],
+        "tag": [flipped, same["tag"], "mlops", "mlops"]})
+    withheld = train_df.iloc[1]
+    result = training.train(dataset, train_args, extra=extra, withhold={text_key(withheld["text"])})
+    assert result.rows == {"extra_in_test": 1, "extra_used": 3, "dataset_replaced": 1, "dataset_duplicates": 1,
+                           "dataset_withheld": 1, "dataset_fitted": len(train_df) + len(val_df) - 3,
+                           "test": len(test_df)}
+    # the fixed test split: the same projects and tags as a plain run's
+    def supports(performance):
+        return {tag: scores["num_samples"] for tag, scores in performance["class"].items()}
+
+    assert supports(result.performance) == supports(trained.performance)

@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from tagifai_api.auth import oidc
 from tagifai_api.auth.keys import KeyStore
-from tests.helpers import check_envelope, copy_version, store_errors, wait_until
+from tests.helpers import IdentityProvider, check_envelope, copy_version, store_errors, wait_until
 
 TEXTS = ["YOLO object detection", "a project about things", "BERT for question answering", "an idea"]
 
@@ -52,9 +53,11 @@ def test_writes_are_closed_when_no_admin_key_exists(make_app, registry_state, re
     reader = KeyStore(registry.store).create("reader", "predict")
     client = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url).test_client()
     kwargs = {"json": {"version": second}} if with_body else {}
-    for headers in ({}, {"Authorization": f"Bearer {reader}"}):
-        body = getattr(client, method)(path, headers=headers, **kwargs).get_json()
-        assert body["status-code"] == 403 and "No admin API key is configured" in body["message"]
+    anonymous = getattr(client, method)(path, **kwargs)  # 401 before 403, even on a fresh install
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "none exists yet" in anonymous.get_json()["message"]
+    body = getattr(client, method)(path, headers={"Authorization": f"Bearer {reader}"}, **kwargs).get_json()
+    assert body["status-code"] == 403 and "No admin API key exists yet" in body["message"]
     assert registry.pointers() == (first, None) and registry.history() == []
 
 
@@ -296,6 +299,33 @@ def test_every_change_is_recorded_with_its_key_and_reason_newest_first(setup, ke
     times = [datetime.fromisoformat(c["at"]) for c in recorded]
     assert times == sorted(times, reverse=True) and all(t.utcoffset().total_seconds() == 0 for t in times)
     assert recorded == registry.store.audit()  # what the store holds, in the same order
+
+
+def test_a_tokens_subject_is_recorded_for_every_change(make_app, registry_state, registry):
+    """An identity-provider token's subject stands where a key's name would, in both stores; one
+    longer than the column is recorded as a prefix and a digest (PostgreSQL would refuse it whole)."""
+    root, first, second, url = registry_state
+    provider = IdentityProvider()
+    try:
+        client = make_app(ARTIFACTS_DIR=str(root), DATABASE_URL=url, REGISTRY_POLL_S=0,
+                          **provider.settings()).test_client()
+        short, long = "9d0c6e7a-ops", "https://idp.example.com/users/" + "x" * 200
+        for subject, method, path, kwargs in [
+                (short, "put", "/models/default", {"json": {"version": second, "reason": "better"}}),
+                (long, "put", "/models/shadow", {"json": {"version": first}}),
+                (short, "delete", "/models/shadow", {}),
+                (long, "post", "/models/default/rollback", {})]:
+            token = provider.token(sub=subject, roles=["tagifai:admin"])
+            r = getattr(client, method)(path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+            assert r.status_code == 200, r.get_json()
+    finally:
+        provider.stop()
+    clipped = oidc.recorded_name(long)
+    assert len(clipped) == 64 and clipped.startswith(long[:51])
+    assert changes(registry.store.audit(4)) == [("rollback", second, first, clipped, None),
+                                                ("clear_shadow", first, None, short, None),
+                                                ("set_shadow", None, first, clipped, None),
+                                                ("set_default", first, second, short, "better")]
 
 
 def test_the_history_is_for_admin_keys_only_and_its_limit_is_bounded(setup, keys):

@@ -21,14 +21,6 @@ def _ok(version):
     return None
 
 
-@pytest.fixture
-def store(store_url):
-    s = Store(store_url)
-    s.upgrade()
-    yield s
-    s.close()
-
-
 def test_upgrade_is_idempotent_and_check_passes(store):
     assert store.revisions()[0] == store.revisions()[1]
     assert store.upgrade()[0] == store.upgrade()[1]
