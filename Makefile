@@ -7,9 +7,11 @@ PYTHON := $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(if $(shell command -v $
 endif
 VENV := .venv
 BIN := $(VENV)/bin
-# two stamps: serving needs requirements.txt only; tests and benchmarks add requirements-dev.txt
+# three stamps: serving needs requirements.txt only; tests and benchmarks add requirements-dev.txt and
+# requirements-spark.txt (PySpark and pyarrow, about 660 MB: for those who score at scale, never for serve)
 STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
+SPARK_STAMP := $(VENV)/.installed-spark
 PORT ?= 8000
 ARTIFACTS := artifacts
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -18,7 +20,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak check-pins newman clean score bench-score
+.PHONY: help install model train evaluate predict serve serve-dev test test-fast bench loadtest soak check-pins newman clean score bench-score bench-spark
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,7 +40,11 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-install: $(DEV_STAMP) ## Create .venv and install the pinned dependencies, test tools included
+$(SPARK_STAMP): requirements-spark.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-spark.txt
+	touch $@
+
+install: $(DEV_STAMP) $(SPARK_STAMP) ## Create .venv and install the pinned dependencies, test tools and Spark included
 
 model: $(STAMP) ## Train the default model version unless a usable one exists
 	$(BIN)/python -m tagifai_api ensure-model
@@ -61,10 +67,10 @@ serve: model ## Set up and run the service under Gunicorn on PORT (default 8000)
 serve-dev: model ## Run Flask's development server with reloading
 	$(BIN)/flask --app tagifai_api run --debug --port $(PORT)
 
-test: model $(DEV_STAMP) ## Set up and run the whole test suite
+test: model $(DEV_STAMP) $(SPARK_STAMP) ## Set up and run the whole test suite
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP) ## Unit and API tests only (no real servers)
+test-fast: $(DEV_STAMP) $(SPARK_STAMP) ## Unit and API tests only (no real servers, no Spark)
 	$(BIN)/python -m pytest -m "not integration"
 
 BASELINE ?=
@@ -75,6 +81,9 @@ bench: model $(DEV_STAMP) ## Benchmark in-process and over HTTP (results in repo
 bench-score: model $(DEV_STAMP) ## Benchmark `score` on 1,000,000 rows against the fast path (results in reports/bench/)
 	$(BIN)/python -m benchmarks.score
 
+bench-spark: model $(DEV_STAMP) $(SPARK_STAMP) ## Spark local[2] against the local scorer: 1M-row CSV, 10M-row Parquet, start-up (results in reports/bench/)
+	$(BIN)/python -m benchmarks.spark_score
+
 loadtest: model $(DEV_STAMP) ## Locust, headless and bounded, against a live server (reports in reports/locust/)
 	$(BIN)/python -m benchmarks.loadtest
 
@@ -82,11 +91,12 @@ soak: model $(DEV_STAMP) ## 10 minutes of mixed traffic against 2 recycling work
 	$(BIN)/python -m benchmarks.soak
 
 PIN_PYTHONS ?= 3.12 3.13
-check-pins: | $(BIN)/python ## Every pinned package has a wheel for Python 3.12 and 3.13 too (needs PyPI)
+check-pins: | $(BIN)/python ## Every pinned package has a wheel for Python 3.12 and 3.13 too (PySpark: pure-Python source; needs PyPI)
 	@set -e; for v in $(PIN_PYTHONS); do \
 	  dir=$$(mktemp -d); \
 	  $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $$v \
-	    -r requirements-dev.txt -d $$dir || { rm -rf $$dir; echo "error: the pins do not all install on Python $$v" >&2; exit 1; }; \
+	    -r requirements-dev.txt $$(grep -vE '^(#|-r|pyspark==|$$)' requirements-spark.txt) -d $$dir \
+	    || { rm -rf $$dir; echo "error: the pins do not all install on Python $$v" >&2; exit 1; }; \
 	  rm -rf $$dir; echo "pins install on Python $$v"; \
 	done
 

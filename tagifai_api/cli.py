@@ -195,16 +195,23 @@ for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS, *drift_cli.COMM
 
 
 @cli.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file: .csv or .jsonl (or .ndjson), plus .gz to compress.")
-@click.option("--format", "input_format", type=click.Choice(["csv", "jsonl"]), default=None,
+@click.argument("input_path", metavar="INPUT", type=click.Path(allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Output: .csv or .jsonl (or .ndjson), plus .gz to compress, or .parquet. With --engine spark, "
+                   "a directory of part files.")
+@click.option("--format", "input_format", type=click.Choice(["csv", "jsonl", "parquet"]), default=None,
               help="Input format (default: from INPUT's extension; needed for standard input).")
-@click.option("--text-column", default=None, help="Column holding the whole text.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help="local: a pool of processes on this machine; spark: a Spark job (needs requirements-spark.txt "
+                   "and Java 17 or newer).")
+@click.option("--master", default=None,
+              help="Spark master URL, with --engine spark  [default: local[*], or spark-submit's]")
+@click.option("--text-column", default=None,
+              help="Column holding the whole text  [default: text, when the input has no title and description]")
 @click.option("--title-column", default=None,
               help="Column of the title, joined with the description as in training  [default: title]")
 @click.option("--description-column", default=None, help="Column of the description  [default: description]")
-@click.option("--id-column", default=None, help="Column to copy as each row's id (default: the row number).")
+@click.option("--id-column", default=None, help="Column to copy as each row's id  [default: the row number]")
 @click.option("--version", default="default", show_default=True, help="Model version to use.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Scoring processes  [default: one per core]")
@@ -222,39 +229,57 @@ for _command in (*registry_cli.COMMANDS, *feedback_cli.COMMANDS, *drift_cli.COMM
 @click.option("--progress-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds between progress lines when standard error is not a terminal.")
 @click.pass_obj
-def score(obj: dict, input_path: str, output: Path, input_format: str | None, text_column: str | None,
-          title_column: str | None, description_column: str | None, id_column: str | None, version: str,
-          workers: int | None, batch_size: int, chunk_size: int, explain: bool, top_words: int, resume: bool,
-          force: bool, quiet: bool, progress_interval: float) -> None:
-    """Tag every row of a CSV or JSON Lines file (plain, .gz, or - for standard input).
+def score(obj: dict, input_path: str, output: str, input_format: str | None, engine: str, master: str | None,
+          text_column: str | None, title_column: str | None, description_column: str | None, id_column: str | None,
+          version: str, workers: int | None, batch_size: int, chunk_size: int, explain: bool, top_words: int,
+          resume: bool, force: bool, quiet: bool, progress_interval: float) -> None:
+    """Tag every row of a CSV or JSON Lines file (plain, .gz, or - for standard input) or a Parquet file.
 
     Exit status: 0 every row scored, 3 some rows rejected (see OUTPUT.errors.jsonl), 2 a usage
-    error, 1 a failure after which --resume continues, 130 interrupted (also resumable).
+    error, 1 a failure and 130 interrupted (both resumable with --resume, unless the output is
+    Parquet or the engine Spark).
     """
     from tagifai_api.scoring import job
 
     if text_column and (title_column or description_column):
         _fail("--text-column replaces --title-column and --description-column; give one or the other")
+    if engine == "local" and master:
+        _fail("--master is for --engine spark")
+    if engine == "spark":
+        given = click.get_current_context().get_parameter_source
+        local_only = [f"--{name.replace('_', '-')}" for name in ("workers", "chunk_size", "resume", "explain",
+                                                                 "top_words", "progress_interval")
+                      if given(name) == click.core.ParameterSource.COMMANDLINE]
+        if local_only:
+            _fail(f"{local_only[0]} is for --engine local (Spark splits the work into tasks and reruns failed "
+                  "ones itself; give it cores with --master local[N])")
     opts = job.ScoreOptions(
-        input=input_path, output=output, artifacts_dir=obj["artifacts"],
+        input=input_path, output=Path(output), artifacts_dir=obj["artifacts"],
         max_text_length=int(settings.from_env()["MAX_TEXT_LENGTH"]), version=version,
         default_version=registry_cli.open_registry(obj).pointers()[0] if version == "default" else None,
-        input_format=input_format, text_column=text_column, title_column=title_column or "title",
-        description_column=description_column or "description", id_column=id_column,
+        input_format=input_format, text_column=text_column, title_column=title_column,
+        description_column=description_column, id_column=id_column,
         batch_size=batch_size, chunk_rows=chunk_size, workers=workers or job.default_workers(),
         explain=top_words if explain else 0, quiet=quiet, resume=resume, force=force,
         progress_interval=progress_interval,
     )
     try:
-        summary = job.run(opts)
+        if engine == "spark":
+            from tagifai_api.scoring import spark_job
+
+            summary = spark_job.run(opts, master, output=output)
+        else:
+            summary = job.run(opts)
     except job.UsageError as exc:
         _fail(str(exc))
     except job.ScoreError as exc:
-        _fail(f"{exc}; run the same command with --resume to continue", code=1)
+        _fail(f"{exc}; run the same command with --resume to continue" if exc.resumable else str(exc), code=1)
     except job.Interrupted as exc:
         name = signal.Signals(exc.signum).name
-        _fail(f"interrupted ({name}): {exc.committed_rows:,} rows committed to {output}; "
-              "run the same command with --resume to continue", code=128 + exc.signum)
+        if exc.resumable:
+            _fail(f"interrupted ({name}): {exc.committed_rows:,} rows committed to {output}; "
+                  "run the same command with --resume to continue", code=128 + exc.signum)
+        _fail(f"interrupted ({name}): no output is kept; run the command again", code=128 + exc.signum)
     if not quiet:
         rejected = f", {summary.rejected:,} rejected (see {summary.errors})" if summary.rejected else ""
         resumed = f" (resumed after {summary.resumed_from:,})" if summary.resumed_from else ""

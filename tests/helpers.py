@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import importlib
 import itertools
 import json
 import os
@@ -157,7 +158,19 @@ def require_binary(name: str, *candidates: str) -> str:
         path = shutil.which(candidate)
         if path:
             return path
-    reason = f"{name} is not installed (CI installs it through .ci/run)"
+    _missing(f"{name} is not installed (CI installs it through .ci/run)")
+
+
+def require_module(name: str, requirements: str) -> None:
+    """Import a Python package that only ``requirements`` (which `make test` installs) pins; skip
+    locally, fail in CI (CI=true) when it is missing."""
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        _missing(f"{name} is not installed (pip install -r {requirements})")
+
+
+def _missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     print(f"SKIP: {reason}")

@@ -301,3 +301,35 @@ def test_retrain_examples_work_verbatim_against_gunicorn(loop, corrections, send
     assert kept["data"]["gate"]["failed"] == ["min_shadow_texts"]
     assert [c["action"] for c in history["data"]["changes"]] == ["kept", "kept", "shadowed", "trained"]
     assert registry.pointers() == (default, result["candidate"])
+
+
+@pytest.mark.integration
+def test_spark_example_works_verbatim(artifacts_dir, tmp_path):
+    """The Spark block, run as it is in a folder with a projects.csv of three rows, one of them blank:
+    a Parquet directory of the two good rows, the blank one in the errors directory, exit 3, and on
+    standard error only the summary (and the JVM's own notice of its incubator module)."""
+    import sys
+
+    helpers.require_binary("java")
+    helpers.require_module("pyspark", "requirements-spark.txt")
+    import pyarrow.parquet as pq
+
+    block = section("spark-examples").split("```sh\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "projects.csv").write_text("id,title,description\nr1,Image segmentation,with U-Net\nr2,,\n"
+                                           "r3,Kubernetes model serving,monitoring\n", encoding="utf-8")
+    env = {**os.environ, **helpers.cli_env(artifacts_dir), "TAGIFAI_ARTIFACTS_DIR": str(artifacts_dir),
+           "PYTHONPATH": str(helpers.ROOT),
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING: Using incubator modules")]
+    assert len(lines) == 1 and lines[0].startswith("scored 2 of 3 rows, 1 rejected (see tags.parquet.errors.jsonl)"), \
+        proc.stderr
+    table = pq.read_table(tmp_path / "tags.parquet")
+    assert sorted(table.column("id").to_pylist()) == ["r1", "r3"]
+    assert table.column("model_version").to_pylist() == [helpers.default_of(artifacts_dir)] * 2
+    errors = [json.loads(line) for path in sorted((tmp_path / "tags.parquet.errors.jsonl").glob("part-*"))
+              for line in path.read_text().splitlines()]
+    assert errors == [{"line": None, "row": 2, "id": "r2", "reason": "blank text"}]
+    again = subprocess.run(["bash", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and again.stderr == "error: tags.parquet exists; use --force to overwrite\n"

@@ -60,20 +60,45 @@ class Predictor:
         counts: list[tuple[int, int]] = []
         return self._results(self._model.predict_proba(cleaned, counts), counts)
 
-    def _results(self, proba: np.ndarray, counts: list[tuple[int, int]]) -> list[Prediction]:
+    def decide(self, proba: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The low-confidence rule over probabilities ``(n, n_classes)``: ``(tags, confidence, low)``,
+        where ``confidence`` is each row's top probability and ``low`` marks the rows answered ``other``
+        because it fell below the threshold. Dicts (``/predict``) and columns (batch scoring) both come
+        from here, so they cannot disagree."""
         top = proba.argmax(axis=1)
         confidence = proba[np.arange(len(top)), top]
+        low = confidence < self.threshold
+        classes = self._classes
+        tags = [OTHER if is_low else classes[j] for j, is_low in zip(top.tolist(), low.tolist(), strict=True)]
+        return tags, confidence, low
+
+    def _results(self, proba: np.ndarray, counts: list[tuple[int, int]]) -> list[Prediction]:
+        tags, confidence, low = self.decide(proba)
         classes = self._classes
         out = []
-        for row, j, conf, (tokens, unknown) in zip(proba.tolist(), top.tolist(), confidence.tolist(), counts,
-                                                   strict=True):
-            low = conf < self.threshold
-            p = Prediction(predicted_tag=OTHER if low else classes[j], confidence=conf,
-                           probabilities=dict(zip(classes, row, strict=True)), low_confidence=low)
+        for row, tag, conf, is_low, (tokens, unknown) in zip(proba.tolist(), tags, confidence.tolist(), low.tolist(),
+                                                             counts, strict=True):
+            p = Prediction(predicted_tag=tag, confidence=conf, probabilities=dict(zip(classes, row, strict=True)),
+                           low_confidence=is_low)
             p.tokens = tokens
             p.unknown_tokens = unknown
             out.append(p)
         return out
+
+    def predict_clean_columns(self, cleaned: Sequence[str], batch_size: int = 100) -> tuple[list[str], np.ndarray,
+                                                                                            np.ndarray, np.ndarray]:
+        """:meth:`predict_clean` as columns, for batch scoring: ``(tags, confidence, probabilities, low)``
+        with ``probabilities`` of shape ``(len(cleaned), n_classes)`` in :attr:`classes` order.
+
+        The model is called ``batch_size`` texts at a time, as the service's batches call it.
+        """
+        if not cleaned:
+            empty = np.empty(0)
+            return [], empty, np.empty((0, len(self._classes))), empty.astype(bool)
+        proba = np.vstack([self._model.predict_proba(cleaned[i:i + batch_size])
+                           for i in range(0, len(cleaned), batch_size)])
+        tags, confidence, low = self.decide(proba)
+        return tags, confidence, proba, low
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         """Predictions for raw texts, in order."""

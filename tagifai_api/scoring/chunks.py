@@ -1,7 +1,8 @@
 """Scoring one chunk: checking each record, predicting in batches, formatting output and error lines.
 
-This runs in the worker processes (or in the main one with ``--workers 1``). It uses the service's
-own :class:`~tagifai_api.ml.predict.Predictor` and the API's rules for a text (title + description
+This runs in the worker processes (or in the main one with ``--workers 1``, or in Spark's Python
+workers: :mod:`tagifai_api.scoring.spark`). It uses the service's own
+:class:`~tagifai_api.ml.predict.Predictor` and the API's rules for a text (title + description
 joined as in training, not blank, at most ``MAX_TEXT_LENGTH`` characters), so a row gets the same
 answer here as from ``/predict``.
 """
@@ -21,7 +22,7 @@ import orjson
 from tagifai_api.ml import artifacts
 from tagifai_api.ml.predict import Predictor
 from tagifai_api.ml.text import join_text
-from tagifai_api.scoring.formats import CSV, Chunk
+from tagifai_api.scoring.formats import CSV, PARQUET, Chunk
 
 GZIP_LEVEL = 6
 
@@ -42,6 +43,10 @@ class Columns:
     header_positions: tuple[int, ...] = ()
 
 
+#: an error record: ``(line, row, id, reason)``; ``line`` is ``None`` where the input has no lines
+Rejection = tuple[int | None, int | None, object, str]
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
     """Everything a worker needs, picklable: it loads the model itself, once."""
@@ -55,6 +60,8 @@ class ScorerConfig:
     max_text_length: int
     batch_size: int
     explain: int = 0  # top words per row (0: no explanation)
+    #: Arrow type of the id column in Arrow output (Parquet, Spark): see :func:`id_arrow_type`
+    id_type: str = "string"
 
 
 @dataclass
@@ -80,6 +87,11 @@ def _check_string(value: object, name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise _Rejected(f"column {name!r} is not a string")
+
+
+def _check_id(ident: object, name: str | None) -> None:
+    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int, float))):
+        raise _Rejected(f"id column {name!r} is not a string or a number")
 
 
 def _valid_utf8(value: str, what: str) -> str:
@@ -117,6 +129,12 @@ class ChunkScorer:
             texts = [fields[i] for i in cols.text]
             ident = fields[cols.id] if cols.id is not None else None
             return ident, texts
+        if self.config.input_format == PARQUET:  # typed values: checked as JSON's are
+            values: tuple = payload  # type: ignore[assignment]
+            texts = [_check_string(values[i], name) for i, name in zip(cols.text, cols.names, strict=True)]
+            ident = values[cols.id] if cols.id is not None else None
+            _check_id(ident, cols.id_name)
+            return ident, texts
         try:
             obj = orjson.loads(payload)  # type: ignore[arg-type]
         except orjson.JSONDecodeError as exc:
@@ -125,9 +143,8 @@ class ChunkScorer:
             raise _Rejected(f"not a JSON object but {type(obj).__name__}")
         texts = [_check_string(obj.get(k), k) for k in cols.text]
         ident = obj.get(cols.id, None) if cols.id is not None else None
-        if cols.id is not None and ident is not None and (isinstance(ident, bool)
-                                                          or not isinstance(ident, (str, int, float))):
-            raise _Rejected(f"id column {cols.id_name!r} is not a string or a number")
+        if cols.id is not None:
+            _check_id(ident, cols.id_name)
         return ident, texts
 
     def _record(self, row: int, payload: object) -> tuple[object, str]:
@@ -156,14 +173,21 @@ class ChunkScorer:
 
     # --- scoring ------------------------------------------------------------------------------
 
-    def score(self, chunk: Chunk) -> ChunkResult:
-        """Score every record of ``chunk``; bad records go to the error lines, never stop it."""
+    def check(self, items, rows) -> tuple[list[object], list[str], list[Rejection]]:
+        """Split records into the scorable ones, ``(ids, texts)``, and the rejected ones.
+
+        Args:
+            items: ``(line, payload, error)`` per record, as in a :class:`~tagifai_api.scoring.formats.Chunk`.
+            rows: each record's row number (``None`` where it is not known and not needed: an id
+                column is given and the caller reports no rejection).
+
+        Texts are cleaned, or as sent when explaining (the explainer cleans them itself).
+        """
         ids: list[object] = []
-        texts: list[str] = []  # cleaned, or as sent when explaining (the explainer cleans them itself)
-        errors: list[bytes] = []
+        texts: list[str] = []
+        errors: list[Rejection] = []
         prepare = (lambda t: t) if self.config.explain else self.predictor.clean
-        for offset, (line, payload, error) in enumerate(chunk.items):
-            row = chunk.first_row + offset
+        for (line, payload, error), row in zip(items, rows, strict=True):
             ident = None
             if error is None:
                 try:
@@ -174,17 +198,66 @@ class ChunkScorer:
                     ids.append(ident)
                     texts.append(prepare(text))
                     continue
-            errors.append(orjson.dumps({"line": line, "row": row, "id": _json_safe(ident), "reason": error}) + b"\n")
+            errors.append((line, row, ident, error))
+        return ids, texts, errors
+
+    def predictions(self, texts: list[str]) -> list[dict]:
+        """``/predict``'s answers for checked texts, ``batch_size`` at a time."""
         predict = self._explained if self.config.explain else self.predictor.predict_clean
-        predictions: list[dict] = []
+        out: list[dict] = []
         size = self.config.batch_size
         for start in range(0, len(texts), size):
-            predictions.extend(predict(texts[start:start + size]))
-        data = self.format_rows(ids, predictions)
-        if self.config.gzip_output:
-            data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
-        return ChunkResult(index=chunk.index, rows=len(chunk.items), data=data, errors=b"".join(errors),
+            out.extend(predict(texts[start:start + size]))
+        return out
+
+    def score(self, chunk: Chunk) -> ChunkResult:
+        """Score every record of ``chunk``; bad records go to the error lines, never stop it."""
+        rows = range(chunk.first_row, chunk.first_row + len(chunk.items))
+        ids, texts, errors = self.check(chunk.items, rows)
+        if self.config.output_format == PARQUET:
+            data = arrow_ipc(self.arrow_rows(ids, texts))
+        else:
+            data = self.format_rows(ids, self.predictions(texts))
+            if self.config.gzip_output:
+                data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        return ChunkResult(index=chunk.index, rows=len(chunk.items), data=data, errors=error_lines(errors),
                            scored=len(ids), rejected=len(errors), position=chunk.position)
+
+    # --- Arrow output: Parquet, and Spark ------------------------------------------------------
+
+    def arrow_schema(self, nested: bool = False):
+        """The output's Arrow schema (see :func:`output_schema`)."""
+        return output_schema(self.classes, self.config.id_type, bool(self.config.explain), nested)
+
+    def arrow_rows(self, ids: list[object], texts: list[str], nested: bool = False):
+        """Output rows as one Arrow record batch (see :meth:`arrow_schema`)."""
+        import pyarrow as pa
+
+        schema = self.arrow_schema(nested)
+        id_type = schema.field("id").type
+        if pa.types.is_string(id_type):
+            ids = text_ids(ids)
+        explain = self.config.explain
+        if explain:
+            predictions = self.predictions(texts)
+            tags = [p["predicted_tag"] for p in predictions]
+            confidence = [p["confidence"] for p in predictions]
+            probs = [[p["probabilities"][c] for p in predictions] for c in self.classes]
+            low = [p["low_confidence"] for p in predictions]
+        else:
+            tags, confidence, proba, low = self.predictor.predict_clean_columns(texts, self.config.batch_size)
+            probs = list(proba.T)
+        prob_arrays = [pa.array(column, type=pa.float64()) for column in probs]
+        if nested:
+            prob_arrays = [pa.StructArray.from_arrays(prob_arrays, names=list(self.classes))]
+        arrays = [pa.array(ids, type=id_type), pa.array(tags, type=pa.string()),
+                  pa.array(confidence, type=pa.float64()), *prob_arrays, pa.array(low, type=pa.bool_()),
+                  pa.array([self.predictor.version] * len(ids), type=pa.string())]
+        if explain:
+            arrays += [pa.array([p["explained_tag"] for p in predictions], type=pa.string()),
+                       pa.array([" ".join(f"{w}:{c:.4f}" for w, c in p["top_words"]) for p in predictions],
+                                type=pa.string())]
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     def _explained(self, texts: list[str]) -> list[dict]:
         """Predictions as ``/predict`` with ``explain: true`` makes them, with the explanation cut
@@ -232,6 +305,58 @@ class ChunkScorer:
             names += ["explained_tag", "top_words"]
         data = (",".join(names) + "\n").encode("utf-8")
         return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0) if self.config.gzip_output else data
+
+
+def text_ids(ids: list[object]) -> list[str | None]:
+    """Ids for a text id column: a JSON number as its JSON text."""
+    return [i if i is None or isinstance(i, str) else orjson.dumps(i).decode() for i in ids]
+
+
+def output_schema(classes: tuple[str, ...], id_type: str, explain: bool = False, nested: bool = False):
+    """The Arrow schema of output rows: the CSV header's columns, or with ``nested`` the JSON Lines
+    shape (``probabilities`` one struct of the tags)."""
+    import pyarrow as pa
+
+    double = pa.float64()
+    probs = ([pa.field("probabilities", pa.struct([pa.field(c, double) for c in classes]))] if nested
+             else [pa.field(f"probability_{c}", double) for c in classes])
+    fields = [pa.field("id", pa.type_for_alias(id_type)), pa.field("predicted_tag", pa.string()),
+              pa.field("confidence", double), *probs, pa.field("low_confidence", pa.bool_()),
+              pa.field("model_version", pa.string())]
+    if explain:
+        fields += [pa.field("explained_tag", pa.string()), pa.field("top_words", pa.string())]
+    return pa.schema(fields)
+
+
+def error_lines(errors: list[Rejection]) -> bytes:
+    """The errors file's JSON lines for rejected records."""
+    return b"".join(orjson.dumps({"line": line, "row": row, "id": _json_safe(ident), "reason": reason}) + b"\n"
+                    for line, row, ident, reason in errors)
+
+
+def arrow_ipc(batch) -> bytes:
+    """A record batch as Arrow IPC stream bytes: how a worker hands Parquet rows to the writer."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def id_arrow_type(input_format: str, id_column: str | None, parquet_type: object = None) -> str:
+    """The id column's Arrow type in Arrow output: the row number is an integer; a Parquet id
+    column keeps a numeric type; any other id is text (a JSON number as its JSON text)."""
+    if id_column is None:
+        return "int64"
+    if input_format == PARQUET and parquet_type is not None:
+        import pyarrow as pa
+
+        if pa.types.is_integer(parquet_type):
+            return "int64"
+        if pa.types.is_floating(parquet_type):
+            return "double"
+    return "string"
 
 
 def top_words(words: list[dict], k: int) -> list[tuple[str, float]]:

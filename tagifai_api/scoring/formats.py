@@ -1,8 +1,11 @@
-"""Input and output formats: CSV or JSON Lines, plain or gzip, files or standard input.
+"""Input and output formats: CSV or JSON Lines (plain or gzip, files or standard input) and Parquet.
 
 The reading side only splits the input into records (with their line numbers) and groups them in
 chunks; decoding JSON, checking fields and formatting output rows happen in the workers
 (:mod:`tagifai_api.scoring.chunks`), so the main process does little more than I/O.
+
+Parquet goes through pyarrow, which only ``requirements-spark.txt`` installs (it is not needed to
+serve): :func:`pyarrow_parquet` says so in one line when it is missing.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import BinaryIO
 
 CSV = "csv"
 JSONL = "jsonl"
-FORMATS = (CSV, JSONL)
-_EXTENSIONS = {".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL}
+PARQUET = "parquet"
+FORMATS = (CSV, JSONL, PARQUET)
+_EXTENSIONS = {".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".parquet": PARQUET}
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 # a field may be long (it is rejected by the text-length rule with a clear reason), but a stray
@@ -29,23 +33,38 @@ _BOM = b"\xef\xbb\xbf"
 _CSV_FIELD_LIMIT = 16 << 20
 # how much an unread JSON Lines input is searched for a first object to check the columns against
 _PEEK_LINES = 1000
+# rows pyarrow decodes at a time from a Parquet input (the columns read are only those scored)
+_PARQUET_BATCH_ROWS = 10_000
 
 
 class FormatError(ValueError):
     """The input cannot be read as the format asked for (a usage error, not a bad row)."""
 
 
+def pyarrow_parquet():
+    """``pyarrow.parquet``, or a :class:`FormatError` saying how to install it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise FormatError("Parquet needs pyarrow, which is not installed: "
+                          "pip install -r requirements-spark.txt") from None
+    return pq
+
+
 def format_of(path: str, explicit: str | None, what: str) -> str:
     """The format of ``path`` from its extension (``.gz`` looked through), unless ``explicit``."""
     if explicit:
         return explicit
-    name = path[:-3] if path.endswith(".gz") else path
-    fmt = _EXTENSIONS.get(Path(name).suffix.lower())
+    gz = path.endswith(".gz")
+    name = path[:-3] if gz else path
+    fmt = _EXTENSIONS.get(Path(name.rstrip("/")).suffix.lower())
     if fmt is None:
         if path == "-":
             raise FormatError("reading standard input needs --format csv or --format jsonl")
-        raise FormatError(f"cannot tell the format of {what} {path!r} from its extension; "
-                          f"use .csv, .jsonl or .ndjson (optionally .gz){' or --format' if what == 'input' else ''}")
+        raise FormatError(f"cannot tell the format of {what} {path!r} from its extension; use .csv, .jsonl "
+                          f"or .ndjson (optionally .gz), or .parquet{' or --format' if what == 'input' else ''}")
+    if fmt == PARQUET and gz:
+        raise FormatError(f"{path}: a Parquet file compresses its own pages; drop the .gz")
     return fmt
 
 
@@ -79,9 +98,11 @@ class Source:
             self.raw.close()
 
 
-def open_input(path: str) -> Source:
+def open_input(path: str, fmt: str | None = None) -> Source:
     """Open a file, or standard input for ``-``; gzip is recognised by its magic bytes."""
     if path == "-":
+        if fmt == PARQUET:
+            raise FormatError("Parquet cannot be read from standard input (its index is at the end); give a file")
         raw = sys.stdin.buffer
         size = None
         identity = {"path": "-"}
@@ -98,7 +119,7 @@ def open_input(path: str) -> Source:
         identity = {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
     stream: BinaryIO = buffered
-    if buffered.peek(2)[:2] == _GZIP_MAGIC:
+    if fmt != PARQUET and buffered.peek(2)[:2] == _GZIP_MAGIC:
         stream = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
     return Source(stream=stream, raw=raw, size=size, identity=identity)
 
@@ -107,8 +128,9 @@ def open_input(path: str) -> Source:
 class Chunk:
     """Consecutive input records, scored and committed together.
 
-    ``items`` holds one ``(line, payload, error)`` per record: ``payload`` is the CSV fields or the
-    raw JSON line; ``error`` is set instead when the record could not even be split out.
+    ``items`` holds one ``(line, payload, error)`` per record: ``payload`` is the CSV fields, the
+    raw JSON line or the Parquet values (of the kept columns); ``error`` is set instead when the
+    record could not even be split out. Parquet has no lines: ``line`` is ``None``.
     """
 
     index: int
@@ -122,16 +144,28 @@ class Reader:
 
     Args:
         source: the opened input.
-        fmt: ``csv`` or ``jsonl``.
+        fmt: ``csv``, ``jsonl`` or ``parquet``.
     """
 
     def __init__(self, source: Source, fmt: str) -> None:
         self.source = source
         self.fmt = fmt
-        self.header: list[str] | None = None
+        self.header: list[str] | None = None  # CSV and Parquet: the column names
         self.first_object: dict | None = None  # JSON Lines: the first object, to check columns against
+        self.types: dict[str, object] = {}  # Parquet: each column's Arrow type
         self._keep: tuple[int, ...] = ()
-        if fmt == CSV:
+        self._rows_read = 0
+        if fmt == PARQUET:
+            pq = pyarrow_parquet()
+            try:
+                self._parquet = pq.ParquetFile(source.raw)
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a file that is not Parquet
+                raise FormatError(f"the input is not a Parquet file ({exc})") from None
+            schema = self._parquet.schema_arrow
+            self.header = list(schema.names)
+            self.types = {f.name: f.type for f in schema}
+            self._records = self._parquet_records()
+        elif fmt == CSV:
             self._text = io.TextIOWrapper(source.stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
             csv.field_size_limit(_CSV_FIELD_LIMIT)
             self._csv = csv.reader(self._text, strict=True)
@@ -171,9 +205,32 @@ class Reader:
                 return
 
     def keep(self, positions: tuple[int, ...]) -> None:
-        """CSV: keep only these fields of each row, in this order (the others are dropped at once,
-        so they cost no memory and are never sent to a worker)."""
+        """CSV and Parquet: keep only these fields of each row, in this order (the others are dropped
+        at once, or never read from Parquet, so they cost no memory and are never sent to a worker)."""
         self._keep = positions
+
+    def position(self) -> int | None:
+        """Bytes of the stored input read so far; for Parquet, in proportion to the rows read."""
+        if self.fmt != PARQUET:
+            return self.source.position()
+        rows = self._parquet.metadata.num_rows
+        if self.source.size is None or not rows:
+            return None
+        return self.source.size * self._rows_read // rows
+
+    def _parquet_records(self) -> Iterator[tuple[int | None, object, str | None]]:
+        names = [self.header[i] for i in self._keep]  # type: ignore[index]
+        try:
+            for batch in self._parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(names)),
+                                                     use_threads=False):
+                columns = [batch.column(n).to_pylist() for n in names]
+                self._rows_read += batch.num_rows
+                for values in zip(*columns, strict=True):
+                    yield None, values, None
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as one of several pyarrow errors
+            raise FormatError(f"the Parquet input cannot be read ({type(exc).__name__}: {exc})") from None
 
     def _csv_records(self) -> Iterator[tuple[int, object, str | None]]:
         reader = self._csv
@@ -221,6 +278,7 @@ class Reader:
                                   f"({skip_rows}); it is not the same input")
             row += 1
         csv_input = self.fmt == CSV
+        parquet_input = self.fmt == PARQUET
         index = 0
         chunk = Chunk(index=index, first_row=row + 1)
         size = 0
@@ -228,14 +286,19 @@ class Reader:
             chunk.items.append(item)
             payload = item[1]
             if payload is not None:
-                size += sum(map(len, payload)) if csv_input else len(payload)
+                if csv_input:
+                    size += sum(map(len, payload))
+                elif parquet_input:
+                    size += sum(len(v) for v in payload if v.__class__ is str)
+                else:
+                    size += len(payload)
             if len(chunk.items) >= chunk_rows or size >= chunk_bytes:
                 row += len(chunk.items)
-                chunk.position = self.source.position()
+                chunk.position = self.position()
                 yield chunk
                 index += 1
                 chunk = Chunk(index=index, first_row=row + 1)
                 size = 0
         if chunk.items:
-            chunk.position = self.source.position()
+            chunk.position = self.position()
             yield chunk

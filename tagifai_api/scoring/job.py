@@ -5,6 +5,10 @@ flight so memory stays flat, and written in input order as they complete. Every 
 the end, and on Ctrl-C) the written chunks are fsync'ed and the progress file records them; a
 resumed run truncates anything written after that and carries on from the next chunk, cutting the
 input exactly as the first run did, so the finished file is byte for byte the same.
+
+A Parquet output is the exception: its footer, which indexes the whole file, is written last, so a
+partial file cannot be continued. It is written beside the output under a hidden name and renamed
+into place when the run completes; a failed run leaves nothing to resume.
 """
 
 from __future__ import annotations
@@ -29,12 +33,22 @@ from tagifai_api.scoring.chunks import (
     ChunkScorer,
     Columns,
     ScorerConfig,
+    id_arrow_type,
     init_worker,
     score_in_worker,
     tune_malloc,
 )
-from tagifai_api.scoring.formats import CSV, FormatError, Reader, format_of, is_gzip_name, open_input
+from tagifai_api.scoring.formats import (
+    PARQUET,
+    FormatError,
+    Reader,
+    format_of,
+    is_gzip_name,
+    open_input,
+    pyarrow_parquet,
+)
 from tagifai_api.scoring.progress import Progress
+from tagifai_api.store import files
 
 log = logging.getLogger("tagifai_api.scoring")
 
@@ -47,7 +61,12 @@ class UsageError(Exception):
 
 
 class ScoreError(Exception):
-    """The run stopped on an error after committing what it had (exit code 1, resumable)."""
+    """The run stopped on an error after committing what it had (exit code 1; resumable unless the
+    output is Parquet)."""
+
+    def __init__(self, message: str, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.resumable = resumable
 
 
 class OutputError(Exception):
@@ -55,12 +74,14 @@ class OutputError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: committed work is kept and ``--resume`` continues (exit 128 + signal)."""
+    """Ctrl-C or SIGTERM: committed work is kept and ``--resume`` continues (exit 128 + signal),
+    except for a Parquet output (``resumable`` false), of which nothing is kept."""
 
-    def __init__(self, signum: int, committed_rows: int) -> None:
+    def __init__(self, signum: int, committed_rows: int, resumable: bool = True) -> None:
         super().__init__(signum, committed_rows)
         self.signum = signum
         self.committed_rows = committed_rows
+        self.resumable = resumable
 
 
 def default_workers() -> int:
@@ -83,9 +104,11 @@ class ScoreOptions:
     #: the name ``"default"`` stands for (the registry's default when the run starts)
     default_version: str | None = None
     input_format: str | None = None
+    #: the text's column; else title and description (``title`` and ``description`` unless named), or a
+    #: ``text`` column found in an input that has neither
     text_column: str | None = None
-    title_column: str = "title"
-    description_column: str = "description"
+    title_column: str | None = None
+    description_column: str | None = None
     id_column: str | None = None
     batch_size: int = 100
     chunk_rows: int = 5000
@@ -108,7 +131,7 @@ class Summary:
     resumed_from: int
     seconds: float
     output: Path
-    errors: Path | None
+    errors: Path | str | None
 
     @property
     def rate(self) -> float:
@@ -253,24 +276,132 @@ class _Output:
                 self.errors_path.unlink(missing_ok=True)
 
 
-def _columns(reader: Reader, opts: ScoreOptions) -> Columns:
-    names = (opts.text_column,) if opts.text_column else (opts.title_column, opts.description_column)
+class _ParquetOutput(_Output):
+    """A Parquet output, written under a hidden name beside ``path`` and renamed into place by
+    :meth:`finish`; :meth:`close` before that removes it (and the errors file): nothing is resumable.
+
+    Chunks are gathered into row groups of about ``ROW_GROUP_ROWS`` rows (a chunk is only 5,000).
+    """
+
+    ROW_GROUP_ROWS = 100_000
+
+    def __init__(self, path: Path, schema) -> None:  # noqa: D107 - no journal, so none of _Output's set-up
+        self.path = path
+        self.errors_path = path.with_name(path.name + ".errors.jsonl")
+        self.journal_path = None
+        self.committed = journal.Committed()
+        self._pending = journal.Committed()
+        self._partial = path.with_name(f".{path.name}.partial")
+        self._errors = None
+        self._out = None
+        self._batches: list = []
+        self._buffered = 0
+        self._finished = False
+        self._last_commit = time.monotonic()
+        pq = pyarrow_parquet()
+        with self._writing(path):
+            self._writer = pq.ParquetWriter(self._partial, schema)
+
+    def _write(self, result: ChunkResult) -> None:
+        import pyarrow as pa
+
+        batch = pa.ipc.open_stream(result.data).read_next_batch()
+        self._batches.append(batch)
+        self._buffered += batch.num_rows
+        if self._buffered >= self.ROW_GROUP_ROWS:
+            self._flush_row_group()
+        with self._writing(self.errors_path):
+            if result.errors:
+                if self._errors is None:
+                    self._errors = open(self.errors_path, "wb")  # noqa: SIM115
+                self._errors.write(result.errors)
+        p = self._pending
+        p.rows += result.rows
+        p.scored += result.scored
+        p.rejected += result.rejected
+        if result.position is not None:
+            p.position = result.position
+
+    def _flush_row_group(self) -> None:
+        import pyarrow as pa
+
+        if self._batches:
+            with self._writing(self.path):
+                self._writer.write_table(pa.Table.from_batches(self._batches), row_group_size=max(self._buffered, 1))
+        self._batches, self._buffered = [], 0
+
+    def commit(self) -> None:
+        """Count what was written (nothing becomes durable before :meth:`finish`)."""
+        self.committed = journal.Committed(**vars(self._pending))
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        if self._finished:
+            return
+        for fh in (self._writer, self._errors):
+            try:
+                if fh is not None:
+                    fh.close()
+            except OSError:
+                pass
+        for path in (self._partial, self.errors_path):
+            path.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """Write the footer, make the file durable, rename it into place."""
+        self._flush_row_group()
+        self.commit()
+        with self._writing(self.path):
+            self._writer.close()
+            with open(self._partial, "rb") as fh:
+                os.fsync(fh.fileno())
+            if self._errors is not None:
+                self._errors.flush()
+                os.fsync(self._errors.fileno())
+                self._errors.close()
+            os.replace(self._partial, self.path)
+            files.fsync_dir(self.path.parent)
+        self._finished = True
+        if self.committed.rejected == 0:
+            self.errors_path.unlink(missing_ok=True)
+
+
+def text_columns(available: list[str] | None, opts: ScoreOptions) -> tuple[str, ...]:
+    """The column (or title and description columns) a text is read from; see ``ScoreOptions.text_column``."""
+    if opts.text_column:
+        return (opts.text_column,)
+    if (opts.title_column is None and opts.description_column is None and available is not None
+            and "text" in available and "title" not in available and "description" not in available):
+        return ("text",)
+    return (opts.title_column or "title", opts.description_column or "description")
+
+
+def resolve_columns(available: list[str] | None, opts: ScoreOptions, positional: bool) -> Columns:
+    """Where the text and id are, checked against the input's columns when they are known.
+
+    Args:
+        available: the input's columns (``None``: not known, as for an empty JSON Lines input).
+        positional: the records are rows of ``available`` (CSV, Parquet) rather than JSON objects.
+    """
+    names = text_columns(available, opts)
     wanted = [*names, *([opts.id_column] if opts.id_column else [])]
-    if reader.header is not None:
-        header = reader.header
-        available = header
-    else:
-        available = list(reader.first_object) if reader.first_object is not None else None
     if available is not None:
         missing = [n for n in wanted if n not in available]
         if missing:
             hint = "" if opts.text_column else "; use --text-column, or --title-column and --description-column"
             raise UsageError(f"unknown column {missing[0]!r}: the input has {', '.join(map(repr, available))}{hint}")
-    if reader.header is not None:
+    if positional:
         # the reader keeps only these fields of each row, text columns first, then the id
         return Columns(text=tuple(range(len(names))), id=len(names) if opts.id_column else None, names=names,
-                       id_name=opts.id_column, header_positions=tuple(header.index(n) for n in wanted))
+                       id_name=opts.id_column, header_positions=tuple(available.index(n) for n in wanted))
     return Columns(text=names, id=opts.id_column, names=names, id_name=opts.id_column)
+
+
+def _columns(reader: Reader, opts: ScoreOptions) -> Columns:
+    if reader.header is not None:
+        return resolve_columns(reader.header, opts, positional=True)
+    available = list(reader.first_object) if reader.first_object is not None else None
+    return resolve_columns(available, opts, positional=False)
 
 
 def _prepare(opts: ScoreOptions) -> tuple[str | None, tuple[dict, journal.Committed] | None]:
@@ -288,6 +419,9 @@ def _prepare(opts: ScoreOptions) -> tuple[str | None, tuple[dict, journal.Commit
         out_format = format_of(str(output), None, "output")
     except FormatError as exc:
         raise UsageError(str(exc)) from None
+    if out_format == PARQUET and opts.resume:
+        raise UsageError("--resume is for CSV and JSON Lines outputs: a Parquet output is written whole, "
+                         "when the run completes, so an interrupted one left nothing to continue")
     errors_path = output.with_name(output.name + ".errors.jsonl")
     journal_path = journal.path_for(output)
     existing = [p for p in (output, errors_path, journal_path) if p.exists()]
@@ -302,9 +436,23 @@ def _prepare(opts: ScoreOptions) -> tuple[str | None, tuple[dict, journal.Commit
         raise UsageError(f"nothing to resume: {output} has no progress file, so it is complete "
                          "(or was not written by score); use --force to score again")
     if existing:
+        if out_format == PARQUET:
+            raise UsageError(f"{existing[0]} exists; use --force to overwrite")
         raise UsageError(f"{existing[0]} exists; use --resume to continue an interrupted run, "
                          "or --force to overwrite")
     return out_format, None
+
+
+def load_version(opts: ScoreOptions, version: str) -> artifacts.ModelVersion:
+    """The verified version a run scores with (``default``: the one the registry named when it began)."""
+    if version == "default":
+        if opts.default_version is None:
+            raise UsageError("no default model version is recorded: train one with `python -m tagifai_api train`")
+        version = opts.default_version
+    try:
+        return artifacts.load(opts.artifacts_dir, version)
+    except artifacts.ArtifactError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run(opts: ScoreOptions) -> Summary:
@@ -323,18 +471,12 @@ def run(opts: ScoreOptions) -> Summary:
         if version not in ("default", previous):
             raise UsageError(f"cannot resume with --version {version}: the interrupted run used {previous}")
         version = previous
-    if version == "default":
-        if opts.default_version is None:
-            raise UsageError("no default model version is recorded: train one with `python -m tagifai_api train`")
-        version = opts.default_version
-    try:
-        model = artifacts.load(opts.artifacts_dir, version)
-    except artifacts.ArtifactError as exc:
-        raise UsageError(str(exc)) from None
-    predictor = Predictor(model)
+    predictor = Predictor(load_version(opts, version))
     try:
         in_format = format_of(opts.input, opts.input_format, "input")
-        source = open_input(opts.input)
+        if PARQUET in (in_format, out_format):
+            pyarrow_parquet()
+        source = open_input(opts.input, in_format)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -348,10 +490,12 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
         reader = Reader(source, in_format)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
+    columns = _columns(reader, opts)
     config = ScorerConfig(
         artifacts_dir=str(opts.artifacts_dir), version=predictor.version, input_format=in_format,
-        output_format=out_format, gzip_output=is_gzip_name(str(opts.output)), columns=_columns(reader, opts),
-        max_text_length=opts.max_text_length, batch_size=opts.batch_size, explain=opts.explain)
+        output_format=out_format, gzip_output=is_gzip_name(str(opts.output)), columns=columns,
+        max_text_length=opts.max_text_length, batch_size=opts.batch_size, explain=opts.explain,
+        id_type=id_arrow_type(in_format, opts.id_column, reader.types.get(opts.id_column)))
     identity = {
         "input": source.identity, "input_format": in_format, "output_format": out_format,
         "gzip_output": config.gzip_output, "columns": list(config.columns.names), "id_column": opts.id_column,
@@ -380,12 +524,20 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
             for path in (opts.output, opts.output.with_name(opts.output.name + ".errors.jsonl"),
                          journal.path_for(opts.output)):
                 path.unlink(missing_ok=True)
-        output = _Output(opts.output, identity, committed, local.header())
+        if out_format == PARQUET:
+            output = _ParquetOutput(opts.output, local.arrow_schema())
+        else:
+            output = _Output(opts.output, identity, committed, local.header())
     except OutputError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot remove {exc.filename}: {exc.strerror or exc}") from None
     resumed_from = output.committed.rows
+    resumable = out_format != PARQUET
+
+    def kept() -> str:
+        return f"{output.committed.rows} rows are committed" if resumable else "no output is kept"
+
     progress = Progress(source.size, output.committed.position or 0, resumed_from,
                         Progress.mode_for(opts.quiet), opts.progress_interval)
     reader.keep(config.columns.header_positions)
@@ -404,25 +556,25 @@ def _score(opts, source, in_format, out_format, predictor, recorded, started) ->
                     _score_in_pool(opts.workers, config, chunks, output, progress, signals)
             except KeyboardInterrupt:
                 output.commit_if_possible()
-                raise Interrupted(signals.received or signal.SIGINT, output.committed.rows) from None
+                raise Interrupted(signals.received or signal.SIGINT, output.committed.rows, resumable) from None
             except OutputError as exc:
-                raise ScoreError(f"{exc}; {output.committed.rows} rows are committed") from None
+                raise ScoreError(f"{exc}; {kept()}", resumable) from None
             except (OSError, EOFError, FormatError) as exc:
                 output.commit_if_possible()
-                raise ScoreError(f"cannot read the input after row {output.committed.rows}: {exc}") from None
+                raise ScoreError(f"cannot read the input after row {output.committed.rows}: {exc}", resumable) \
+                    from None
             except BrokenProcessPool as exc:
                 output.commit_if_possible()
-                raise ScoreError(f"a worker process died ({exc}); {output.committed.rows} rows are committed") \
-                    from None
+                raise ScoreError(f"a worker process died ({exc}); {kept()}", resumable) from None
             except Exception as exc:  # noqa: BLE001 - any failure inside scoring keeps the committed rows
                 output.commit_if_possible()
                 log.debug("scoring failed", exc_info=True)
                 raise ScoreError(f"scoring failed after row {output.committed.rows}: "
-                                  f"{type(exc).__name__}: {exc}") from None
+                                 f"{type(exc).__name__}: {exc}", resumable) from None
             try:
                 output.finish()
             except OutputError as exc:
-                raise ScoreError(f"{exc}; {output.committed.rows} rows are committed") from None
+                raise ScoreError(f"{exc}; {kept()}", resumable) from None
     finally:
         progress.close()
         output.close()

@@ -41,10 +41,11 @@ def test_first_python_at_least_3_11_is_picked(tmp_path):
 
 
 def test_serve_installs_runtime_requirements_only(tmp_path):
-    """`make -n` on a fresh checkout: serve installs requirements.txt, test adds requirements-dev.txt."""
+    """`make -n` on a fresh checkout: serve installs requirements.txt, test adds requirements-dev.txt and
+    requirements-spark.txt (PySpark is for those who score at scale)."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    for name in ("Makefile", "requirements.txt", "requirements-dev.txt"):
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt", "requirements-spark.txt"):
         shutil.copy(ROOT / name, checkout / name)
 
     def plan(target: str) -> str:
@@ -53,6 +54,6 @@ def test_serve_installs_runtime_requirements_only(tmp_path):
 
     serve = plan("serve")
     assert "-m venv .venv" in serve and "-r requirements.txt" in serve
-    assert "requirements-dev.txt" not in serve
+    assert "requirements-dev.txt" not in serve and "requirements-spark.txt" not in serve
     test = plan("test")
-    assert "-r requirements.txt" in test and "-r requirements-dev.txt" in test
+    assert "-r requirements.txt" in test and "-r requirements-dev.txt" in test and "-r requirements-spark.txt" in test

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tagifai_api import settings
-from tests.helpers import ROOT, cli_env, command
+from tests.helpers import ROOT, cli_env, command, require_binary, require_module
 
 
 @pytest.fixture
@@ -28,3 +28,17 @@ def score(artifacts_dir):
 def dataset_csv() -> bytes:
     """The shipped dataset as bytes (header + 764 records, some spanning several lines)."""
     return settings.DATA_FILE.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session (2 cores) for every Spark test: a JVM costs seconds to start. Without
+    Java or PySpark the tests skip locally and fail in CI."""
+    require_binary("java")
+    require_module("pyspark", "requirements-spark.txt")
+    from tagifai_api.scoring import spark_job
+
+    session = spark_job.session("local[2]", conf={"spark.sql.shuffle.partitions": "2",
+                                                  "spark.default.parallelism": "2"})
+    yield session
+    session.stop()

@@ -12,6 +12,7 @@ import os
 import pty
 import struct
 import subprocess
+import sys
 import termios
 
 import orjson
@@ -287,3 +288,83 @@ def test_an_explicit_version_scores_while_the_store_is_down(artifacts_dir, datas
                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=down)
     assert proc.returncode == 0, proc.stderr
     assert {row["model_version"] for row in read_csv((tmp_path / "o.csv").read_bytes())} == {version}
+
+
+def test_a_text_column_is_used_when_there_is_no_title_or_description(score, tmp_path):
+    """JSON Lines of ``/predict`` items, or a CSV with a ``text`` column, score without flags; an
+    input that has a title column still asks for title and description."""
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"text": "Object detection with YOLO"}\n{"text": "Named entity recognition with BERT"}\n')
+    texts = tmp_path / "texts.csv"
+    texts.write_text("ref,text\nx,Object detection with YOLO\ny,Named entity recognition with BERT\n")
+    both = tmp_path / "both.csv"
+    both.write_text("title,text\nA,B\n")
+    for src, out in ((items, "items-out.jsonl"), (texts, "texts-out.jsonl")):
+        proc = score(src, "-o", tmp_path / out)
+        assert proc.returncode == 0, proc.stderr
+        assert [r["predicted_tag"] for r in read_jsonl((tmp_path / out).read_bytes())] == [
+            "computer-vision", "natural-language-processing"]
+    proc = score(both, "-o", tmp_path / "both-out.csv")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown column 'description'"), proc.stderr
+
+
+def test_parquet_in_and_out(score, dataset_csv, tmp_path):
+    """A Parquet input's typed columns are checked as JSON's are (a non-string text is rejected, the
+    row has no line); the output is one Parquet file with the CSV output's columns and values."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = read_csv(dataset_csv)
+    titles: list = [r["title"] for r in rows]
+    titles[2] = None  # a missing title: the description alone is the text
+    table = pa.table({"id": [int(r["id"]) for r in rows], "title": titles,
+                      "description": [r["description"] for r in rows]})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=200)
+    bad = pa.table({"title": pa.array([1, 2], pa.int64()), "description": ["x", None]})
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    proc = score(tmp_path / "in.parquet", "-o", tmp_path / "out.parquet", "--id-column", "id", "--chunk-size", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tmp_path.glob(".out.parquet*"))  # the hidden partial file was renamed into place
+    src_csv = tmp_path / "in.csv"
+    src_csv.write_bytes(dataset_csv)
+    proc = score(src_csv, "-o", tmp_path / "out.csv", "--id-column", "id")
+    assert proc.returncode == 0, proc.stderr
+    written = pq.read_table(tmp_path / "out.parquet")
+    assert written.schema.field("id").type == pa.int64()
+    expected = read_csv((tmp_path / "out.csv").read_bytes())
+    assert written.column_names == list(expected[0])
+    for i, (mine, theirs) in enumerate(zip(written.to_pylist(), expected, strict=True)):
+        assert str(mine["id"]) == theirs["id"]
+        if i == 2:
+            continue  # its title is missing from the Parquet input
+        assert mine["predicted_tag"] == theirs["predicted_tag"]
+        assert mine["low_confidence"] == (theirs["low_confidence"] == "true")
+        for column in theirs:
+            if column.startswith("probability_") or column == "confidence":
+                assert mine[column] == pytest.approx(float(theirs[column]), abs=1e-12)
+
+    proc = score(tmp_path / "bad.parquet", "-o", tmp_path / "bad-out.parquet")
+    assert proc.returncode == 3
+    assert read_jsonl((tmp_path / "bad-out.parquet.errors.jsonl").read_bytes()) == [
+        {"line": None, "row": 1, "id": None, "reason": "column 'title' is not a string"},
+        {"line": None, "row": 2, "id": None, "reason": "column 'title' is not a string"}]
+    assert pq.read_table(tmp_path / "bad-out.parquet").num_rows == 0
+
+    refused = score(tmp_path / "in.parquet", "-o", tmp_path / "out.parquet", "--resume")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --resume is for CSV and JSON Lines outputs")
+    exists = score(tmp_path / "in.parquet", "-o", tmp_path / "out.parquet")
+    assert exists.returncode == 2
+    assert exists.stderr == f"error: {tmp_path / 'out.parquet'} exists; use --force to overwrite\n"
+
+
+def test_parquet_without_pyarrow_is_one_line(artifacts_dir, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("title,description\nA,B\n")
+    hide = "import sys; sys.modules['pyarrow'] = None; from tagifai_api.cli import main; main()"
+    cmd = [sys.executable, "-c", hide, *command(artifacts_dir, src, "-o", tmp_path / "o.parquet")[3:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, **cli_env(artifacts_dir)})
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: Parquet needs pyarrow, which is not installed: "
+                           "pip install -r requirements-spark.txt\n")
+    assert not (tmp_path / "o.parquet").exists()
