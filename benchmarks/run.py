@@ -262,7 +262,7 @@ def serve(name: str, root: Path, tmp: Path, extra_env: dict[str, str] | None = N
         cmd = [str(bindir / "gunicorn"), "-c", str(empty), "-w", "2", "-b", f"127.0.0.1:{port}", *target["args"],
                target["app"]]
     env.update(extra_env or {})
-    if target["conf"]:
+    if target.get("conf"):  # the service's own trees (the peers have no TAGIFAI_ settings)
         known = (cwd / "tagifai_api" / "settings.py").read_text()
         env.update({f"TAGIFAI_{k}": v for k, v in SETTINGS.items() if f'"{k}"' in known})
     log = tempfile.NamedTemporaryFile(prefix="tagifai-bench-", suffix=".log", delete=False)
