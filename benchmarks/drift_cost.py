@@ -28,6 +28,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run import save_report  # noqa: E402
 from tagifai_api import settings  # noqa: E402
 from tagifai_api.ml import artifacts, data  # noqa: E402
 from tagifai_api.ml import train as training  # noqa: E402
@@ -128,10 +129,7 @@ def main() -> None:
 
                 result["postgresql"] = measure(database, root, version, opts.noise, opts.scrapes, tmp)
     print(json.dumps(result, indent=2))
-    reports = ROOT / "reports" / "bench"
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"drift-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save_report("drift", result)
     print(f"written to {path.relative_to(ROOT)}")
 
 

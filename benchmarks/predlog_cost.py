@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run import _cpu_seconds, save_report  # noqa: E402
 from tagifai_api import settings  # noqa: E402
 from tagifai_api.store.database import Store  # noqa: E402
 from tagifai_api.store.registry import Registry  # noqa: E402
-from benchmarks.run import _cpu_seconds  # noqa: E402
 from tests import helpers  # noqa: E402
 
 LUA = ROOT / "benchmarks" / "predict.lua"
@@ -192,10 +192,7 @@ def main() -> None:
         if opts.only in (None, "http"):
             result["http"] = http(opts.artifacts, opts.rounds, opts.seconds, Path(tmp))
     print(json.dumps(result, indent=2))
-    reports = ROOT / "reports" / "bench"
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"predlog-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save_report("predlog", result)
     print(f"written to {path.relative_to(ROOT)}")
 
 

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
@@ -30,13 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.predlog_cost import wrk  # noqa: E402
-from benchmarks.run import dataset_texts  # noqa: E402
+from benchmarks.run import dataset_texts, save_report  # noqa: E402
 from tagifai_api import settings  # noqa: E402
 from tagifai_api.auth.keys import KeyStore  # noqa: E402
 from tagifai_api.feedback.service import FeedbackService  # noqa: E402
 from tagifai_api.ml import artifacts, data  # noqa: E402
 from tagifai_api.ml.text import join_text  # noqa: E402
 from tests import helpers  # noqa: E402
+
 
 def _folder(source: Path, tmp: Path) -> tuple[Path, str, str]:
     """A copy of the source's newest version, the default of a store of its own with 300 corrections in
@@ -145,10 +145,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(opts.artifacts, opts.rounds, opts.seconds, opts.connections, Path(tmp))
     print(json.dumps(result, indent=2))
-    reports = ROOT / "reports" / "bench"
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"retrain-cost-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save_report("retrain-cost", result)
     print(f"written to {path.relative_to(ROOT)}", file=sys.stderr)
 
 

@@ -602,12 +602,18 @@ def main() -> None:
         _write_report(result, started, table(result), "bench")
 
 
-def _write_report(result: dict, started: float, text: str, prefix: str) -> None:
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    result["seconds"] = round(time.time() - started, 1)
+def save_report(prefix: str, result: dict) -> Path:
+    """Write ``result`` as ``reports/bench/<prefix>-<UTC time>.json``, every benchmark's report; its path."""
     REPORTS.mkdir(parents=True, exist_ok=True)
     out = REPORTS / f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def _write_report(result: dict, started: float, text: str, prefix: str) -> None:
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["seconds"] = round(time.time() - started, 1)
+    out = save_report(prefix, result)
     print(text)
     print(f"\nload average (1, 5, 15 min) before {result['load_average_before']}, after {result['load_average_after']}")
     print(f"{result['seconds']} s; written to {out.relative_to(ROOT)}")

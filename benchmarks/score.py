@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -124,10 +123,7 @@ def main() -> None:
         result["median"][workers] = {k: statistics.median(x[k] for x in runs)
                                      for k in ("seconds", "rows_per_s", "target_rows_per_s", "vs_target",
                                                "cpu_efficiency_vs_fast_path", "peak_rss_mb")}
-    reports = ROOT / "reports" / "bench"
-    reports.mkdir(parents=True, exist_ok=True)
-    out = reports / f"score-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = bench.save_report("score", result)
     print(f"score, {opts.rows:,} rows ({result['input_mb']} MB CSV), batch {opts.batch_size}:")
     print(f"  {'round':>5} {'workers':>7} {'fast path/s':>11} {'time s':>7} {'rows/s':>8} {'target':>8} "
           f"{'vs target':>9} {'CPU s':>6} {'rows/CPU s':>10} {'vs fast/CPU':>11} {'peak RSS MB':>11}")

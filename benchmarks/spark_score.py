@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import subprocess
@@ -163,10 +162,7 @@ def main() -> None:
     result["fixed_seconds"] = fixed
     result["marginal_rows_per_s"] = {e: round(v) for e, v in marginal.items()}
     result["crossover_rows"] = crossover
-    reports = ROOT / "reports" / "bench"
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"spark-score-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = bench.save_report("spark-score", result)
     print(f"inputs: {result['inputs']['csv_mb']} MB CSV, {result['inputs']['parquet_mb']} MB Parquet")
     print(f"  {'input':<24} {'engine':<6} {'time s':>7} {'rows/s':>9} {'CPU s':>7} {'rows/CPU s':>10} "
           f"{'peak RSS MB':>11} {'load':>9}")
