@@ -562,3 +562,19 @@ def _worker_for(cfg) -> worker.ThreadWorker:
     w = worker.ThreadWorker(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
     w.tmp.close()
     return w
+
+
+def test_a_worker_starts_without_the_libraries_it_does_not_use(artifacts_dir, tmp_path):
+    """On an up-to-date store a worker checks the schema without Alembic, and without identity-provider
+    tokens configured it never loads PyJWT: each would stay in every worker's memory, and in every
+    full pass of its garbage collector, for nothing."""
+    env = {**os.environ, "TAGIFAI_ARTIFACTS_DIR": str(artifacts_dir), "TAGIFAI_STORE_UPGRADE": "false",
+           "TAGIFAI_DATABASE_URL": helpers.private_store(artifacts_dir, tmp_path),
+           "TAGIFAI_API_KEYS_FILE": str(tmp_path / "none.json"), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+           "TAGIFAI_LOG_LEVEL": "ERROR"}
+    code = ("import sys; from tagifai_api import create_app; create_app(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako', 'jwt', 'cryptography'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -12,8 +12,10 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -34,6 +36,9 @@ log = logging.getLogger("tagifai_api.store")
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: the newest migration's revision, so a start on an up-to-date store need not load Alembic (a test
+#: checks it is Alembic's head)
+SCHEMA_HEAD = "0004"
 #: older entries are dropped: a rollback goes back at most this far
 HISTORY_LIMIT = 50
 #: a write waits this long for another writer (SQLite) or a connection (PostgreSQL) before failing
@@ -102,6 +107,21 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(database) if url.get_backend_name() == "sqlite" and database and database != ":memory:" else None
 
 
+def _wal(cursor) -> None:
+    """WAL mode, which the file keeps once set. Switching a new file takes a lock SQLite does not wait
+    for (two processes opening a new store at once: one got "database is locked"), so it is retried
+    for as long as a write would wait."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _create_private(path: Path) -> None:
     """Create a new SQLite file (and its directory) readable by its owner only: it holds the keys'
     hashes and the audit log, as the keys file did (0600). SQLite gives its -wal and -shm files the
@@ -131,7 +151,7 @@ def _make_engine(url: str) -> Engine:
             # transaction takes the write lock when it starts instead of failing half-way
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
             cursor.close()
@@ -248,6 +268,15 @@ class Store:
 
     # -- schema ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _revision(conn: Connection) -> str | None:
+        """The schema's revision as Alembic records it, read without importing Alembic: every worker
+        checks it at start, and Alembic with Mako and Pygments is 50 modules and 50,000 objects each
+        worker would keep (and its garbage collector walk) for nothing."""
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
     def _alembic(self, conn: Connection):
         from alembic.config import Config
 
@@ -279,8 +308,11 @@ class Store:
 
     def upgrade(self) -> tuple[str | None, str]:
         """Bring the schema to this code's head; returns ``(before, after)``. Refuses a newer one."""
+        with self._connect("schema") as conn:
+            current = self._revision(conn)
+        if current == SCHEMA_HEAD:
+            return current, current
         from alembic import command
-
         from alembic.runtime.migration import MigrationContext
 
         current, head = self.revisions()
@@ -302,6 +334,9 @@ class Store:
 
     def check(self) -> None:
         """Refuse a schema this code cannot use, in one line that says what to do."""
+        with self._connect("schema") as conn:
+            if self._revision(conn) == SCHEMA_HEAD:
+                return
         current, head = self.revisions()
         if current == head:
             return

@@ -9,6 +9,7 @@ import pytest
 
 from tagifai_api.store.database import (
     HISTORY_LIMIT,
+    SCHEMA_HEAD,
     ConflictError,
     NotFoundError,
     Store,
@@ -25,6 +26,10 @@ def test_upgrade_is_idempotent_and_check_passes(store):
     assert store.revisions()[0] == store.revisions()[1]
     assert store.upgrade()[0] == store.upgrade()[1]
     store.check()
+
+
+def test_the_schema_head_the_code_checks_is_alembics(store):
+    assert store.revisions()[1] == SCHEMA_HEAD
 
 
 def test_an_empty_database_is_refused_until_upgraded(store_url):
