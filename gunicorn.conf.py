@@ -5,6 +5,7 @@ public globals here; helpers start with ``_``. The web app is never imported by 
 """
 
 import ctypes
+import gc
 import os
 import sys
 import tempfile
@@ -167,6 +168,15 @@ def _tune_malloc():
 def post_fork(server, worker):
     _tune_malloc()
     server.log.info("worker %s started", worker.pid)
+
+
+def post_worker_init(worker):
+    """Move everything the app loaded at start (libraries, the model, the routes) out of the garbage
+    collector's sight: it lives as long as the worker, and every full collection walked all of it again,
+    about 20 µs a request on average, measured in process. Garbage from the start is collected first,
+    so none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 def worker_exit(server, worker):
