@@ -3,7 +3,7 @@
 Keys: ``python -m tagifai_api keys create --name NAME --role predict|admin`` prints a new key once;
 the state store (``TAGIFAI_DATABASE_URL``) keeps only its SHA-256, with its name, role and creation
 time, and records each change in its audit log (:mod:`tagifai_api.auth.keys`). Every worker polls
-the store every ``TAGIFAI_REGISTRY_POLL_S`` (1 s) and re-reads the keys when they changed, so new
+the store every ``TAGIFAI_REGISTRY_POLL_S`` (0.5 s) and re-reads the keys when they changed, so new
 keys and revocations need no restart; a request never waits for the store. A worker started while
 the store is down serves the keys a worker of its host last read. An old keys file
 (``TAGIFAI_API_KEYS_FILE``) is imported into an empty store once.
