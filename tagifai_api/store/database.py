@@ -581,31 +581,36 @@ class Store:
     # -- the prediction log ------------------------------------------------------------------------
 
     def log_requests(self, rows: list[tuple]) -> None:
+        """Append answered requests to the prediction log; each row is ``(at, request_id, model_version,
+        shadow_version, items)``, ``items`` one :data:`LOG_ITEM` tuple per text (see :meth:`log_encoded`)."""
+        dumps = orjson.dumps
+        self.log_encoded([(at, rid, version, len(items), shadow, dumps(items).decode())
+                          for at, rid, version, shadow, items in rows])
+
+    def log_encoded(self, rows: list[tuple]) -> None:
         """Append answered requests to the prediction log in one statement; each row is ``(at,
-        request_id, model_version, shadow_version, items)``, ``items`` one :data:`LOG_ITEM` tuple per text.
+        request_id, model_version, texts, shadow_version, items)``, ``items`` their JSON array of
+        :data:`LOG_ITEM` arrays, already encoded (the prediction log's writer queues them so).
 
         PostgreSQL gets the rows as one JSON document it takes apart itself (``json_array_elements``):
-        one round trip. SQLite is in-process, so there it is one ``executemany`` of rows whose items
-        are encoded once each: a worker that serves meanwhile spends its time on little more than
-        encoding them (SQLite's ``json_each`` would parse the document and write each row's items
-        out again, twice the CPU a text; ``benchmarks.predlog_cost`` measures it).
+        one round trip. SQLite is in-process, so there it is one ``executemany`` of the rows as they
+        are (SQLite's ``json_each`` would parse a document and write each row's items out again:
+        twice the CPU a text; ``benchmarks.predlog_cost`` measures it).
         """
         if not rows:
             return
-        dumps = orjson.dumps
         with self._connect("log", write=True) as conn:
             if conn.dialect.name == "postgresql":
-                payload = dumps([(at, rid, version, len(items), shadow, items)
-                                 for at, rid, version, shadow, items in rows]).decode()
+                fragment = orjson.Fragment
+                payload = orjson.dumps([(at, rid, version, n, shadow, fragment(items))
+                                        for at, rid, version, n, shadow, items in rows]).decode()
                 conn.exec_driver_sql(_BULK_LOG_POSTGRESQL, (payload,))
             elif conn.dialect.name == "sqlite":
-                conn.exec_driver_sql(_INSERT_LOG, [(at, rid, version, len(items), shadow, dumps(items).decode())
-                                                   for at, rid, version, shadow, items in rows])
+                conn.exec_driver_sql(_INSERT_LOG, rows)
             else:
                 conn.execute(t.prediction_log.insert(), [
-                    {"at": at, "request_id": rid, "model_version": version, "texts": len(items),
-                     "shadow_version": shadow, "items": dumps(items).decode()}
-                    for at, rid, version, shadow, items in rows])
+                    {"at": at, "request_id": rid, "model_version": version, "texts": n, "shadow_version": shadow,
+                     "items": items} for at, rid, version, n, shadow, items in rows])
 
     def purge_predictions(self, before: float) -> int:
         """Delete the requests logged before ``before`` (unix seconds); how many went."""
