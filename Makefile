@@ -75,8 +75,9 @@ test-fast: $(DEV_STAMP) $(SPARK_STAMP) ## Unit and API tests only (no real serve
 
 BASELINE ?=
 BENCH_ARGS ?=
-bench: model $(DEV_STAMP) ## Benchmark in-process and over HTTP (results in reports/bench/); BASELINE=<git rev> compares with that revision
+bench: model $(DEV_STAMP) ## Benchmark in-process and over HTTP, then what the prediction log costs (results in reports/bench/); BASELINE=<git rev> compares with that revision instead
 	$(BIN)/python -m benchmarks.run $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
+	$(if $(BASELINE),,$(BIN)/python -m benchmarks.predlog_cost)
 
 bench-score: model $(DEV_STAMP) ## Benchmark `score` on 1,000,000 rows against the fast path (results in reports/bench/)
 	$(BIN)/python -m benchmarks.score

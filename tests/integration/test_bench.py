@@ -70,3 +70,21 @@ def test_baseline_mode_alternates_this_tree_and_a_revision(artifacts_dir):
     assert ratio == pytest.approx(result["http"]["current"][scenario]["req_per_s"]
                                   / result["http"]["baseline"][scenario]["req_per_s"], rel=1e-2)
     assert f"req/s {ratio:.3f}x (target >= 0.97x: " in stdout
+
+
+def test_the_prediction_log_cost_compares_both_ways_and_loses_no_row(artifacts_dir):
+    """`make bench`'s second part, briefly: two servers, log off and on, paired and one at a time."""
+    helpers.require_binary("wrk")
+    env = {**{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}, **helpers.cli_env(artifacts_dir)}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.predlog_cost", "--only", "http", "--rounds", "1",
+                          "--seconds", "1", "--artifacts", str(artifacts_dir)],
+                         cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads((helpers.ROOT / re.search(r"written to (\S+)", out.stdout).group(1)).read_text())["http"]
+    assert result["texts_dropped_by_the_on_side"] == 0
+    assert result["requests_logged_by_the_on_side"] > 0
+    for size in (1, 100):
+        paired, alternating = result[f"{size}_text"]["paired"], result[f"{size}_text"]["alternating"]
+        assert paired["cpu_ms_per_request_off"] > 0 and paired["cpu_ms_per_request_on"] > 0
+        assert alternating["rps_off"] > 0 and alternating["rps_on"] > 0
+        assert f"{size:>3} text(s), 64 conns: throughput kept with the log on" in out.stdout
