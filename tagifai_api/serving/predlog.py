@@ -2,10 +2,10 @@
 
 A request appends its row (per text: the answer, hash, length, tokens, the words the model does not
 know), encoded as one string, to a bounded in-memory queue; a background thread writes what has
-gathered in one statement every ``interval_s``. A slow or unreachable store, or a full queue, drops rows and counts
-them; it never slows or fails a request. Rows past the retention are deleted by the same thread.
-A process that exits (a Gunicorn worker stopping after a reload, a recycle or a TERM) writes what
-it still holds first; one killed outright loses it (at most ``interval_s`` of answers).
+gathered in one statement every ``interval_s``. A slow or unreachable store, or a full queue, drops
+rows and counts them; it never slows or fails a request. Rows past the retention are deleted by the
+same thread. A process that exits (a Gunicorn worker stopping after a reload, a recycle or a TERM)
+writes what it still holds first; one killed outright loses it (at most ``interval_s`` of answers).
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class PredictionLog:
         except AttributeError:
             counts = [predictor.token_stats(clean) for clean in cleaned]
         tags = shadow_tags if shadow_tags is not None else [None] * len(texts)
-        items = [(r["predicted_tag"], r["confidence"], r["low_confidence"], tag, len(text), tokens, unknown, digest, keep)
-                 for r, tag, text, (tokens, unknown), digest, keep
+        items = [(r["predicted_tag"], r["confidence"], r["low_confidence"], tag, len(text), tokens, unknown, digest,
+                  keep) for r, tag, text, (tokens, unknown), digest, keep
                  in zip(results, tags, texts, counts, hashes, kept, strict=True)]
         return at, request_id, version, len(items), shadow_version, orjson.dumps(items).decode()
 
