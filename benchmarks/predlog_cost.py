@@ -48,18 +48,27 @@ def _bodies(tmp: Path, texts: int) -> Path:
     return path
 
 
-def wrk(url: str, seconds: float, bodies: Path, connections: int = 64) -> dict:
-    """wrk's figures for POST /predict with ``bodies`` (one JSON per line); any answer but 200 fails the run."""
-    proc = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-                           "-s", str(LUA), url],
-                          capture_output=True, text=True, timeout=seconds + 60,
-                          env={**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)})
-    if proc.returncode != 0 or "JSON" not in proc.stdout:
-        raise RuntimeError(f"wrk failed: {proc.stdout}\n{proc.stderr}")
-    result = json.loads(proc.stdout.split("JSON", 1)[1])
+def wrk_start(url: str, seconds: float, bodies: Path, connections: int = 64, threads: int = 2) -> subprocess.Popen:
+    """wrk started on POST /predict with ``bodies`` (one JSON per line); :func:`wrk_result` reads it."""
+    return subprocess.Popen(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout",
+                             "10s", "-s", str(LUA), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)})
+
+
+def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
+    """The figures of a :func:`wrk_start` run; any answer but 200 fails the run."""
+    out, err = proc.communicate(timeout=seconds + 60)
+    if proc.returncode != 0 or "JSON" not in out:
+        raise RuntimeError(f"wrk failed: {out}\n{err}")
+    result = json.loads(out.split("JSON", 1)[1])
     if result["errors_not_200"] or result["errors_timeout"]:
         raise RuntimeError(f"answers other than 200 in a bench run: {result}")
     return result
+
+
+def wrk(url: str, seconds: float, bodies: Path, connections: int = 64) -> dict:
+    """wrk's figures for POST /predict with ``bodies``, run to the end."""
+    return wrk_result(wrk_start(url, seconds, bodies, connections), seconds)
 
 
 def _state(tmp: Path, artifacts: Path, name: str) -> str:
@@ -75,9 +84,8 @@ def _state(tmp: Path, artifacts: Path, name: str) -> str:
 def _logged(url: str) -> int:
     """The id of the newest row in the log of the store at ``url`` (SQLite): how far its writers got."""
     import sqlite3
-    from contextlib import closing
 
-    with closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)) as db:
+    with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)) as db:
         return db.execute("SELECT coalesce(max(id), 0) FROM prediction_log").fetchone()[0]
 
 
@@ -94,22 +102,6 @@ def _drained(url: str, timeout_s: float = 10.0) -> None:
             return
 
 
-def _wrk_start(url: str, seconds: float, bodies: Path, connections: int = 64) -> subprocess.Popen:
-    return subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-                             "-s", str(LUA), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TAGIFAI_BENCH_BODIES": str(bodies)})
-
-
-def _wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
-    out, err = proc.communicate(timeout=seconds + 60)
-    if proc.returncode != 0 or "JSON" not in out:
-        raise RuntimeError(f"wrk failed: {out}\n{err}")
-    result = json.loads(out.split("JSON", 1)[1])
-    if result["errors_not_200"] or result["errors_timeout"]:
-        raise RuntimeError(f"answers other than 200 in a bench run: {result}")
-    return result
-
-
 def _used(server, before: dict[int, float]) -> float:
     after = _cpu_seconds(server.proc.pid)
     return sum(after.get(pid, 0.0) - before.get(pid, 0.0) for pid in after)
@@ -121,8 +113,10 @@ def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
 
     - ``paired``: both servers loaded at once (64 connections each), so every moment's load on this
       shared machine falls on both alike; the server CPU a request, off over on, is what the log
-      leaves of a saturated server's throughput. Steady to about 2 % a round here, where the same
-      server measured a minute apart moves by 10 % or more.
+      leaves of a saturated server's throughput. Two log-off servers measured so agreed within 2 % a
+      round at 32 connections each; at 64, where micro-batching makes a request's CPU depend on its
+      server's share of the load, rounds spread by up to 8 %. One at a time, the same server moved
+      by 10 % or more between windows a minute apart.
     - ``alternating``: one server at a time, off then on, then on then off, throughput as wrk sees
       it (the figure the target names; noisier, for the reason above).
 
@@ -151,8 +145,8 @@ def http(artifacts: Path, rounds: int, seconds: float, tmp: Path) -> dict:
         for r in range(rounds):
             for texts, path in bodies.items():
                 before = {side: _cpu_seconds(server.proc.pid) for side, server in servers.items()}
-                procs = {side: _wrk_start(server.url, seconds, path) for side, server in servers.items()}
-                results = {side: _wrk_result(proc, seconds) for side, proc in procs.items()}
+                procs = {side: wrk_start(server.url, seconds, path, threads=1) for side, server in servers.items()}
+                results = {side: wrk_result(proc, seconds) for side, proc in procs.items()}
                 _drained(urls["on"])
                 for side, server in servers.items():
                     paired_cpu[(side, texts)].append(_used(server, before[side]) / results[side]["requests"])
