@@ -146,17 +146,29 @@ class Jobs:
     def get(self, job_id: str) -> dict | None:
         """The job, or None when there is no such job."""
         with self.store._connect("read") as conn:
-            row = conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id)).mappings().first()
-            if row is None:
-                return None
-            lease = conn.execute(sa.select(t.leases).where(t.leases.c.name == row["kind"])).mappings().first()
-            return _public(row, lease, _db_now(conn))
+            now = _db_now(conn)
+            # the job with its kind's lease in one statement: read one after the other, a job that
+            # finished in between (state and lease change in one transaction) showed its old state
+            # with the lease already released, and was called lost (PostgreSQL reads each statement
+            # afresh)
+            query = (sa.select(t.jobs, t.leases.c.holder.label("lease_holder"),
+                               t.leases.c.expires_at.label("lease_expires_at"))
+                     .select_from(t.jobs.outerjoin(t.leases, t.leases.c.name == t.jobs.c.kind))
+                     .where(t.jobs.c.id == job_id))
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        lease = None if row["lease_expires_at"] is None else {"holder": row["lease_holder"],
+                                                               "expires_at": row["lease_expires_at"]}
+        return _public(row, lease, now)
 
     def recent(self, kind: str, limit: int = 20) -> list[dict]:
         """The newest ``limit`` jobs of ``kind``, newest first."""
         with self.store._connect("read") as conn:
+            now = _db_now(conn)
+            # the lease before the jobs: a job that finishes in between then shows as finished, never
+            # as running without its lease (see :meth:`get`)
+            lease = conn.execute(sa.select(t.leases).where(t.leases.c.name == kind)).mappings().first()
             rows = conn.execute(sa.select(t.jobs).where(t.jobs.c.kind == kind)
                                 .order_by(t.jobs.c.created_at.desc()).limit(limit)).mappings().all()
-            lease = conn.execute(sa.select(t.leases).where(t.leases.c.name == kind)).mappings().first()
-            now = _db_now(conn)
         return [_public(row, lease, now) for row in rows]

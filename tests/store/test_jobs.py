@@ -79,3 +79,28 @@ def test_a_crashed_jobs_lease_lapses_and_the_next_takes_over(jobs):
     jobs.finish(crashed["id"], "retrain", error="late")  # and its end does not free the other's lease
     with pytest.raises(JobRunningError):
         jobs.start("retrain", {})
+
+
+def test_a_job_read_while_it_finishes_is_never_called_lost(jobs):
+    """Finishing changes the job's state and frees the lease in one transaction; a reader polling
+    meanwhile sees it running or finished, never running without its lease (reported failed)."""
+    seen = []
+    for _ in range(30):
+        job = jobs.start("retrain", {})
+        jobs.renew(job["id"], "retrain", state="running")
+        stop = threading.Event()
+
+        def poll(job_id=job["id"], stop=stop):
+            while not stop.is_set():
+                seen.append(jobs.get(job_id)["state"])
+                seen.append(next(j["state"] for j in jobs.recent("retrain") if j["id"] == job_id))
+
+        reader = threading.Thread(target=poll)
+        reader.start()
+        time.sleep(0.005)
+        jobs.finish(job["id"], "retrain", result={})
+        time.sleep(0.005)
+        stop.set()
+        reader.join(10)
+    assert "failed" not in seen
+    assert {"running", "succeeded"} <= set(seen)
