@@ -3,14 +3,21 @@ row per corrected prediction or text, and say per item what happened."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 
 from tagifai_api.feedback import rollback
 from tagifai_api.feedback.quality import quality
-from tagifai_api.serving.predlog import text_sha256
+from tagifai_api.serving.predlog import text_hash
 from tagifai_api.serving.service import ModelService
 from tagifai_api.store.database import Store
+
+
+def _subject(text: str) -> str:
+    """What a hand-tagged text's correction is stored under: its SHA-256, where the log's cheaper hash
+    would let a key holder make a text whose correction replaces another's."""
+    return "t:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class FeedbackService:
@@ -31,10 +38,9 @@ class FeedbackService:
         rows: list[dict] = []
         for item in items:
             if "text" in item:
-                sha = text_sha256(item["text"])
-                rows.append({"subject": f"t:{sha}", "at": now, "source": "text", "request_id": None,
+                rows.append({"subject": _subject(item["text"]), "at": now, "source": "text", "request_id": None,
                              "position": None, "model_version": None, "predicted": None, "tag": item["tag"],
-                             "text_sha256": sha, "text": item["text"], "key_name": key_name})
+                             "text_hash": text_hash(item["text"]), "text": item["text"], "key_name": key_name})
                 reports.append({"text_kept": True})
                 continue
             key = (item["request_id"], item["index"])
@@ -45,7 +51,7 @@ class FeedbackService:
                 continue
             rows.append({"subject": f"p:{key[0]}:{key[1]}", "at": now, "source": "prediction",
                          "request_id": key[0], "position": key[1], "model_version": row["model_version"],
-                         "predicted": row["predicted"], "tag": item["tag"], "text_sha256": row["text_sha256"],
+                         "predicted": row["predicted"], "tag": item["tag"], "text_hash": row["text_hash"],
                          "text": row["text"], "key_name": key_name})
             reports.append({"model_version": row["model_version"], "predicted": row["predicted"],
                             "text_kept": row["text"] is not None})

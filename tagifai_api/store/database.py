@@ -38,7 +38,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: the newest migration's revision, so a start on an up-to-date store need not load Alembic (a test
 #: checks it is Alembic's head)
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 #: older entries are dropped: a rollback goes back at most this far
 HISTORY_LIMIT = 50
 #: a write waits this long for another writer (SQLite) or a connection (PostgreSQL) before failing
@@ -50,7 +50,7 @@ _MIGRATION_LOCK = 0x746167696661
 
 #: what one text of the prediction log holds (a request's row keeps them in this order)
 LOG_ITEM = ("predicted", "confidence", "low_confidence", "shadow_predicted", "text_length", "tokens",
-            "unknown_tokens", "text_sha256", "text")
+            "unknown_tokens", "text_hash", "text")
 #: the columns of an exported text: the request's, then the text's
 LOG_COLUMNS = ("at", "request_id", "position", "model_version", "shadow_version", *LOG_ITEM)
 # PostgreSQL takes the rows as one JSON document it takes apart itself (one round trip, in C).
@@ -805,11 +805,11 @@ class Store:
         return int(n), int(with_text or 0)
 
     def labelled_texts(self, batch: int = 5000) -> Iterator[dict]:
-        """Every correction whose text is kept, oldest first: ``{id, text, tag, at, source, text_sha256}``."""
+        """Every correction whose text is kept, oldest first: ``{id, text, tag, at, source, text_hash}``."""
         last = 0
         while True:
             query = (sa.select(t.feedback.c.id, t.feedback.c.text, t.feedback.c.tag, t.feedback.c.at,
-                               t.feedback.c.source, t.feedback.c.text_sha256)
+                               t.feedback.c.source, t.feedback.c.text_hash)
                      .where(t.feedback.c.id > last, t.feedback.c.text.is_not(None))
                      .order_by(t.feedback.c.id).limit(batch))
             with self._connect("read") as conn:
@@ -817,5 +817,5 @@ class Store:
             if not rows:
                 return
             for row in rows:
-                yield {k: row[k] for k in ("id", "text", "tag", "at", "source", "text_sha256")}
+                yield {k: row[k] for k in ("id", "text", "tag", "at", "source", "text_hash")}
             last = rows[-1]["id"]

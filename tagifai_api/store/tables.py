@@ -52,7 +52,7 @@ audit_log = Table(
 
 #: every text /predict answered, one row per request: the request's time, id, version and shadow,
 #: and ``items``, a JSON array with one ``[predicted, confidence, low_confidence, shadow_predicted,
-#: text_length, tokens, unknown_tokens, text_sha256, text]`` per text, in order (the text only in the
+#: text_length, tokens, unknown_tokens, text_hash, text]`` per text, in order (the text only in the
 #: ``texts`` mode). One row a request keeps a 100-text request's logging to one index entry per index.
 prediction_log = Table(
     "prediction_log", metadata,
@@ -80,7 +80,7 @@ feedback = Table(
     Column("model_version", String(128), index=True),
     Column("predicted", String(64)),
     Column("tag", String(64), nullable=False),
-    Column("text_sha256", String(64), nullable=False),
+    Column("text_hash", String(64), nullable=False),
     Column("text", Text),
     Column("key_name", String(64)),
 )

@@ -32,7 +32,7 @@ def logged(tmp_path):
                         (time.time() - day / 2, "other", "v2", None, [item])])
     store.record_feedback([{"subject": "t:x", "at": time.time(), "source": "text", "request_id": None,
                             "position": None, "model_version": None, "predicted": None, "tag": "mlops",
-                            "text_sha256": "b" * 64, "text": "hand tagged", "key_name": "k"}])
+                            "text_hash": "b" * 32, "text": "hand tagged", "key_name": "k"}])
     store.close()
     return url, tmp_path
 

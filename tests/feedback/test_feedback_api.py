@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tagifai_api.serving.predlog import text_sha256
+from tagifai_api.serving.predlog import text_hash
 from tests.helpers import add_key, check_envelope
 
 TEXTS = ["YOLO object detection in images", "BERT for question answering", "Kubeflow pipelines on Kubernetes"]
@@ -51,7 +51,7 @@ def test_every_answered_text_is_logged_once_with_every_field(make_app, mode):
         assert row["confidence"] == pytest.approx(answer["confidence"])
         assert row["low_confidence"] is answer["low_confidence"]
         assert row["text_length"] == len(text)
-        assert row["text_sha256"] == text_sha256(text)
+        assert row["text_hash"] == text_hash(text)
         assert row["text"] == (text if mode == "texts" else None)
         assert row["shadow_version"] is None and row["shadow_predicted"] is None
         assert time.time() - 60 < row["at"] <= time.time()

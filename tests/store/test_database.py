@@ -234,3 +234,41 @@ def test_the_migrations_build_exactly_the_schema_tables_py_describes(store):
 
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_the_text_hash_migration_rehashes_the_feedback_that_kept_its_text(store_url):
+    """0005: feedback's ``text_sha256`` becomes ``text_hash``, the log's XXH3 of each kept text; a
+    correction without its text keeps the SHA-256 it had. Downgrading gives the SHA-256 back."""
+    import hashlib
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    from tagifai_api.serving.predlog import text_hash
+
+    def sha(text):
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    s = Store(store_url)
+    try:
+        with s.engine.begin() as conn:
+            command.upgrade(s._alembic(conn), "0004")
+        rows = [("t:a", "a hand-tagged text", sha("a hand-tagged text")), ("p:r:0", None, sha("never kept"))]
+        rows += [(f"t:{i}", f"text {i}", sha(f"text {i}")) for i in range(2500)]  # more than one batch
+        with s.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO feedback (subject, at, source, tag, text_sha256, text) "
+                                 "VALUES (:subject, 0, 'text', 'mlops', :digest, :text)"),
+                         [{"subject": subject, "text": text, "digest": digest} for subject, text, digest in rows])
+        assert s.upgrade() == ("0004", SCHEMA_HEAD)
+        with s.engine.connect() as conn:
+            got = dict(conn.execute(sa.text("SELECT subject, text_hash FROM feedback")).all())
+        assert got["t:a"] == text_hash("a hand-tagged text") and len(got["t:a"]) == 32
+        assert got["p:r:0"] == sha("never kept")
+        assert all(got[f"t:{i}"] == text_hash(f"text {i}") for i in range(2500))
+        with s.engine.begin() as conn:
+            command.downgrade(s._alembic(conn), "0004")
+        with s.engine.connect() as conn:
+            back = dict(conn.execute(sa.text("SELECT subject, text_sha256 FROM feedback")).all())
+        assert back == {subject: digest for subject, _, digest in rows}
+    finally:
+        s.close()
