@@ -50,11 +50,11 @@ def create_app(config: Mapping[str, object] | None = None):
 
     model_metrics, http_metrics, exporter = metrics.init_metrics(app) if app.config["METRICS"] else (None,) * 3
     store = open_store(app.config, on_error=model_metrics.store_error if model_metrics is not None else None)
-    prediction_log = None
-    if app.config["PREDICTION_LOG"] != "off":
-        prediction_log = PredictionLog(store, keep_texts=app.config["PREDICTION_LOG"] == "texts",
-                                       days=float(app.config["PREDICTION_LOG_DAYS"]),
-                                       on_drop=model_metrics.log_dropped_rows if model_metrics is not None else None)
+    prediction_log = PredictionLog(store, record=app.config["PREDICTION_LOG"] != "off",
+                                   keep_texts=app.config["PREDICTION_LOG"] == "texts",
+                                   days=float(app.config["PREDICTION_LOG_DAYS"]),
+                                   queue_bytes=int(float(app.config["PREDICTION_LOG_QUEUE_MB"]) * (1 << 20)),
+                                   on_drop=model_metrics.log_dropped_rows if model_metrics is not None else None)
     service = ModelService(
         Registry(store, app.config["ARTIFACTS_DIR"]),
         str(app.config["MODEL_VERSION"]),

@@ -40,7 +40,10 @@ SETTINGS: dict[str, tuple[object, str]] = {
     "PREDICTION_LOG": ("meta", "Record every text /predict answers in the store: `meta` (the answer, the text's "
                                "hash, length and token counts, not the text), `texts` (the text too, which "
                                "feedback needs to become training data) or `off`."),
-    "PREDICTION_LOG_DAYS": (30.0, "Prediction log rows older than this many days are deleted in the background."),
+    "PREDICTION_LOG_DAYS": (30.0, "Prediction log rows older than this many days are deleted in the background "
+                                  "(with the log `off` too)."),
+    "PREDICTION_LOG_QUEUE_MB": (16.0, "Most prediction log rows a worker holds before writing them, in MB (while "
+                                      "the store is slow or down); beyond it they are dropped and counted."),
     "DRIFT_WINDOW": (1000, "Drift statistics compare a version's newest this many logged predictions with its "
                            "reference profile."),
     "DRIFT_MIN": (200, "Fewer logged predictions than this in the window: `not_enough_data`, never an alarm."),
@@ -172,6 +175,9 @@ def _check_choices(values: Mapping[str, object]) -> None:
         if values[key] not in allowed:
             raise SettingError(f"{ENV_PREFIX}{key}: expected one of {', '.join(allowed)}, got {values[key]!r}")
     drift_thresholds(values)
+    for key in ("PREDICTION_LOG_DAYS", "PREDICTION_LOG_QUEUE_MB"):
+        if not float(values[key]) > 0:  # also refuses NaN
+            raise SettingError(f"{ENV_PREFIX}{key}: expected a number above 0, got {values[key]!r}")
     if int(values["DRIFT_MIN"]) < 1 or int(values["DRIFT_WINDOW"]) < int(values["DRIFT_MIN"]):
         raise SettingError(f"{ENV_PREFIX}DRIFT_WINDOW and {ENV_PREFIX}DRIFT_MIN: expected 1 <= DRIFT_MIN <= "
                            f"DRIFT_WINDOW, got {values['DRIFT_MIN']!r} and {values['DRIFT_WINDOW']!r}")

@@ -1,11 +1,13 @@
 """The prediction log: every text a worker answered, written to the store off the request path.
 
 A request appends its row (per text: the answer, hash, length, tokens, the words the model does not
-know), encoded as one string, to a bounded in-memory queue; a background thread writes what has
-gathered in one statement every ``interval_s``. A slow or unreachable store, or a full queue, drops
+know), encoded as one string, to an in-memory queue bounded in bytes; a background thread writes what
+has gathered in one statement every ``interval_s``. A slow or unreachable store, or a full queue, drops
 rows and counts them; it never slows or fails a request. Rows past the retention are deleted by the
-same thread. A process that exits (a Gunicorn worker stopping after a reload, a recycle or a TERM)
-writes what it still holds first; one killed outright loses it (at most ``interval_s`` of answers).
+same thread, hourly from the worker's start, whether or not it answers anything, and with the log
+``off`` too: what an earlier setting recorded still ages out. A process that exits (a Gunicorn worker
+stopping after a reload, a recycle or a TERM) writes what it still holds first; one killed outright
+loses it (at most ``interval_s`` of answers).
 """
 
 from __future__ import annotations
@@ -36,21 +38,26 @@ class PredictionLog:
 
     Args:
         store: where the rows go.
+        record: record answers (modes ``meta`` and ``texts``); False (``off``) only deletes old rows.
         keep_texts: keep each text itself (mode ``texts``), not only its hash and statistics (``meta``).
         days: rows older than this are deleted.
-        queue_size: most texts waiting; beyond it new ones are dropped and counted.
+        queue_bytes: most encoded rows waiting, in bytes (what a worker may hold while the store is slow
+            or down, texts kept or not); beyond it new ones are dropped and counted.
         interval_s: how often the thread writes what has gathered.
         on_drop: told how many rows were dropped each time some are (the metrics count them).
     """
 
-    def __init__(self, store: Store, keep_texts: bool = False, days: float = 30.0, queue_size: int = 20_000,
-                 interval_s: float = 0.5, on_drop: Callable[[int], None] | None = None) -> None:
+    def __init__(self, store: Store, record: bool = True, keep_texts: bool = False, days: float = 30.0,
+                 queue_bytes: int = 16 << 20, interval_s: float = 0.5,
+                 on_drop: Callable[[int], None] | None = None) -> None:
         self.store = store
+        self.record = record
         self.keep_texts = keep_texts
         self.days = days
-        self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.interval_s = interval_s
         self.on_drop = on_drop
+        self._closed = False
         self._reset()
         reset_after_fork(self._reset)
         # registered before the service's batchers, so it runs after them: what they finish is written
@@ -58,14 +65,18 @@ class PredictionLog:
 
     def _reset(self) -> None:
         self._queue: deque = deque()
-        self._queued = 0  # texts, approximately (read without the lock on the request path)
+        self._queued = 0  # characters of the rows queued (read without the lock on the request path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._next_purge = 0.0
         self._last_error_log = 0.0
         self.written = 0
         self.dropped = 0
+        # started here, not on the first answer: an idle worker, or one with the log off, still purges
+        self._thread: threading.Thread | None = None
+        if not self._closed:
+            self._thread = threading.Thread(target=self._run, name="tagifai-prediction-log", daemon=True)
+            self._thread.start()
 
     def add(self, request_id: str, version: str, texts: Sequence[str], cleaned: Sequence[str],
             results: Sequence[dict], predictor: Predictor, shadow: tuple[str, list[str]] | None = None) -> None:
@@ -76,11 +87,9 @@ class PredictionLog:
         dicts, kept until the writer's next pass, were walked by every collection of a busy worker
         (with the log on, the collector's time a 100-text request was three times that with it off).
         """
-        if self._queued + len(texts) > self.queue_size:
+        if self._queued >= self.queue_bytes:
             self._drop(len(texts))
             return
-        if self._thread is None:
-            self._start()
         try:
             row = self._row(time.time(), request_id, version, texts, cleaned, results, predictor, shadow)
         except Exception:  # noqa: BLE001 - the log must never fail a request
@@ -89,13 +98,7 @@ class PredictionLog:
             return
         with self._lock:
             self._queue.append(row)
-            self._queued += len(texts)
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tagifai-prediction-log", daemon=True)
-                self._thread.start()
+            self._queued += len(row[5])
 
     def _drop(self, count: int) -> None:
         self.dropped += count
@@ -112,7 +115,7 @@ class PredictionLog:
         shadow_version, shadow_tags = shadow if shadow is not None else (None, None)
         digest = xxhash.xxh3_128_hexdigest
         hashes = [digest(text.encode("utf-8", "surrogatepass")) for text in texts]
-        kept = texts if self.keep_texts else [None] * len(texts)
+        kept = _keepable(texts) if self.keep_texts else [None] * len(texts)
         tags = shadow_tags if shadow_tags is not None else [None] * len(texts)
         try:  # a Prediction brings the counts the model made on the way
             items = _items(results, tags, texts, hashes, kept)
@@ -168,12 +171,27 @@ class PredictionLog:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued, then stop the thread."""
+        self._closed = True
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout_s)
         else:
             self.flush()
+
+
+def _keepable(texts: Sequence[str]) -> Sequence[str]:
+    """The texts as the store can keep them: PostgreSQL refuses NUL in text (one would fail the whole
+    batch written with it), so each becomes U+FFFD; JSON cannot carry a lone surrogate, which becomes
+    ``?``. The hash and length are of the text as sent."""
+    if not any("\x00" in text for text in texts):
+        try:
+            for text in texts:
+                text.encode("utf-8")
+            return texts
+        except UnicodeEncodeError:
+            pass
+    return [text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8") for text in texts]
 
 
 def _items(results: Sequence[Prediction], tags: Sequence[str | None], texts: Sequence[str], hashes: Sequence[str],

@@ -136,7 +136,8 @@ class ModelService:
             default or the shadow.
         poll_s: how often the watcher polls the store for changes (0: never; :meth:`refresh` by hand).
         shadow_queue_size: most requests waiting for the shadow.
-        prediction_log: where answered texts are recorded (None: they are not).
+        prediction_log: where answered texts are recorded (None, or one that does not record: they are
+            not); closed with the service.
         fallback: when the default cannot be loaded, serve the last good version instead (see
             :meth:`refresh`); False: answer 503 until it loads.
     """
@@ -160,6 +161,7 @@ class ModelService:
     ) -> None:
         self.registry = registry
         self.prediction_log = prediction_log
+        self._recording = prediction_log if prediction_log is not None and prediction_log.record else None
         self.fallback_enabled = fallback
         #: ``{"wanted", "serving", "reason"}`` while this worker serves another version than the default
         self.fallback: dict | None = None
@@ -605,7 +607,7 @@ class ModelService:
         """Hand the answers to the shadow and the prediction log, both off the request path; with a
         shadow, the log's rows wait for its tags (or go without them if the shadow drops them)."""
         shadow = self.shadow_version
-        logged = self.prediction_log if request_id is not None else None
+        logged = self._recording if request_id is not None else None
         if shadow is not None and shadow != version:
             then = None
             if logged is not None:
@@ -642,9 +644,9 @@ class ModelService:
             raise BatchFailedError(str(exc)) from exc
         finally:
             self._explain_lock.release()
-        if self.prediction_log is not None and request_id is not None:
-            self.prediction_log.add(request_id, served.version, texts, [predictor.clean(t) for t in texts], results,
-                                    predictor)
+        if self._recording is not None and request_id is not None:
+            self._recording.add(request_id, served.version, texts, [predictor.clean(t) for t in texts], results,
+                                predictor)
         return results
 
     def close(self) -> None:
