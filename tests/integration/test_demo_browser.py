@@ -1,6 +1,7 @@
 """/demo in headless Chromium: a person types a description, submits from the keyboard, and reads the
-tag, the bars and the shaded words; corrects a wrong tag, which live accuracy then counts; errors are
-shown in words; nothing is fetched from elsewhere."""
+tag, the bars and the shaded words; corrects a wrong tag, which live accuracy then counts (or, with no
+logged prediction to name, which is kept as a hand-tagged text); errors are shown in words; nothing is
+fetched from elsewhere."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import requests
 
 from tagifai_api.auth.keys import KeyStore
+from tagifai_api.serving.predlog import text_hash
 from tagifai_api.store.database import Store
 from tests import helpers
 
@@ -211,16 +213,54 @@ def test_demo_says_a_key_is_needed_and_works_with_a_pasted_one(artifacts_dir, tm
                     and e["params"]["request"]["url"].endswith("/predict")]
         assert predicts[-1]["params"]["request"]["headers"]["Authorization"] == f"Bearer {key}"
         assert json.loads(predicts[-1]["params"]["request"]["postData"])["explain"] is True
+        no_policy_violations(page)
 
-        # with no prediction log, the correction finds no prediction, even when sent a second time
+
+def test_demo_sends_the_text_when_the_service_has_no_record_of_the_prediction(artifacts_dir, tmp_path):
+    """With the prediction log off, the correction by request id finds nothing (twice, the second after the
+    log's half second); the page then sends the text it tagged, which the store keeps as a hand-tagged text
+    (no live accuracy), and a change of mind replaces that correction rather than adding one."""
+    root, key = private_copy(artifacts_dir, tmp_path, "corrector", "predict")
+    text = helpers.LESSON_TAGS["computer-vision"]
+    with helpers.gunicorn(root, workers=1, env={"TAGIFAI_PREDICTION_LOG": "off"}) as api, \
+            helpers.chromium(tmp_path / "profile") as page:
+        open_demo(page, api.url)
+        page.click("#key-box summary")
+        page.click("#key")
+        page.call("Input.insertText", text=key)
+        submit_from_keyboard(page, text)
+        assert page.wait_for(READ_PAGE, "the answer")["tag"] == "computer-vision"
+        predict_id = request_ids(page, "/predict")[-1]
+
         correct_from_keyboard(page, "mlops")
         said = correction_said(page)
-        assert said.startswith("error: ") and "not found yet" in said and "TAGIFAI_PREDICTION_LOG=off" in said
+        assert said.startswith("Recorded as a hand-tagged text: the right tag is mlops."), said
+        assert "does not count toward the model’s live accuracy" in said and "can be trained on" in said
+        page.screenshot(SCREENSHOTS / "demo-correction-by-text.png")
         tries = sent(page, "/feedback")
-        assert len(tries) == 2  # once more after the log's half second
+        assert [json.loads(t["postData"])["feedback"] for t in tries] == [
+            [{"request_id": predict_id, "index": 0, "tag": "mlops"}]] * 2 + [[{"text": text, "tag": "mlops"}]]
         assert all(t["headers"]["Authorization"] == f"Bearer {key}" for t in tries)
-        assert tries[0]["postData"] == tries[1]["postData"]
+
+        # the request id is known to be unknown now: the change of mind goes by text at once
+        reset_correction(page)
+        correct_from_keyboard(page, "natural-language-processing")
+        said = correction_said(page)
+        assert said.startswith("Updated as a hand-tagged text: the right tag is natural-language-processing."), said
+        tries = sent(page, "/feedback")[3:]
+        assert [json.loads(t["postData"]) for t in tries] == [
+            {"feedback": [{"text": text, "tag": "natural-language-processing"}]}]
+        quality = requests.get(f"{api.url}/models/default/quality", timeout=5).json()["data"]["all"]
+        assert quality["count"] == 0  # a hand-tagged text is no prediction of a version
         no_policy_violations(page)
+
+    store = Store(helpers.state_url(root))
+    try:
+        rows = list(store.labelled_texts())
+    finally:
+        store.close()
+    assert [(r["text"], r["tag"], r["source"], r["text_hash"]) for r in rows] == [
+        (text, "natural-language-processing", "text", text_hash(text))]
 
 
 def test_demo_sends_a_correction_that_live_accuracy_counts(artifacts_dir, tmp_path):

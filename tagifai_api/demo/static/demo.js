@@ -123,7 +123,7 @@
       ]);
       const threshold = args && args.data ? Number(args.data.threshold) : null;
       draw(predicted.data.predictions[0], threshold, predicted.data.model_version);
-      offerCorrection(requestId, 0, predicted.data.predictions[0]);
+      offerCorrection(requestId, 0, text, predicted.data.predictions[0]);
       statusLine.textContent = `Tagged by model ${predicted.data.model_version}.`;
     } catch (error) {
       result.hidden = true;
@@ -234,7 +234,9 @@
   }
 
   // "Wrong tag?": the right tag for the prediction shown goes to POST /feedback, naming the prediction
-  // by the request id of its /predict answer and its index in that request
+  // by the request id of its /predict answer and its index in that request (so it counts toward live
+  // accuracy); when the service has no record of it (log off, or the row deleted), the text goes instead,
+  // tagged by hand, so the correction can still be trained on
   const correctBox = $("correct-box");
   const correctTag = $("correct-tag");
   const correctSubmit = $("correct-submit");
@@ -245,9 +247,11 @@
   const LOG_DELAY_MS = 1000;
   let shown = null;
 
-  function offerCorrection(requestId, index, prediction) {
-    shown = requestId ? { requestId, index } : null;
-    correctBox.hidden = !shown;
+  function offerCorrection(requestId, index, text, prediction) {
+    // byText: once the request id is known to be unknown, a change of mind replaces the text's correction
+    // rather than adding a second one
+    shown = { requestId, index, text, byText: !requestId };
+    correctBox.hidden = false;
     correctBox.open = false;
     correctStatus.textContent = "";
     correctError.hidden = true;
@@ -299,26 +303,39 @@
       correctTag.focus();
       return;
     }
-    const item = { request_id: shown.requestId, index: shown.index, tag };
     correctError.hidden = true;
     correctSubmit.disabled = true;
     correctStatus.textContent = "Sending the correction…";
     try {
-      let report = await sendCorrection(item);
-      if (report.status === "unknown_request") {
-        await pause(LOG_DELAY_MS);
+      let report = null;
+      if (!shown.byText) {
+        const item = { request_id: shown.requestId, index: shown.index, tag };
         report = await sendCorrection(item);
+        if (report.status === "unknown_request") {
+          await pause(LOG_DELAY_MS);
+          report = await sendCorrection(item);
+        }
+      }
+      const byText = !report || report.status === "unknown_request";
+      if (byText) {
+        shown.byText = true;
+        report = await sendCorrection({ text: shown.text, tag });
       }
       if (report.status === "created" || report.status === "updated") {
         const verb = report.status === "created" ? "Recorded" : "Updated";
-        const use = report.text_kept
-          ? "It counts toward the model’s live accuracy, and the text with its right tag can be trained on."
-          : "It counts toward the model’s live accuracy (this service does not keep texts, so it will not be " +
+        let use;
+        if (byText) {
+          use = "The service has no record of this prediction (its prediction log is off, or the prediction " +
+            "is too old), so it does not count toward the model’s live accuracy; the text with its right tag " +
+            "can be trained on.";
+        } else if (report.text_kept) {
+          use = "It counts toward the model’s live accuracy, and the text with its right tag can be trained on.";
+        } else {
+          use = "It counts toward the model’s live accuracy (this service does not keep texts, so it will not be " +
             "trained on).";
-        correctStatus.textContent = `${verb}: the right tag is ${tag}. Thank you. ${use}`;
-      } else if (report.status === "unknown_request") {
-        showCorrectionError("This prediction was not found yet in the service’s prediction log. Try again in a " +
-          "moment; if it is still not found, the service is not logging predictions (TAGIFAI_PREDICTION_LOG=off).");
+        }
+        const how = byText ? " as a hand-tagged text" : "";
+        correctStatus.textContent = `${verb}${how}: the right tag is ${tag}. Thank you. ${use}`;
       } else {
         showCorrectionError(`The service did not record the correction (${report.status}).`);
       }
