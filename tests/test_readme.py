@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -11,6 +12,8 @@ import subprocess
 import pytest
 
 from tagifai_api import settings
+from tagifai_api.serving.predlog import text_hash
+from tagifai_api.store.database import LOG_COLUMNS
 from tests import helpers
 
 README = (helpers.ROOT / "README.md").read_text(encoding="utf-8")
@@ -252,26 +255,56 @@ def test_registry_examples_work_verbatim_against_gunicorn(registry_root, tmp_pat
 
 @pytest.mark.integration
 def test_feedback_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_path):
-    """The block runs as one shell script (it sets $KEY), each curl's output kept for checking."""
+    """The block runs as one shell script (it sets $KEY) in a folder of its own, where its exports land;
+    each curl's output kept for checking."""
     helpers.require_binary("curl")
     shutil.copy(artifacts_dir / "state.db", tmp_path / "state.db")
+    (tmp_path / ".venv").symlink_to(helpers.ROOT / ".venv")  # the block's .venv/bin/python
     env = {"TAGIFAI_PREDICTION_LOG": "texts", "TAGIFAI_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}"}
     steps = examples("feedback-examples")
     with helpers.gunicorn(artifacts_dir, env=env) as server:
-        out, checks = run_as_one_script(steps, server.url, env, tmp_path)
+        out, checks = run_as_one_script(steps, server.url, {**env, "PYTHONPATH": str(helpers.ROOT)}, tmp_path,
+                                        cwd=tmp_path)
         assert out.returncode == 0, out.stderr
-    bodies = {}
+    bodies = []
     for i, command, expected in checks:
         body = json.loads((tmp_path / f"out{i}.json").read_text())
         assert body["status-code"] == expected, (command, body)
-        bodies[i] = (command, body)
-    recorded = [b["data"] for c, b in bodies.values() if "/feedback" in c and b["status-code"] == 200]
-    assert recorded[0]["recorded"] == 2 and [i["status"] for i in recorded[0]["items"]] == ["created", "created"]
-    quality = [b["data"] for c, b in bodies.values() if "/quality" in c][0]
-    assert quality["all"]["count"] == 1
-    exported = [json.loads(line) for line in (helpers.ROOT / "feedback.jsonl").read_text().splitlines()]
-    (helpers.ROOT / "feedback.jsonl").unlink()
-    assert {(e["tag"], e["source"]) for e in exported} == {("mlops", "prediction"), ("computer-vision", "text")}
+        bodies.append((command, body))
+    version = helpers.default_of(artifacts_dir)
+    labels = json.loads((artifacts_dir / version / "labels.json").read_text())
+    text = "Serving models with Kubernetes and a feature store."
+
+    first, again = (b["data"] for c, b in bodies if "/feedback" in c and b["status-code"] == 200)
+    assert first["recorded"] == 2 and [i["status"] for i in first["items"]] == ["created", "created"]
+    predicted = first["items"][0]["predicted"]
+    assert first["items"][0]["model_version"] == version and first["items"][0]["text_kept"] is True
+    assert again["recorded"] == 1 and [i["status"] for i in again["items"]] == ["updated"]
+    assert again["items"][0]["predicted"] == predicted
+    refused = next(b for _, b in bodies if b["status-code"] == 422)
+    assert refused["data"]["errors"] == {"feedback": {"0": {"tag": [f"Must be one of: {', '.join(labels)}."]}}}
+
+    # the second correction replaced the first: one correction, saying "other"
+    quality = next(b["data"] for c, b in bodies if "/quality?days=7" in c)
+    right = int(predicted == "other")
+    assert quality["model_version"] == version
+    assert (quality["all"]["count"], quality["all"]["correct"]) == (1, right)
+    assert (quality["recent"]["days"], quality["recent"]["count"], quality["recent"]["correct"]) == (7, 1, right)
+    models = next(b["data"] for c, b in bodies if c == "curl -s http://localhost:8000/models\n")
+    live = {m["version"]: m["live"] for m in models["models"]}
+    assert live[version] == {"feedback": 1, "accuracy": quality["all"]["accuracy"]}
+
+    logged = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    ours = [r for r in logged if r["request_id"] == "demo-1"]
+    assert [list(r) for r in ours] == [list(LOG_COLUMNS)]
+    assert (ours[0]["position"], ours[0]["model_version"], ours[0]["predicted"], ours[0]["text"]) == (
+        0, version, predicted, text)
+    assert ours[0]["text_hash"] == text_hash(text)
+    with open(tmp_path / "feedback.csv", encoding="utf-8", newline="") as exported:
+        reader = csv.DictReader(exported)
+        rows = {(r["text"], r["tag"], r["source"]) for r in reader}
+    assert reader.fieldnames == ["text", "tag", "at", "source"]
+    assert rows == {(text, "other", "prediction"), ("Pruning CNNs for edge devices.", "computer-vision", "text")}
 
 
 @pytest.mark.integration
