@@ -746,19 +746,36 @@ class Store:
 
     def record_feedback(self, items: list[dict]) -> list[str]:
         """Store corrections (``subject`` names what is corrected; a second correction of the same
-        subject replaces the first); ``"created"`` or ``"updated"`` for each, in order."""
-        outcomes = []
+        subject replaces the first); ``"created"`` or ``"updated"`` for each, in order.
+
+        They are written in subject order, so two requests correcting the same subjects lock them in
+        the same order (in any other, PostgreSQL can abort one of them as a deadlock)."""
+        outcomes: dict[int, str] = {}
         with self._connect("feedback", write=True) as conn:
-            for item in items:
-                existing = conn.execute(sa.select(t.feedback.c.id).where(t.feedback.c.subject == item["subject"])
-                                        .with_for_update()).scalar_one_or_none()
-                if existing is None:
-                    conn.execute(t.feedback.insert().values(**item))
-                    outcomes.append("created")
-                else:
-                    conn.execute(t.feedback.update().where(t.feedback.c.id == existing).values(**item))
-                    outcomes.append("updated")
-        return outcomes
+            for i in sorted(range(len(items)), key=lambda i: items[i]["subject"]):
+                outcomes[i] = self._write_feedback(conn, items[i])
+        return [outcomes[i] for i in range(len(items))]
+
+    @staticmethod
+    def _write_feedback(conn: Connection, item: dict) -> str:
+        """Insert or replace one correction. A subject nobody corrected yet has no row to lock, so two
+        first corrections at once both insert and one meets the other's unique subject: that insert
+        runs under a savepoint and becomes an update of the row the other wrote (the later one wins)
+        rather than an error."""
+        table = t.feedback
+        find = sa.select(table.c.id).where(table.c.subject == item["subject"]).with_for_update()
+        existing = conn.execute(find).scalar_one_or_none()
+        if existing is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(table.insert().values(**item))
+                return "created"
+            except IntegrityError:
+                existing = conn.execute(find).scalar_one_or_none()
+                if existing is None:  # not the subject's uniqueness: a bad row
+                    raise
+        conn.execute(table.update().where(table.c.id == existing).values(**item))
+        return "updated"
 
     def feedback_outcomes(self, version: str, since: float | None = None) -> list[tuple[str, str]]:
         """``(predicted, actual)`` of every correction of ``version``'s predictions (since ``since``)."""

@@ -272,3 +272,52 @@ def test_the_text_hash_migration_rehashes_the_feedback_that_kept_its_text(store_
         assert back == {subject: digest for subject, _, digest in rows}
     finally:
         s.close()
+
+
+def test_concurrent_first_corrections_of_the_same_subjects_all_succeed(store_url):
+    """Writers of their own (as workers are) correcting the same two never-corrected subjects at one moment,
+    half of them in the other order: no row exists to lock, so the inserts meet on the unique subject.
+    Every request succeeds, each subject keeps one row (a writer's tag), and exactly one writer created it."""
+    import sqlalchemy as sa
+
+    from tagifai_api.store import tables
+
+    writers = 4
+    stores = [Store(store_url) for _ in range(writers)]
+    stores[0].upgrade()
+    barrier = threading.Barrier(writers)
+
+    def correction(subject, tag):
+        return {"subject": subject, "at": 0.0, "source": "text", "request_id": None, "position": None,
+                "model_version": None, "predicted": None, "tag": tag, "text_hash": "0" * 32, "text": subject,
+                "key_name": None}
+
+    try:
+        for round_ in range(10):
+            subjects = [f"t:{round_}-a", f"t:{round_}-b"]
+            outcomes, errors = {}, []
+
+            def write(i, store, subjects=subjects, outcomes=outcomes, errors=errors):
+                items = [correction(s, f"tag-{i}") for s in subjects][::-1 if i % 2 else 1]
+                barrier.wait(30)
+                try:
+                    outcomes[i] = dict(zip((item["subject"] for item in items), store.record_feedback(items),
+                                           strict=True))
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=write, args=(i, s)) for i, s in enumerate(stores)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors, errors
+            for subject in subjects:
+                assert sorted(o[subject] for o in outcomes.values()) == ["created"] + ["updated"] * (writers - 1)
+        with stores[0].engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.feedback.c.subject, tables.feedback.c.tag)).all()
+        assert sorted(subject for subject, _ in rows) == sorted(f"t:{r}-{x}" for r in range(10) for x in "ab")
+        assert {tag for _, tag in rows} <= {f"tag-{i}" for i in range(writers)}
+    finally:
+        for s in stores:
+            s.close()
