@@ -12,15 +12,23 @@ MAX_ITEMS = 100
 TAGS = ("computer-vision", "mlops", "natural-language-processing", "other")
 
 
+def no_nul(value: str) -> str:
+    """Refuse NUL: PostgreSQL's text columns cannot hold it, so a correction carrying one failed in the
+    store, a 503 for what is bad input."""
+    if "\x00" in value:
+        raise ValidationError("Must not contain the NUL character (\\u0000).")
+    return value
+
+
 class FeedbackItemSchema(Schema):
     """One correction: of a logged prediction (``request_id`` and ``index``) or of any ``text``."""
 
-    request_id = fields.String(validate=validate.Length(min=1, max=128),
+    request_id = fields.String(validate=[validate.Length(min=1, max=128), no_nul],
                                metadata={"description": "The X-Request-ID of a /predict answer.",
                                          "example": "a39ec4f6758f45fc0000000000000000"})
     index = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0),
                            metadata={"description": "Which text of that request (default 0)."})
-    text = fields.String(validate=NotBlank(), metadata={"description": "Any text, tagged by hand.",
+    text = fields.String(validate=[NotBlank(), no_nul], metadata={"description": "Any text, tagged by hand.",
                                    "example": "Transfer learning with transformers for text classification."})
     tag = fields.String(required=True, validate=validate.OneOf(TAGS),
                         metadata={"description": "The right tag: one of the model's classes.", "example": "mlops"})

@@ -58,7 +58,7 @@ def post_feedback():
                         additionalProperties: false
                         required: [request_id, tag]
                         properties:
-                          request_id: {type: string, minLength: 1, maxLength: 128,
+                          request_id: {type: string, minLength: 1, maxLength: 128, pattern: '^[^\\x00]*$',
                                        description: The X-Request-ID of a /predict answer.}
                           index: {type: integer, minimum: 0, default: 0, description: Which text of that request.}
                           tag: {type: string, enum: [computer-vision, mlops, natural-language-processing, other]}
@@ -66,8 +66,9 @@ def post_feedback():
                         additionalProperties: false
                         required: [text, tag]
                         properties:
-                          text: {type: string, minLength: 1, maxLength: 10000, pattern: '[^\\s\\x1c-\\x1f\\x85\\ufeff]',
-                                 description: "Any text, tagged by hand."}
+                          text: {type: string, minLength: 1, maxLength: 10000,
+                                 pattern: '^[^\\x00]*[^\\s\\x00\\x1c-\\x1f\\x85\\ufeff][^\\x00]*$',
+                                 description: "Any text, tagged by hand: not only whitespace, and no NUL."}
                           tag: {type: string, enum: [computer-vision, mlops, natural-language-processing, other]}
             example:
               feedback:

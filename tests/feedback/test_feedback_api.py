@@ -217,6 +217,10 @@ def test_each_item_records_the_key_that_sent_it(logged):
     ({"feedback": [{"tag": "mlops"}]}, ("feedback", "0", "_schema")),
     ({"feedback": [{"text": "   ", "tag": "mlops"}]}, ("feedback", "0", "text")),
     ({"feedback": [{"text": "x" * 10_001, "tag": "mlops"}]}, ("feedback", "0", "text")),
+    # NUL: PostgreSQL's text columns cannot hold it (the store answered 503)
+    ({"feedback": [{"text": "a\x00b", "tag": "mlops"}]}, ("feedback", "0", "text")),
+    ({"feedback": [{"text": "ok", "tag": "mlops"}, {"request_id": "r\x00", "tag": "mlops"}]},
+     ("feedback", "1", "request_id")),
     ({"feedback": [{"request_id": "r", "index": -1, "tag": "mlops"}]}, ("feedback", "0", "index")),
     ({"feedback": []}, ("feedback",)),
     ({"feedback": [{"text": "x", "tag": "mlops"}] * 101}, ("feedback",)),
