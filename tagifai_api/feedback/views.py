@@ -128,7 +128,8 @@ def get_quality(version: str):
         - {name: version, in: path, required: true, schema: {type: string}, example: $default_version}
         - {name: days, in: query, required: false, schema: {type: number, default: 7, minimum: 0.01, maximum: 3650}}
       responses:
-        200: "data.all and data.recent: count, accuracy, accuracy_95 (Wilson), per_class, confusion"
+        200: "data.all and data.recent: count, accuracy, accuracy_95 (Wilson), per_class, confusion;
+          data.test_split_f1 from the version's metadata (null when it cannot be read; the model is not loaded)"
         404: Unknown version; data.valid lists the valid ones
         422: Invalid days
     """
@@ -136,8 +137,12 @@ def get_quality(version: str):
     days = _quality_query.load(request.args)["days"]
     name = service.default_name() if version == "default" else version
     versions.require_known(service.artifacts_dir, name or "default")
-    model = service.model_version(name)
-    performance = model.performance.get("overall", {})
+    # read from the version's files, never loaded: this GET needs no key, and a load could push out a
+    # loaded version; the corrections are in the store, so even a version whose files fail has its report
+    try:
+        model = service.metadata(name)
+        labels, f1 = model.labels, model.performance.get("overall", {}).get("f1")
+    except versions.InvalidVersionError:
+        labels, f1 = [], None
     return construct_response(HTTPStatus.OK, data={
-        "model_version": name, "test_split_f1": performance.get("f1"),
-        **_feedback().quality(name, model.labels, days)})
+        "model_version": name, "test_split_f1": f1, **_feedback().quality(name, labels, days)})

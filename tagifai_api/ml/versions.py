@@ -46,6 +46,23 @@ def require_known(root: Path, version: str) -> str:
     return version
 
 
+def metadata(root: Path, version: str) -> ModelVersion:
+    """A version's manifest, args, performance and labels (their files checked against the manifest),
+    without its model: what a quality report or a tag check needs costs no load, and cannot push a
+    loaded version out nor fail on damaged model files.
+
+    Raises:
+        UnknownVersionError: there is no such version.
+        InvalidVersionError: those files are missing, damaged or written by another scikit-learn.
+    """
+    root = Path(root)
+    require_known(root, version)
+    try:
+        return artifacts.load(root, version, compiled=False)
+    except ArtifactError as exc:
+        raise InvalidVersionError(version, str(exc)) from None
+
+
 def verify(root: Path, version: str, *, every_file: bool = True) -> tuple[ModelVersion, Predictor]:
     """Check the files of ``version`` against their sha256, load it and make one warm-up prediction.
 

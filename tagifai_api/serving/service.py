@@ -418,6 +418,15 @@ class ModelService:
         """The metadata (args, performance, labels) of a loaded version, loading it on first use."""
         return self.get(version).model
 
+    def metadata(self, version: str) -> ModelVersion:
+        """The metadata (args, performance, labels) of ``version`` without loading it: a loaded version's
+        own, else read from its files (see :func:`versions.metadata`, whose errors it raises)."""
+        with self._lock:
+            served = self._loaded.get(version)
+        if served is not None:
+            return served.model
+        return versions.metadata(self.artifacts_dir, version)
+
     # the registry, as this worker changes it: verify here (keeping the version loaded), write,
     # then follow at once; other workers and replicas follow within ``poll_s``
     def default_name(self) -> str | None:

@@ -3,6 +3,7 @@ kinds of correction, corrections of corrections, who may send them, and bad inpu
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -192,6 +193,32 @@ def test_live_accuracy_by_hand_in_quality_and_in_the_listing(logged):
     assert counted[(predicted[2], wrong)] == 1.0 and sum(counted.values()) == 3.0
     assert check_envelope(client.get("/models/v0/quality"), 404)["data"]["valid"]
     assert client.get("/models/default/quality?days=0").status_code == 422
+
+
+def test_quality_reads_a_version_from_its_files_without_loading_it(registry_root, make_app):
+    """Anyone may GET a quality report: it must not load a version (which could push out a loaded one),
+    and a version whose model files are damaged still has its corrections counted."""
+    root, _, other = registry_root
+    app = make_app(ARTIFACTS_DIR=str(root), REGISTRY_POLL_S=0)
+    service = app.extensions["tagifai"].service
+    _store(app).record_feedback([{"subject": "p:r:0", "at": time.time(), "source": "prediction", "request_id": "r",
+                                  "position": 0, "model_version": other, "predicted": "mlops", "tag": "other",
+                                  "text_hash": "0" * 32, "text": None, "key_name": None}])
+    labels = json.loads((root / other / "labels.json").read_text())
+    f1 = json.loads((root / other / "performance.json").read_text())["overall"]["f1"]
+    client = app.test_client()
+    assert other not in service.loaded_versions()
+    q = check_envelope(client.get(f"/models/{other}/quality"), 200)["data"]
+    assert (q["model_version"], q["test_split_f1"], q["all"]["count"]) == (other, f1, 1)
+    assert list(q["all"]["per_class"]) == labels
+    assert other not in service.loaded_versions()
+    (root / other / "model.npz").write_bytes(b"damaged")
+    q = check_envelope(client.get(f"/models/{other}/quality"), 200)["data"]
+    assert (q["test_split_f1"], q["all"]["count"]) == (f1, 1)
+    (root / other / "performance.json").write_text("{}")  # its metadata too: the report without them
+    q = check_envelope(client.get(f"/models/{other}/quality"), 200)["data"]
+    assert (q["test_split_f1"], q["all"]["count"], q["all"]["confusion"]["other"]["mlops"]) == (None, 1, 1)
+    assert other not in service.loaded_versions()
 
 
 @pytest.mark.parametrize("mode, status", [("admin", 401), ("all", 401), ("off", 200)])
