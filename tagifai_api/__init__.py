@@ -98,5 +98,5 @@ def create_app(config: Mapping[str, object] | None = None):
     others = [v for v in artifacts.list_versions(service.artifacts_dir) if v != default]
     tagifai.openapi = openapi.build_spec(
         app, int(app.config["MAX_TEXTS"]), int(app.config["MAX_TEXT_LENGTH"]), default,
-        others[-1] if others else None, guard.key_requirements(app))
+        others[-1] if others else None, guard.key_requirements(app), service.model.labels if service.ready else None)
     return app

@@ -88,6 +88,25 @@ def copy_version(root: Path, version: str, name: str) -> str:
     return name
 
 
+def renamed_classes(result, names: dict[str, str]):
+    """A trained result (:class:`~tagifai_api.ml.train.TrainResult`) whose classes are renamed (``{old: new}``)
+    everywhere a version keeps them: a model with classes of its own, as one trained on other tags would
+    have, without training one."""
+    import dataclasses
+
+    def rename(classes):
+        return [names.get(c, c) for c in classes]
+
+    profile = None
+    if result.profile is not None:
+        profile = {**result.profile, "classes": {**result.profile["classes"],
+                                                 "labels": rename(result.profile["classes"]["labels"])}}
+    performance = {**result.performance, "class": {names.get(c, c): v for c, v in result.performance["class"].items()}}
+    compiled = dataclasses.replace(result.compiled, classes=tuple(rename(result.compiled.classes)), _word_ids={})
+    return dataclasses.replace(result, compiled=compiled, labels=rename(result.labels), profile=profile,
+                               performance=performance)
+
+
 # --- ``python -m tagifai_api score`` ------------------------------------------------------------
 
 

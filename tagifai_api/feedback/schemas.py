@@ -8,8 +8,8 @@ from tagifai_api.web.schemas import NotBlank
 
 #: most items in one request
 MAX_ITEMS = 100
-#: the tags the service gives (the documented choices; a version's own classes are checked too)
-TAGS = ("computer-vision", "mlops", "natural-language-processing", "other")
+#: longest tag (the store's column); which tags are right depends on the version, so the view checks that
+MAX_TAG_LENGTH = 64
 
 
 def no_nul(value: str) -> str:
@@ -30,8 +30,9 @@ class FeedbackItemSchema(Schema):
                            metadata={"description": "Which text of that request (default 0)."})
     text = fields.String(validate=[NotBlank(), no_nul], metadata={"description": "Any text, tagged by hand.",
                                    "example": "Transfer learning with transformers for text classification."})
-    tag = fields.String(required=True, validate=validate.OneOf(TAGS),
-                        metadata={"description": "The right tag: one of the model's classes.", "example": "mlops"})
+    tag = fields.String(required=True, validate=[validate.Length(min=1, max=MAX_TAG_LENGTH), no_nul],
+                        metadata={"description": "The right tag: one of the classes of the version that made the "
+                                                 "prediction (for a text, the default's).", "example": "mlops"})
 
     @validates_schema
     def one_subject(self, data: dict, **kwargs) -> None:

@@ -26,12 +26,20 @@ class FeedbackService:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def record(self, items: Sequence[dict], key_name: str | None) -> list[dict]:
-        """Store the corrections (validated items of ``POST /feedback``); one report per item, in order:
-        ``status`` (``created``, ``updated``, ``unknown_request``, ``unknown_index``), and for a
-        prediction, its ``model_version``, ``predicted`` tag and whether its text was kept."""
-        wanted = [(item["request_id"], item["index"]) for item in items if "request_id" in item]
-        logged = self.store.find_predictions(wanted)
+    def find(self, items: Sequence[dict]) -> dict[tuple[str, int], dict]:
+        """The logged prediction each item of ``items`` that names one is about, by ``(request id, index)``:
+        its row tells which version made it (whose classes its tag must be one of)."""
+        return self.store.find_predictions([(item["request_id"], item["index"]) for item in items
+                                            if "request_id" in item])
+
+    def record(self, items: Sequence[dict], key_name: str | None,
+               logged: dict[tuple[str, int], dict] | None = None) -> list[dict]:
+        """Store the corrections (validated items of ``POST /feedback``; ``logged``: what :meth:`find`
+        answered for them, else it is asked); one report per item, in order: ``status`` (``created``,
+        ``updated``, ``unknown_request``, ``unknown_index``), and for a prediction, its ``model_version``,
+        ``predicted`` tag and whether its text was kept."""
+        if logged is None:
+            logged = self.find(items)
         known_requests = {rid for rid, _ in logged}
         now = time.time()
         reports: list[dict] = []

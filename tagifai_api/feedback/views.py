@@ -12,8 +12,8 @@ from tagifai_api.auth.guard import require_role
 from tagifai_api.feedback.schemas import FeedbackRequestSchema, QualityQuerySchema
 from tagifai_api.feedback.service import FeedbackService
 from tagifai_api.ml import versions
-from tagifai_api.ml.artifacts import ArtifactError
-from tagifai_api.serving.service import SwitchRefusedError
+from tagifai_api.ml.artifacts import ArtifactError, ModelVersion
+from tagifai_api.serving.service import ModelService, SwitchRefusedError
 from tagifai_api.store.database import StoreError
 from tagifai_api.web.context import get_service, state
 from tagifai_api.web.responses import construct_response
@@ -61,7 +61,9 @@ def post_feedback():
                           request_id: {type: string, minLength: 1, maxLength: 128, pattern: '^[^\\x00]*$',
                                        description: The X-Request-ID of a /predict answer.}
                           index: {type: integer, minimum: 0, default: 0, description: Which text of that request.}
-                          tag: {type: string, enum: [computer-vision, mlops, natural-language-processing, other]}
+                          tag: {type: string, minLength: 1, maxLength: 64, pattern: '^[^\\x00]*$',
+                                description: "One of the classes of the version that made the prediction (its labels
+                                  in GET /models/{version}); another is a 422 that lists them."}
                       - type: object
                         additionalProperties: false
                         required: [text, tag]
@@ -69,7 +71,10 @@ def post_feedback():
                           text: {type: string, minLength: 1, maxLength: 10000,
                                  pattern: '^[^\\x00]*[^\\s\\x00\\x1c-\\x1f\\x85\\ufeff][^\\x00]*$',
                                  description: "Any text, tagged by hand: not only whitespace, and no NUL."}
-                          tag: {type: string, enum: [computer-vision, mlops, natural-language-processing, other]}
+                          tag: {type: string, minLength: 1, maxLength: 64, enum: $default_classes,
+                                description: "One of the default version's classes (its labels in GET /models/default:
+                                  the enum lists them as they were when this document was made); another is a 422
+                                  that lists them."}
             example:
               feedback:
                 - {request_id: a39ec4f6758f45fc0000000000000000, index: 0, tag: mlops}
@@ -78,21 +83,32 @@ def post_feedback():
         200: "data.items: one report per item (status created, updated, unknown_request or unknown_index)"
         400: Malformed JSON
         415: Not JSON
-        422: Invalid body, or a tag that is not one of the model's classes (data.errors lists them)
+        422: "Invalid body, or a tag that is not one of the classes of the version it is checked against
+          (data.errors lists them, e.g. under feedback.0.tag)"
     """
     items = _body.load(request.get_json())["feedback"]
-    labels = get_service().model_version(None).labels
+    service, feedback = get_service(), _feedback()
+    default = service.model_version(None)
     longest = int(current_app.config["MAX_TEXT_LENGTH"])
     wrong: dict[str, dict] = {}
+    # what needs no store first, so bad input is a 422 even while the store is down
     for i, item in enumerate(items):
-        if item["tag"] not in labels:
-            wrong.setdefault(str(i), {})["tag"] = [f"Must be one of: {', '.join(labels)}."]
-        if len(item.get("text", "")) > longest:
-            wrong.setdefault(str(i), {})["text"] = [f"Longer than maximum length {longest}."]
+        if "text" in item:
+            if len(item["text"]) > longest:
+                wrong.setdefault(str(i), {})["text"] = [f"Longer than maximum length {longest}."]
+            _check_tag(wrong, i, item["tag"], default)
+    if wrong:
+        raise ValidationError({"feedback": wrong})
+    logged = feedback.find(items)
+    models = {default.version: default}
+    for i, item in enumerate(items):
+        row = logged.get((item.get("request_id"), item.get("index")))
+        if row is not None:  # an unknown request or index is reported in its item's status instead
+            _check_tag(wrong, i, item["tag"], _model_of(service, row["model_version"], models, default))
     if wrong:
         raise ValidationError({"feedback": wrong})
     key = g.get("api_key")
-    reports = _feedback().record(items, key.name if key is not None else None)
+    reports = feedback.record(items, key.name if key is not None else None, logged)
     metrics = state().metrics
     if metrics is not None:
         for item, report in zip(items, reports, strict=True):
@@ -102,6 +118,26 @@ def post_feedback():
     if recorded and current_app.config["AUTO_ROLLBACK"]:
         _watch_default()
     return construct_response(HTTPStatus.OK, data={"recorded": recorded, "items": reports})
+
+
+def _check_tag(wrong: dict[str, dict], i: int, tag: str, model: ModelVersion) -> None:
+    """A tag must be one of the classes of the version it corrects: another could not be trained on, nor
+    compared with what that version answers."""
+    if tag not in model.labels:
+        wrong.setdefault(str(i), {})["tag"] = [f"Must be one of the classes of {model.version}: "
+                                               f"{', '.join(model.labels)}."]
+
+
+def _model_of(service: ModelService, version: str, seen: dict[str, ModelVersion],
+              default: ModelVersion) -> ModelVersion:
+    """The metadata of the version that made a logged prediction, read once a request and without loading
+    it; the default's when that version is gone or its files cannot be read."""
+    if version not in seen:
+        try:
+            seen[version] = service.metadata(version)
+        except ArtifactError:  # unknown (deleted) or invalid
+            seen[version] = default
+    return seen[version]
 
 
 def _watch_default() -> None:

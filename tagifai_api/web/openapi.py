@@ -8,7 +8,8 @@ keep those blocks short (:class:`_ShortForms` expands them):
 - a response given as text is its description, answered in the Envelope (every answer is one);
 - a parameter given as a name is one of :data:`PARAMETERS`;
 - ``$default_version`` and ``$other_version`` stand for real versions of this app's artifacts, so
-  that "Try it out" finds them.
+  that "Try it out" finds them; ``$default_classes`` for the default's classes (a key given it is left
+  out when no model is loaded).
 
 The same walk over the routes marks the operations that need a key in the app's mode (the
 ``requirements`` of :func:`tagifai_api.auth.guard.key_requirements`) with the bearer scheme and
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from apispec import APISpec, BasePlugin, yaml_utils
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -35,6 +36,8 @@ PARAMETERS = {
 }
 #: a stand-in for the versions when no model is loaded
 _FALLBACK_VERSION = "v20261127T011631486627Z"
+#: a placeholder's value that leaves its key out
+_ABSENT = object()
 
 
 def _envelope(description: str) -> dict:
@@ -70,12 +73,13 @@ class _ShortForms(BasePlugin):
     answers, and marks the operations that need a key; before the marshmallow plugin and apispec
     resolve schema names, so what it writes is resolved too."""
 
-    def __init__(self, placeholders: Mapping[str, str]) -> None:
+    def __init__(self, placeholders: Mapping[str, object]) -> None:
         self.placeholders = placeholders
 
     def _fill(self, node):
         if isinstance(node, dict):
-            return {key: self._fill(value) for key, value in node.items()}
+            filled = ((key, self._fill(value)) for key, value in node.items())
+            return {key: value for key, value in filled if value is not _ABSENT}
         if isinstance(node, list):
             return [self._fill(item) for item in node]
         return self.placeholders.get(node, node) if isinstance(node, str) else node
@@ -102,12 +106,15 @@ class _ShortForms(BasePlugin):
 
 
 def build_spec(app: Flask, max_texts: int, max_text_length: int, example_version: str | None = None,
-               example_candidate: str | None = None, requirements: Mapping[str, str] | None = None) -> dict:
+               example_candidate: str | None = None, requirements: Mapping[str, str] | None = None,
+               default_classes: Sequence[str] | None = None) -> dict:
     """The document as a dict: every registered view with YAML in its docstring, this app's limits in
     the request schema, real versions as examples (the default it started with, and another one to
-    shadow), and the bearer scheme on the endpoints in ``requirements`` (``{endpoint: role}``)."""
+    shadow), the default's classes where a tag must be one of them, and the bearer scheme on the
+    endpoints in ``requirements`` (``{endpoint: role}``)."""
     example_version = example_version or _FALLBACK_VERSION
-    placeholders = {"$default_version": example_version, "$other_version": example_candidate or example_version}
+    placeholders = {"$default_version": example_version, "$other_version": example_candidate or example_version,
+                    "$default_classes": list(default_classes) if default_classes else _ABSENT}
     requirements = requirements or {}
     marshmallow_plugin = MarshmallowPlugin()
     spec = APISpec(

@@ -4,13 +4,17 @@ kinds of correction, corrections of corrections, who may send them, and bad inpu
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tagifai_api import settings
+from tagifai_api.ml import artifacts
 from tagifai_api.serving.predlog import text_hash
-from tests.helpers import add_key, check_envelope
+from tests.helpers import add_key, check_envelope, open_registry, renamed_classes
 
 TEXTS = ["YOLO object detection in images", "BERT for question answering", "Kubeflow pipelines on Kubernetes"]
 
@@ -240,6 +244,9 @@ def test_each_item_records_the_key_that_sent_it(logged):
 
 @pytest.mark.parametrize("body, path", [
     ({"feedback": [{"text": "x", "tag": "robots"}]}, ("feedback", "0", "tag")),
+    ({"feedback": [{"text": "x", "tag": ""}]}, ("feedback", "0", "tag")),
+    ({"feedback": [{"request_id": "r", "tag": "t" * 65}]}, ("feedback", "0", "tag")),
+    ({"feedback": [{"request_id": "r", "tag": "mlops\x00"}]}, ("feedback", "0", "tag")),
     ({"feedback": [{"text": "x", "request_id": "r", "tag": "mlops"}]}, ("feedback", "0", "_schema")),
     ({"feedback": [{"tag": "mlops"}]}, ("feedback", "0", "_schema")),
     ({"feedback": [{"text": "   ", "tag": "mlops"}]}, ("feedback", "0", "text")),
@@ -264,11 +271,80 @@ def test_bad_input_is_a_422_naming_the_field(logged, body, path):
     assert list(_store(app).labelled_texts()) == []
 
 
-def test_a_wrong_tag_lists_the_model_classes(logged):
-    app, key = logged
+@pytest.fixture(scope="module")
+def other_classes_template(tmp_path_factory, trained) -> tuple[Path, str, str]:
+    """An artifacts folder whose default's classes are not the shipped model's (computer-vision is
+    "vision"), beside a version with the shipped classes: ``(root, default, shipped)``."""
+    root = tmp_path_factory.mktemp("other-classes")
+    sha = artifacts.sha256_file(settings.DATA_FILE)
+    registry = open_registry(root)
+    shipped = artifacts.save(root, trained, sha).version
+    default = registry.save_version(renamed_classes(trained, {"computer-vision": "vision"}), sha).version
+    registry.store.close()
+    return root, default, shipped
+
+
+@pytest.fixture
+def other_classes(tmp_path, other_classes_template, make_app):
+    """An app on a private copy of that folder, its predict key's header, and the two versions."""
+    template, default, shipped = other_classes_template
+    root = tmp_path / "artifacts"
+    shutil.copytree(template, root)
+    app = make_app(ARTIFACTS_DIR=str(root), PREDICTION_LOG="texts", REGISTRY_POLL_S=0)
+    return app, {"Authorization": f"Bearer {add_key(app, 'reader', 'predict')}"}, root, default, shipped
+
+
+def test_a_wrong_tag_lists_the_classes_of_the_model_it_is_checked_against(other_classes):
+    app, key, _, default, _ = other_classes
+    labels = app.extensions["tagifai"].service.model.labels
+    assert "vision" in labels and "computer-vision" not in labels
     r = app.test_client().post("/feedback", headers=key, json={"feedback": [{"text": "x", "tag": "robots"}]})
-    message = r.get_json()["data"]["errors"]["feedback"]["0"]["tag"][0]
-    assert message == "Must be one of: computer-vision, mlops, natural-language-processing, other."
+    errors = check_envelope(r, 422, "POST")["data"]["errors"]
+    assert errors == {"feedback": {"0": {"tag": [f"Must be one of the classes of {default}: {', '.join(labels)}."]}}}
+
+
+def _logged_row(request_id: str, version: str, predicted: str) -> tuple:
+    """A logged one-text request (see ``Store.log_requests``), as if ``version`` had answered it."""
+    return (time.time(), request_id, version, None, [(predicted, 0.9, False, None, 6, 1, 0, "0" * 32, "a text")])
+
+
+def test_each_tag_is_one_of_the_classes_of_the_version_that_made_the_prediction(other_classes):
+    """A text's tag is checked against the default's classes; a prediction's against the classes of the
+    version that made it, read from its files (it is not loaded for that), or the default's when that
+    version is gone. An unknown request is reported in its item, whatever its tag."""
+    app, key, root, default, shipped = other_classes
+    client = app.test_client()
+    service = app.extensions["tagifai"].service
+    _store(app).log_requests([_logged_row("by-shipped", shipped, "mlops"), _logged_row("by-default", default, "mlops"),
+                              _logged_row("by-gone", "v-gone", "mlops")])
+
+    def send(*items):
+        return client.post("/feedback", headers=key, json={"feedback": list(items)})
+
+    r = send({"request_id": "by-shipped", "tag": "vision"}, {"request_id": "by-default", "tag": "computer-vision"},
+             {"request_id": "by-gone", "tag": "computer-vision"}, {"text": "Image segmentation", "tag": "vision"},
+             {"request_id": "nope", "tag": "robots"})
+    errors = check_envelope(r, 422, "POST")["data"]["errors"]["feedback"]
+    shipped_labels = json.loads((root / shipped / "labels.json").read_text())
+    assert errors == {"0": {"tag": [f"Must be one of the classes of {shipped}: {', '.join(shipped_labels)}."]},
+                      "1": {"tag": [f"Must be one of the classes of {default}: {', '.join(service.model.labels)}."]},
+                      "2": {"tag": [f"Must be one of the classes of {default}: {', '.join(service.model.labels)}."]}}
+    assert list(_store(app).labelled_texts()) == []
+    r = send({"request_id": "by-shipped", "tag": "computer-vision"}, {"request_id": "by-default", "tag": "vision"},
+             {"request_id": "by-gone", "tag": "vision"}, {"text": "Image segmentation", "tag": "vision"},
+             {"request_id": "nope", "tag": "robots"})
+    items = check_envelope(r, 200, "POST")["data"]["items"]
+    assert [i["status"] for i in items] == ["created"] * 4 + ["unknown_request"]
+    assert shipped not in service.loaded_versions()
+
+
+def test_the_document_gives_the_default_classes_for_a_text_and_no_list_for_a_prediction(other_classes):
+    app, _, _, _, _ = other_classes
+    spec = app.test_client().get("/openapi.json").get_json()
+    body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    prediction, text = body["properties"]["feedback"]["items"]["oneOf"]
+    assert text["properties"]["tag"]["enum"] == app.extensions["tagifai"].service.model.labels
+    assert "enum" not in prediction["properties"]["tag"]
 
 
 def test_not_json_is_415(logged):
