@@ -8,6 +8,9 @@ from tagifai_api.web.schemas import NotBlank
 
 #: most items in one request
 MAX_ITEMS = 100
+#: largest index: the store's position column is a 32-bit integer (and orjson reads an integer past
+#: 2**64 as a float, which a bound far below it keeps from being refused as "not an integer")
+MAX_INDEX = 2**31 - 1
 #: longest tag (the store's column); which tags are right depends on the version, so the view checks that
 MAX_TAG_LENGTH = 64
 
@@ -26,7 +29,7 @@ class FeedbackItemSchema(Schema):
     request_id = fields.String(validate=[validate.Length(min=1, max=128), no_nul],
                                metadata={"description": "The X-Request-ID of a /predict answer.",
                                          "example": "a39ec4f6758f45fc0000000000000000"})
-    index = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0),
+    index = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=MAX_INDEX),
                            metadata={"description": "Which text of that request (default 0)."})
     text = fields.String(validate=[NotBlank(), no_nul], metadata={"description": "Any text, tagged by hand.",
                                    "example": "Transfer learning with transformers for text classification."})

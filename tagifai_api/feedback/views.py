@@ -60,7 +60,8 @@ def post_feedback():
                         properties:
                           request_id: {type: string, minLength: 1, maxLength: 128, pattern: '^[^\\x00]*$',
                                        description: The X-Request-ID of a /predict answer.}
-                          index: {type: integer, minimum: 0, default: 0, description: Which text of that request.}
+                          index: {type: integer, minimum: 0, maximum: 2147483647, default: 0,
+                                  description: Which text of that request.}
                           tag: {type: string, minLength: 1, maxLength: 64, pattern: '^[^\\x00]*$',
                                 description: "One of the classes of the version that made the prediction (its labels
                                   in GET /models/{version}); another is a 422 that lists them."}

@@ -256,6 +256,7 @@ def test_each_item_records_the_key_that_sent_it(logged):
     ({"feedback": [{"text": "ok", "tag": "mlops"}, {"request_id": "r\x00", "tag": "mlops"}]},
      ("feedback", "1", "request_id")),
     ({"feedback": [{"request_id": "r", "index": -1, "tag": "mlops"}]}, ("feedback", "0", "index")),
+    ({"feedback": [{"request_id": "r", "index": 2**31, "tag": "mlops"}]}, ("feedback", "0", "index")),
     ({"feedback": []}, ("feedback",)),
     ({"feedback": [{"text": "x", "tag": "mlops"}] * 101}, ("feedback",)),
     ({"feedback": [{"text": "x", "tag": "mlops", "extra": 1}]}, ("feedback", "0", "extra")),
