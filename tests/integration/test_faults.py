@@ -96,17 +96,21 @@ def connections_of(pid: int, port: int) -> int:
 
 
 def kill_busiest_worker(master: int, port: int) -> tuple[int, int, float]:
-    """SIGKILL the worker holding most connections: (pid, its connections, when). Retried when
-    recycling replaces a worker between looking and killing."""
+    """SIGKILL the worker holding most connections: (pid, its connections, when). It is stopped while
+    its connections are counted, so it accepts none between the count and the kill (the other worker
+    takes what arrives meanwhile). Retried when recycling replaces a worker between looking and killing."""
     for _ in range(100):
         try:
             held = {pid: connections_of(pid, port) for pid in workers(master)}
             victim = max(held, key=held.get)
-            if not held[victim]:  # both just recycled, the clients' connections not yet accepted
+            os.kill(victim, signal.SIGSTOP)
+            connections = connections_of(victim, port)
+            if not connections:  # both just recycled, the clients' connections not yet accepted
+                os.kill(victim, signal.SIGCONT)
                 raise ValueError("no connections held")
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            return victim, held[victim], killed_at
+            return victim, connections, killed_at
         except (psutil.NoSuchProcess, ProcessLookupError, ValueError):
             time.sleep(0.05)
     raise RuntimeError("no worker could be killed")
