@@ -282,7 +282,8 @@ def test_feedback_examples_work_verbatim_against_gunicorn(artifacts_dir, tmp_pat
     assert again["recorded"] == 1 and [i["status"] for i in again["items"]] == ["updated"]
     assert again["items"][0]["predicted"] == predicted
     refused = next(b for _, b in bodies if b["status-code"] == 422)
-    assert refused["data"]["errors"] == {"feedback": {"0": {"tag": [f"Must be one of: {', '.join(labels)}."]}}}
+    wanted = f"Must be one of the classes of {version}: {', '.join(labels)}."
+    assert refused["data"]["errors"] == {"feedback": {"0": {"tag": [wanted]}}}
 
     # the second correction replaced the first: one correction, saying "other"
     quality = next(b["data"] for c, b in bodies if "/quality?days=7" in c)
