@@ -46,6 +46,8 @@ _BUSY_TIMEOUT_S = 5
 _CONNECT_TIMEOUT_S = 2
 #: the PostgreSQL advisory lock migrations take ("tagifai" in ASCII)
 _MIGRATION_LOCK = 0x746167696661
+#: the one feedback writes take, one at a time ("feedbk")
+_FEEDBACK_LOCK = 0x666565646266
 
 
 #: what one text of the prediction log holds (a request's row keeps them in this order)
@@ -748,32 +750,25 @@ class Store:
         """Store corrections (``subject`` names what is corrected; a second correction of the same
         subject replaces the first); ``"created"`` or ``"updated"`` for each, in order.
 
-        They are written in subject order, so two requests correcting the same subjects lock them in
-        the same order (in any other, PostgreSQL can abort one of them as a deadlock)."""
-        outcomes: dict[int, str] = {}
+        They are written in the order they came (one request's corrections share a time, and their ids
+        keep that order for the retraining's split). On PostgreSQL one request writes at a time, under
+        an advisory lock: two correcting the same subjects in opposite orders would otherwise wait on
+        each other's rows until one is aborted as a deadlock (SQLite's writers already queue), and
+        feedback comes at the pace people correct tags."""
         with self._connect("feedback", write=True) as conn:
-            for i in sorted(range(len(items)), key=lambda i: items[i]["subject"]):
-                outcomes[i] = self._write_feedback(conn, items[i])
-        return [outcomes[i] for i in range(len(items))]
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FEEDBACK_LOCK})
+            return [self._write_feedback(conn, item) for item in items]
 
     @staticmethod
     def _write_feedback(conn: Connection, item: dict) -> str:
-        """Insert or replace one correction. A subject nobody corrected yet has no row to lock, so two
-        first corrections at once both insert and one meets the other's unique subject: that insert
-        runs under a savepoint and becomes an update of the row the other wrote (the later one wins)
-        rather than an error."""
+        """Insert or replace one correction (writers take turns, see :meth:`record_feedback`: a subject
+        nobody corrected yet has no row to lock, and two first corrections would both insert)."""
         table = t.feedback
-        find = sa.select(table.c.id).where(table.c.subject == item["subject"]).with_for_update()
-        existing = conn.execute(find).scalar_one_or_none()
+        existing = conn.execute(sa.select(table.c.id).where(table.c.subject == item["subject"])).scalar_one_or_none()
         if existing is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(table.insert().values(**item))
-                return "created"
-            except IntegrityError:
-                existing = conn.execute(find).scalar_one_or_none()
-                if existing is None:  # not the subject's uniqueness: a bad row
-                    raise
+            conn.execute(table.insert().values(**item))
+            return "created"
         conn.execute(table.update().where(table.c.id == existing).values(**item))
         return "updated"
 

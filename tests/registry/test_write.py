@@ -200,7 +200,8 @@ def test_a_store_that_takes_no_write_is_503_with_retry_after_and_nothing_changes
         # requests are answered all along, from what the worker read
         served = client.post("/predict", json={"texts": [{"text": TEXTS[0]}]})
         assert check_envelope(served, 200, "POST")["data"]["model_version"] == first
-    assert store_errors(client) == {operation: 1.0 for *_, operation in writes}
+    # the prediction log's writer deletes old rows in the background, and may meet the refusal too
+    assert {k: v for k, v in store_errors(client).items() if k != "purge"} == {op: 1.0 for *_, op in writes}
     assert registry.pointers() == (first, second) and registry.history() == []
     assert registry.store.generation() == generation and registry.store.audit() == audit
     # a passing failure: the same changes go through once the store takes writes again
